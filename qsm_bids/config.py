@@ -1,0 +1,311 @@
+"""One typed configuration, with the defaults of Acosta-Cabronero et al. 2018.
+
+Every tunable parameter of qsm-bids lives here. Command-line options and a
+``--config`` file (YAML or JSON, nested by section) override the defaults;
+an unknown key is an error that names it. Workflows pass the relevant section
+to the kernels and write :meth:`Config.to_dict` into every sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ConfigError",
+    "InputConfig",
+    "ReconConfig",
+    "RegistrationConfig",
+    "AtlasConfig",
+    "GroupConfig",
+    "RoiStatsConfig",
+    "Config",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid (usage error, exit 64)."""
+
+
+@dataclass
+class InputConfig:
+    """How the GRE inputs are read."""
+
+    #: B0 in tesla when the sidecars lack ``MagneticFieldStrength`` (None: required).
+    field_strength: float | None = None
+    #: Force the phase units ("rad" or "arbitrary"); None reads ``Units`` or infers.
+    phase_units: str | None = None
+    #: Relative voxel-wise noise level above which magnitude is considered signal.
+    min_echoes: int = 1
+
+
+@dataclass
+class ReconConfig:
+    """Participant steps 1-5: coils, mask, unwrapping, background, inversion."""
+
+    #: Coil combination of coil-resolved data: "adaptive" (modified Walsh).
+    coil_combination: str = "adaptive"
+    #: Smoothing kernel (mm, box width) of the coil covariance for the adaptive combination.
+    coil_smoothing_mm: float = 6.0
+    #: Brain mask: "auto" (magnitude, refined with T1w when present) or "magnitude".
+    mask_method: str = "auto"
+    #: Fraction of the robust magnitude range used as the initial signal threshold.
+    mask_threshold: float = 0.15
+    #: Phase unwrapping: "laplacian" (Schofield & Zhu 2003).
+    unwrap: str = "laplacian"
+    #: Multi-echo field estimate: "weighted_fit" (magnitude^2-weighted fit over TE through zero).
+    echo_combination: str = "weighted_fit"
+    #: Background removal: "sharp" (paper), "vsharp" or "pdf".
+    background: str = "sharp"
+    #: SHARP spherical kernel radius in mm (paper: 5 mm).
+    sharp_radius_mm: float = 5.0
+    #: SHARP truncation threshold of the deconvolution.
+    sharp_threshold: float = 0.05
+    #: V-SHARP kernel radii in mm, largest first.
+    vsharp_radii_mm: tuple[float, ...] = (12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
+    #: PDF: maximum conjugate-gradient iterations and relative tolerance.
+    pdf_max_iter: int = 100
+    pdf_tol: float = 0.01
+    #: Dipole inversion: "medi" (paper), "tkd" or "tikhonov".
+    inversion: str = "medi"
+    #: MEDI regularisation weight on the MEDI toolbox scaling (paper: 1000).
+    medi_lambda: float = 1000.0
+    #: MEDI gradient mask: fraction of voxels (over the 3 directions) counted as edges-free.
+    medi_percentage: float = 0.9
+    #: MEDI Gauss-Newton outer iterations (toolbox default 10) and stopping ratio.
+    medi_max_iter: int = 10
+    medi_tol_norm_ratio: float = 0.1
+    #: MEDI conjugate-gradient inner iterations and tolerance (toolbox: 100, 0.01).
+    medi_cg_max_iter: int = 100
+    medi_cg_tol: float = 0.01
+    #: MEDI IRLS smoothing of the L1 weight (toolbox beta, 1e-6 on its gradient scale).
+    medi_beta: float = 1e-6
+    #: TKD truncation threshold of the dipole kernel.
+    tkd_threshold: float = 0.19
+    #: Closed-form Tikhonov (L2 gradient) regularisation weight.
+    tikhonov_lambda: float = 0.05
+    #: QSM referencing: "none" (paper), "csf" or "brain".
+    reference: str = "none"
+
+
+@dataclass
+class RegistrationConfig:
+    """Participant step 6: ANTs normalisation."""
+
+    #: Quality preset: "fast" or "standard".
+    preset: str = "standard"
+    #: Template name in derivative file names (nilearn's MNI152 2009 sym).
+    template: str = "MNI152NLin2009aSym"
+    #: Resolution (mm) of the template grid that maps are written on.
+    template_resolution_mm: float = 2.0
+
+
+@dataclass
+class AtlasConfig:
+    """Participant step 7: regions and their medians."""
+
+    #: Atlas name in file names; "qsmbids" is the default composite atlas.
+    name: str = "qsmbids"
+    #: A user atlas in template space (NIfTI) and its labels table (TSV).
+    atlas_file: str | None = None
+    atlas_labels: str | None = None
+    #: Erosion of every region by a sphere of this radius in mm (paper: 1 mm).
+    erosion_radius_mm: float = 1.0
+    #: A region with fewer voxels than this after erosion gets NaN and a warning.
+    min_voxels: int = 5
+
+
+@dataclass
+class GroupConfig:
+    """Group steps 1-2: study template and voxelwise inference."""
+
+    group_column: str = "group"
+    #: First level is the "patient" side of the contrasts.
+    groups: tuple[str, ...] = ("ALS", "control")
+    covariates: tuple[str, ...] = ("age",)
+    #: "study" (ANTs template from the participants' T1w) or "mni".
+    template: str = "study"
+    template_iterations: int = 3
+    template_resolution_mm: float = 2.0
+    #: Gaussian smoothing sigma (mm), compensated at the brain boundary.
+    smoothing_sigma_mm: float = 3.0
+    #: Minimum fraction of participants covering a voxel for the analysis mask.
+    coverage_fraction: float = 1.0
+    n_permutations: int = 20000
+    #: Permutations per chunk (memory bound; each chunk has its own seed).
+    permutation_chunk_size: int = 500
+    tfce_E: float = 0.5
+    tfce_H: float = 2.0
+    #: Voxel connectivity for TFCE (26 as in randomise -T; 6 or 18 possible).
+    tfce_connectivity: int = 26
+    alpha: float = 0.05
+
+
+@dataclass
+class RoiStatsConfig:
+    """Group steps 3-4: region statistics."""
+
+    #: Left/right kept apart when the laterality test in patients has p below this.
+    laterality_alpha: float = 0.05
+    #: Columns used for subgroup analyses when present.
+    subgroup_columns: tuple[str, ...] = ("onset", "sex")
+    #: Clinical columns correlated with QSM (empty: every numeric non-covariate column).
+    clinical_columns: tuple[str, ...] = ()
+
+
+@dataclass
+class Config:
+    """All parameters of a qsm-bids run."""
+
+    inputs: InputConfig = field(default_factory=InputConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
+    atlas: AtlasConfig = field(default_factory=AtlasConfig)
+    group: GroupConfig = field(default_factory=GroupConfig)
+    roi_stats: RoiStatsConfig = field(default_factory=RoiStatsConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain, JSON-serialisable dict of every parameter."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def section_hash(self, *names: str) -> str:
+        """Stable hash of some sections (with the seed), for step caching."""
+        d = self.to_dict()
+        payload = {n: d[n] for n in names}
+        payload["seed"] = self.seed
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def update(self, overrides: dict, source: str = "overrides") -> "Config":
+        """Apply a nested dict of overrides in place; unknown keys raise ConfigError."""
+        for key, value in overrides.items():
+            if key == "seed":
+                self.seed = _coerce(int, value, "seed", source)
+                continue
+            section = getattr(self, key, None) if key in _SECTIONS else None
+            if section is None:
+                raise ConfigError(f"{source}: unknown configuration key '{key}' "
+                                  f"(sections: {', '.join(_SECTIONS)}, seed)")
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' must be a mapping of parameters")
+            hints = typing.get_type_hints(type(section))
+            for sub, subvalue in value.items():
+                if sub not in hints:
+                    raise ConfigError(
+                        f"{source}: unknown configuration key '{key}.{sub}'; valid keys of "
+                        f"'{key}': {', '.join(hints)}")
+                setattr(section, sub, _coerce(hints[sub], subvalue, f"{key}.{sub}", source))
+        self.validate()
+        return self
+
+    def validate(self) -> None:
+        """Check choices and ranges; raise ConfigError naming the parameter."""
+        choices = {
+            "recon.coil_combination": (self.recon.coil_combination, {"adaptive"}),
+            "recon.mask_method": (self.recon.mask_method, {"auto", "magnitude"}),
+            "recon.unwrap": (self.recon.unwrap, {"laplacian"}),
+            "recon.echo_combination": (self.recon.echo_combination, {"weighted_fit", "average"}),
+            "recon.background": (self.recon.background, {"sharp", "vsharp", "pdf"}),
+            "recon.inversion": (self.recon.inversion, {"medi", "tkd", "tikhonov"}),
+            "recon.reference": (self.recon.reference, {"none", "csf", "brain"}),
+            "registration.preset": (self.registration.preset, {"fast", "standard"}),
+            "group.template": (self.group.template, {"study", "mni"}),
+            "group.tfce_connectivity": (self.group.tfce_connectivity, {6, 18, 26}),
+        }
+        if self.inputs.phase_units is not None:
+            choices["inputs.phase_units"] = (self.inputs.phase_units, {"rad", "arbitrary"})
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ConfigError(f"{name}={value!r} is not one of {sorted(allowed, key=str)}")
+        positive = {
+            "recon.sharp_radius_mm": self.recon.sharp_radius_mm,
+            "recon.medi_lambda": self.recon.medi_lambda,
+            "group.smoothing_sigma_mm": self.group.smoothing_sigma_mm,
+            "group.n_permutations": self.group.n_permutations,
+            "group.permutation_chunk_size": self.group.permutation_chunk_size,
+            "registration.template_resolution_mm": self.registration.template_resolution_mm,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"{name} must be positive, got {value!r}")
+        if self.inputs.field_strength is not None and not self.inputs.field_strength > 0:
+            raise ConfigError("inputs.field_strength must be positive (tesla)")
+        if len(self.group.groups) != 2 or self.group.groups[0] == self.group.groups[1]:
+            raise ConfigError(f"group.groups must name two different levels, got {self.group.groups!r}")
+        if not 0 < self.recon.medi_percentage < 1:
+            raise ConfigError("recon.medi_percentage must lie in (0, 1)")
+        if not 0 < self.group.coverage_fraction <= 1:
+            raise ConfigError("group.coverage_fraction must lie in (0, 1]")
+
+
+_SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats")
+
+
+def _coerce(hint, value, name, source):
+    """Coerce a config value to its annotated type, or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    try:
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)][0]
+            return _coerce(inner, value, name, source)
+        if origin is tuple:
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                value = [value]
+            return tuple(_coerce(args[0], v, name, source) for v in value)
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: '{name}' must be {getattr(hint, '__name__', hint)}, "
+                          f"got {value!r}") from None
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then a YAML/JSON file, then command-line overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        try:
+            if path.suffix.lower() == ".json":
+                data = json.loads(text)
+            else:
+                import yaml
+
+                data = yaml.safe_load(text)
+        except Exception as exc:  # noqa: BLE001 - any parser error is a usage error
+            raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must contain a mapping of sections")
+        cfg.update(data, source=str(path))
+    if overrides:
+        cfg.update(overrides, source="command line")
+    cfg.validate()
+    return cfg

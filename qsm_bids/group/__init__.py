@@ -1,0 +1,1 @@
+"""Group level: study template, voxelwise inference, region statistics."""

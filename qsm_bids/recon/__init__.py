@@ -1,0 +1,1 @@
+"""Recon: pure array functions for QSM reconstruction (no file I/O)."""

@@ -1,0 +1,1 @@
+"""Digital brain cohort simulator with known susceptibility."""
