@@ -1,0 +1,66 @@
+"""Exceptions that map to the exit codes of the BIDS execution specification.
+
+Raise these with one line that names the file and the problem (and the fix
+where there is one); the command line prints the message, never a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "QSMBidsError",
+    "UsageError",
+    "ValidationError",
+    "NoMatchError",
+    "DataError",
+    "NoInputError",
+    "OutputError",
+    "StepUnavailableError",
+]
+
+
+class QSMBidsError(Exception):
+    """Base class; ``exit_code`` is what the app exits with."""
+
+    exit_code = 1
+
+
+class UsageError(QSMBidsError):
+    """Bad command line or configuration (EX_USAGE)."""
+
+    exit_code = 64
+
+
+class ValidationError(QSMBidsError):
+    """The BIDS validator reported errors."""
+
+    exit_code = 16
+
+
+class NoMatchError(QSMBidsError):
+    """The participant/session filters selected no data."""
+
+    exit_code = 18
+
+
+class DataError(QSMBidsError):
+    """An input file is malformed or inconsistent (EX_DATAERR)."""
+
+    exit_code = 65
+
+
+class NoInputError(QSMBidsError):
+    """No usable input was found (EX_NOINPUT)."""
+
+    exit_code = 66
+
+
+class OutputError(QSMBidsError):
+    """The output cannot be created (EX_CANTCREAT)."""
+
+    exit_code = 73
+
+
+class StepUnavailableError(QSMBidsError):
+    """A requested workflow step is not implemented in this version."""
+
+    exit_code = 1
