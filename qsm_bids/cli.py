@@ -1,0 +1,258 @@
+"""Command line of the qsm-bids BIDS App: parser, dispatch and exit codes.
+
+    qsm-bids BIDS_DIR OUTPUT_DIR {participant,group} [options]
+
+Exit codes follow the BIDS execution specification: 0 success, 1 failure,
+16 BIDS validation failed, 18 the filters selected no data, 64 usage error,
+65 data error, 66 no usable input, 73 output cannot be created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+from .errors import NoInputError, OutputError, QSMBidsError, UsageError
+
+logger = logging.getLogger("qsm_bids")
+
+__all__ = ["build_parser", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (exit 64) instead of exiting with 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see qsm-bids --help)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the options in the README)."""
+    p = _Parser(
+        prog="qsm-bids",
+        description="Whole-brain quantitative susceptibility mapping (QSM) group study of a BIDS dataset "
+                    "of gradient-echo and T1w images (Acosta-Cabronero et al., Radiology 2018, on open tools).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (read only)")
+    p.add_argument("output_dir", type=Path, help="where the derivatives are written (not inside bids_dir)")
+    p.add_argument("analysis_level", choices=["participant", "group"],
+                   help="participant: per-subject QSM, normalisation and region values; group: study "
+                        "template, voxelwise and region statistics, report (reads only output_dir and "
+                        "participants.tsv)")
+    p.add_argument("--version", action="version", version=__version__)
+
+    g = p.add_argument_group("selection")
+    g.add_argument("--participant-label", "--participant_label", dest="participant_label", nargs="+",
+                   metavar="LABEL", help="subjects to process, with or without 'sub-' (default: all)")
+    g.add_argument("--session-label", "--session_label", dest="session_label", nargs="+", metavar="LABEL",
+                   help="sessions to process, with or without 'ses-' (default: all)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("-w", "--work-dir", type=Path, default=None,
+                   help="scratch folder (default: a folder under $TMPDIR)")
+    g.add_argument("--n-cpus", "--nprocs", dest="n_cpus", type=_positive_int, default=None,
+                   help="threads for FFTs, ANTs and permutations (default: all available)")
+    g.add_argument("--mem-gb", type=_positive_float, default=None,
+                   help="memory available, GB; bounds the permutation chunk size")
+    g.add_argument("--seed", type=int, default=None, help="random seed (registration, permutations); default 0")
+    g.add_argument("--config", type=Path, default=None,
+                   help="YAML or JSON file overriding any parameter (sections: inputs, recon, registration, "
+                        "atlas, group, roi_stats); see the README for every key")
+    g.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
+                   action="store_true", help="do not run the BIDS validator on bids_dir")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+
+    g = p.add_argument_group("participant level")
+    g.add_argument("--field-strength", type=_positive_float, default=None, metavar="TESLA",
+                   help="B0 in tesla when sidecars lack MagneticFieldStrength")
+    g.add_argument("--phase-units", choices=["rad", "arbitrary"], default=None,
+                   help="override the phase sidecar's Units (default: read it, or infer from the range)")
+    g.add_argument("--mask-dir", type=Path, default=None,
+                   help="folder with user brain masks on the GRE grid named "
+                        "sub-<l>[_ses-<s>]_desc-brain_mask.nii[.gz] (default: computed)")
+    g.add_argument("--background", choices=["sharp", "vsharp", "pdf"], default=None,
+                   help="background field removal (paper: sharp, 5 mm)")
+    g.add_argument("--inversion", choices=["medi", "tkd", "tikhonov"], default=None,
+                   help="dipole inversion (paper: medi, lambda 1000)")
+    g.add_argument("--reference", choices=["none", "csf", "brain"], default=None,
+                   help="QSM referencing (paper: none)")
+    g.add_argument("--registration", choices=["fast", "standard"], default=None,
+                   help="registration quality preset (default: standard)")
+    g.add_argument("--atlas", type=Path, default=None,
+                   help="user atlas (integer labels) in the template space, with --atlas-labels")
+    g.add_argument("--atlas-labels", type=Path, default=None,
+                   help="TSV with columns index, region, hemisphere (L/R) for --atlas")
+
+    g = p.add_argument_group("group level")
+    g.add_argument("--group-column", default=None, help="participants.tsv column with the groups (default: group)")
+    g.add_argument("--groups", nargs=2, metavar=("A", "B"), default=None,
+                   help="the two levels compared; A is the patient side (default: ALS control)")
+    g.add_argument("--covariates", nargs="*", default=None, metavar="COLUMN",
+                   help="nuisance covariates from participants.tsv (default: age)")
+    g.add_argument("--n-permutations", type=_positive_int, default=None,
+                   help="permutations for TFCE inference (default: 20000)")
+    g.add_argument("--template", choices=["study", "mni"], default=None,
+                   help="study: build a study template from the T1w images; mni: work in MNI space")
+    return p
+
+
+def _overrides(args) -> dict:
+    """Command-line options that override configuration parameters."""
+    pairs = {
+        ("inputs", "field_strength"): args.field_strength,
+        ("inputs", "phase_units"): args.phase_units,
+        ("recon", "background"): args.background,
+        ("recon", "inversion"): args.inversion,
+        ("recon", "reference"): args.reference,
+        ("registration", "preset"): args.registration,
+        ("atlas", "atlas_file"): str(args.atlas) if args.atlas else None,
+        ("atlas", "atlas_labels"): str(args.atlas_labels) if args.atlas_labels else None,
+        ("group", "group_column"): args.group_column,
+        ("group", "groups"): args.groups,
+        ("group", "covariates"): args.covariates,
+        ("group", "n_permutations"): args.n_permutations,
+        ("group", "template"): args.template,
+    }
+    out: dict = {}
+    for (section, key), value in pairs.items():
+        if value is not None:
+            out.setdefault(section, {})[key] = value
+    if args.seed is not None:
+        out["seed"] = args.seed
+    return out
+
+
+def _is_relative_to(path: Path, parent: Path) -> bool:
+    try:
+        path.relative_to(parent)
+        return True
+    except ValueError:
+        return False
+
+
+def _check_dirs(args) -> tuple:
+    bids_dir = args.bids_dir.expanduser().resolve()
+    output_dir = args.output_dir.expanduser().resolve()
+    if not bids_dir.is_dir():
+        raise NoInputError(f"{args.bids_dir}: BIDS_DIR does not exist or is not a folder")
+    if _is_relative_to(output_dir, bids_dir):
+        raise UsageError(f"OUTPUT_DIR {output_dir} is inside (or equal to) BIDS_DIR {bids_dir}; qsm-bids never "
+                         "writes into the input dataset: choose an output folder outside it")
+    if args.analysis_level == "group" and not output_dir.is_dir():
+        raise NoInputError(f"{output_dir}: no participant results; run the participant level first")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=output_dir, prefix=".qsm-bids-write-test-")
+        probe.close()
+    except OSError as exc:
+        raise OutputError(f"{output_dir}: cannot create or write the output folder ({exc.strerror})") from None
+    work_dir = args.work_dir
+    if work_dir is None:
+        work_dir = Path(tempfile.gettempdir()) / f"qsm-bids-work-{os.getuid()}"
+    work_dir = work_dir.expanduser().resolve()
+    if _is_relative_to(work_dir, bids_dir):
+        raise UsageError(f"--work-dir {work_dir} is inside BIDS_DIR {bids_dir}; choose a folder outside it")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{work_dir}: cannot create the work folder ({exc.strerror})") from None
+    return bids_dir, output_dir, work_dir
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_qsm_bids_console", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.setLevel(level)
+    handler._qsm_bids_console = True  # noqa: SLF001 - lets repeated main() calls in tests replace it
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for noisy in ("matplotlib", "PIL", "bids", "nibabel", "fontTools"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _apply_resources(n_cpus: int | None) -> int:
+    from .recon import fft
+
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = int(n_cpus or available or 1)
+    fft.set_workers(n)
+    # ANTs reads this when it starts its threads; fixed threads keep registration reproducible.
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
+    return n
+
+
+def main(argv=None) -> int:
+    """Entry point of ``qsm-bids`` and ``run.py``; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"qsm-bids: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0)
+    _setup_logging(args.verbose)
+    try:
+        if (args.atlas is None) != (args.atlas_labels is None):
+            raise UsageError("--atlas and --atlas-labels must be given together")
+        try:
+            cfg = load_config(args.config, _overrides(args))
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        bids_dir, output_dir, work_dir = _check_dirs(args)
+        n_cpus = _apply_resources(args.n_cpus)
+        if args.analysis_level == "participant":
+            from .participant import run_participant_level
+
+            return run_participant_level(
+                bids_dir, output_dir, cfg, participant_labels=args.participant_label,
+                session_labels=args.session_label, work_dir=work_dir, n_cpus=n_cpus,
+                mask_dir=args.mask_dir, validate=not args.skip_bids_validation)
+        from .group.workflow import run_group_level
+
+        return run_group_level(bids_dir, output_dir, cfg, participant_labels=args.participant_label,
+                               work_dir=work_dir, n_cpus=n_cpus, mem_gb=args.mem_gb,
+                               validate=not args.skip_bids_validation)
+    except QSMBidsError as exc:
+        logger.debug("exit %d", exc.exit_code, exc_info=True)
+        print(f"qsm-bids: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("qsm-bids: interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())
