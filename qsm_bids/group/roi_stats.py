@@ -1,0 +1,847 @@
+"""Region statistics of signed QSM for a two-group study (group step 3).
+
+The analysis follows Acosta-Cabronero et al. (Radiology 2018):
+
+1. Laterality: a Wilcoxon signed-rank test of left against right in the
+   first group (the patients). Regions with ``p < laterality_alpha`` keep
+   their hemispheres apart; the others are averaged across hemispheres
+   (hemisphere ``bilateral``). The test runs on the unadjusted medians: it is
+   paired within participants, so between-participant covariates cancel.
+2. Covariate correction by the covariance method: in the reference group
+   (the second group) each region's value is regressed on the covariates
+   (ordinary least squares with an intercept; one covariate gives the simple
+   slope on age of the paper), and every participant's value is moved to the
+   reference group's covariate means: ``adjusted = value - sum_c slope_c *
+   (x_c - mean_ref(x_c))``.
+3. Two-tailed Wilcoxon rank-sum test between the groups on the adjusted
+   values: ``Z`` from the normal approximation of the Mann-Whitney U with tie
+   correction (and, by default, a continuity correction of 0.5, as MATLAB's
+   ``ranksum`` and scipy's ``mannwhitneyu`` do), positive when the first group
+   ranks higher; Bonferroni over the regions tested.
+4. Spearman correlations of adjusted values with numeric clinical columns in
+   the first group; the substantia nigra - globus pallidus cross-correlation
+   in each group; subgroup comparisons (``onset``, ``sex``); QSM-DTI
+   correlations when a DTI table is given.
+
+Every function here is pure (DataFrames in, DataFrames out) except
+:func:`read_region_tables` and :func:`write_roi_outputs`, which do the I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings as _warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import DataError
+
+__all__ = [
+    "RoiStatsResult",
+    "normalise_participant_id",
+    "read_region_tables",
+    "rank_sum_test",
+    "laterality_tests",
+    "combine_hemispheres",
+    "covariance_adjust",
+    "compare_groups",
+    "compute_roi_stats",
+    "significance_marks",
+    "roi_stats_sidecar",
+    "correlations_sidecar",
+    "subgroups_sidecar",
+    "values_sidecar",
+    "write_roi_outputs",
+]
+
+logger = logging.getLogger(__name__)
+
+VALUE_COLUMNS = ("participant_id", "region", "hemisphere", "median_ppm")
+BILATERAL = "bilateral"
+_SN_PREFIX = "substantia_nigra"
+_GP = "globus_pallidus"
+
+
+@dataclass
+class RoiStatsResult:
+    """Everything the region analysis produced.
+
+    Attributes
+    ----------
+    roi_stats : DataFrame
+        One row per region unit (region, hemisphere): n, mean and SEM of the
+        adjusted values per group, rank-sum U, Z, p, Bonferroni p, the
+        laterality test and the covariate slopes.
+    correlations : DataFrame
+        Long table of Spearman correlations (clinical, SN-GP, DTI).
+    subgroups : DataFrame
+        Rank-sum comparisons of subgroups (onset, sex).
+    values : DataFrame
+        Long table of every participant's raw and adjusted value per unit.
+    warnings : list of str
+        Excluded participants and regions, failed fits, skipped tests.
+    groups : (str, str)
+        The compared levels, first = patient side.
+    covariates : tuple of str
+        Covariate names as used (binary categorical ones as ``name[level]``).
+    parameters : dict
+        The parameters of the analysis (for sidecars and the report).
+    """
+
+    roi_stats: pd.DataFrame
+    correlations: pd.DataFrame
+    subgroups: pd.DataFrame
+    values: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+    groups: tuple[str, str] = ("ALS", "control")
+    covariates: tuple[str, ...] = ("age",)
+    parameters: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- input handling
+
+def normalise_participant_id(label) -> str:
+    """``'01'`` or ``'sub-01'`` -> ``'sub-01'`` (strings kept otherwise as given)."""
+    label = str(label).strip()
+    return label if label.startswith("sub-") else f"sub-{label}"
+
+
+def _normalise_hemisphere(h) -> str:
+    if h is None or (isinstance(h, float) and np.isnan(h)):
+        return BILATERAL
+    s = str(h).strip()
+    low = s.lower()
+    if low in ("l", "left", "lh"):
+        return "L"
+    if low in ("r", "right", "rh"):
+        return "R"
+    if low in ("", "n/a", "b", "bilateral", "both", "midline", "none"):
+        return BILATERAL
+    return s
+
+
+def read_region_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Read participants' ``..._stat-median_Chimap.tsv`` into one long table.
+
+    Parameters
+    ----------
+    paths : mapping participant label -> TSV path
+        Labels with or without ``sub-``.
+
+    Returns
+    -------
+    DataFrame with columns participant_id, region, hemisphere, median_ppm, n_voxels.
+    """
+    frames = []
+    for label, path in paths.items():
+        try:
+            table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: cannot read the region table ({exc}); rerun the participant "
+                            "level for this subject") from None
+        missing = {"region", "hemisphere", "median_ppm"} - set(table.columns)
+        if missing:
+            raise DataError(f"{path}: region table lacks column(s) {sorted(missing)}; expected "
+                            "region, hemisphere, median_ppm, n_voxels")
+        table = table.copy()
+        table.insert(0, "participant_id", normalise_participant_id(label))
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=[*VALUE_COLUMNS, "n_voxels"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- statistics kernels
+
+def rank_sum_test(a, b, continuity: bool = True) -> tuple[float, float, float]:
+    """Two-tailed Wilcoxon rank-sum (Mann-Whitney U) test, normal approximation.
+
+    Parameters
+    ----------
+    a, b : array_like
+        The two samples (non-finite values are dropped).
+    continuity : bool
+        Apply the 0.5 continuity correction (as ``scipy.stats.mannwhitneyu``
+        with ``use_continuity=True`` and MATLAB's ``ranksum``).
+
+    Returns
+    -------
+    u : float
+        Mann-Whitney U of ``a`` (rank sum of ``a`` minus ``n_a (n_a + 1) / 2``).
+    z : float
+        Standard normal deviate with tie correction; positive when ``a`` ranks higher.
+    p : float
+        Two-tailed p value, ``2 * (1 - Phi(|z|))``.
+    """
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    a = a[np.isfinite(a)]
+    b = b[np.isfinite(b)]
+    n1, n2 = a.size, b.size
+    if n1 == 0 or n2 == 0:
+        return np.nan, np.nan, np.nan
+    ranks = stats.rankdata(np.concatenate([a, b]))
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    _, counts = np.unique(ranks, return_counts=True)
+    tie_term = float(np.sum(counts.astype(float) ** 3 - counts)) / (n * (n - 1)) if n > 1 else 0.0
+    var = n1 * n2 / 12.0 * ((n + 1) - tie_term)
+    if not var > 0:
+        return float(u), np.nan, np.nan
+    d = u - n1 * n2 / 2.0
+    if continuity:
+        d = np.sign(d) * max(abs(d) - 0.5, 0.0)
+    z = d / np.sqrt(var)
+    p = min(1.0, 2.0 * stats.norm.sf(abs(z)))
+    return float(u), float(z), float(p)
+
+
+def _mean_sem(x) -> tuple[int, float, float]:
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
+    if n == 0:
+        return 0, np.nan, np.nan
+    sem = float(np.std(x, ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+    return n, float(np.mean(x)), sem
+
+
+def _spearman(x, y) -> tuple[int, float, float]:
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        return n, np.nan, np.nan
+    res = stats.spearmanr(x[ok], y[ok])
+    return n, float(res.statistic), float(res.pvalue)
+
+
+def _bonferroni(p: pd.Series) -> pd.Series:
+    m = int(np.isfinite(p.to_numpy(dtype=float)).sum())
+    return (p * m).clip(upper=1.0) if m else p
+
+
+def significance_marks(p: float, p_bonferroni: float) -> str:
+    """The paper's marks: * P<.05, ** P<.01, *** Bonferroni P<.05, **** Bonferroni P<.01."""
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.01:
+        return "****"
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.05:
+        return "***"
+    if np.isfinite(p) and p < 0.01:
+        return "**"
+    if np.isfinite(p) and p < 0.05:
+        return "*"
+    return ""
+
+
+# ----------------------------------------------------------------------------- analysis steps
+
+def laterality_tests(wide: pd.DataFrame, in_group: pd.Series) -> pd.DataFrame:
+    """Wilcoxon signed-rank test of left vs right per region within one group.
+
+    Parameters
+    ----------
+    wide : DataFrame
+        Index participant_id, columns MultiIndex (region, hemisphere).
+    in_group : boolean Series on the same index
+        The participants tested (the first group).
+
+    Returns
+    -------
+    DataFrame: region, laterality_n, laterality_stat (scipy's statistic: the
+    smaller of the signed-rank sums), laterality_p, laterality_mean_diff_ppm
+    (mean of L - R). Only regions that have both an L and an R column.
+    """
+    rows = []
+    regions = dict.fromkeys(r for r, _ in wide.columns)
+    for region in regions:
+        if (region, "L") not in wide.columns or (region, "R") not in wide.columns:
+            continue
+        left = wide.loc[in_group, (region, "L")].to_numpy(dtype=float)
+        right = wide.loc[in_group, (region, "R")].to_numpy(dtype=float)
+        ok = np.isfinite(left) & np.isfinite(right)
+        diff = left[ok] - right[ok]
+        stat = p = np.nan
+        if np.count_nonzero(diff) >= 1:
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore", RuntimeWarning)
+                res = stats.wilcoxon(left[ok], right[ok])
+            stat, p = float(res.statistic), float(res.pvalue)
+        rows.append({"region": region, "laterality_n": int(ok.sum()), "laterality_stat": stat,
+                     "laterality_p": p,
+                     "laterality_mean_diff_ppm": float(np.mean(diff)) if diff.size else np.nan})
+    return pd.DataFrame(rows, columns=["region", "laterality_n", "laterality_stat", "laterality_p",
+                                       "laterality_mean_diff_ppm"])
+
+
+def combine_hemispheres(wide: pd.DataFrame, keep_apart: Sequence[str]) -> pd.DataFrame:
+    """Average L and R of every region not in ``keep_apart`` (hemisphere ``bilateral``).
+
+    A participant missing one hemisphere gets NaN for the average. Regions
+    with a single hemisphere column are kept as they are.
+    """
+    keep_apart = set(keep_apart)
+    out = {}
+    for region in dict.fromkeys(r for r, _ in wide.columns):
+        hemis = [h for r, h in wide.columns if r == region]
+        if region not in keep_apart and "L" in hemis and "R" in hemis:
+            # skipna=False: an average of one hemisphere would not be comparable
+            out[(region, BILATERAL)] = wide[[(region, "L"), (region, "R")]].mean(axis=1, skipna=False)
+            for h in hemis:
+                if h not in ("L", "R"):
+                    out[(region, h)] = wide[(region, h)]
+        else:
+            for h in hemis:
+                out[(region, h)] = wide[(region, h)]
+    frame = pd.DataFrame(out, index=wide.index)
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns, names=["region", "hemisphere"])
+    return frame
+
+
+def covariance_adjust(wide: pd.DataFrame, covariates: pd.DataFrame, reference: pd.Series
+                      ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Covariance-method adjustment of every column to the reference group's covariate means.
+
+    Parameters
+    ----------
+    wide : DataFrame
+        Index participant_id, one column per region unit.
+    covariates : DataFrame
+        Numeric covariates on the same index (no missing values).
+    reference : boolean Series on the same index
+        The reference group whose slopes and covariate means are used.
+
+    Returns
+    -------
+    adjusted : DataFrame like ``wide``
+    slopes : DataFrame, index = wide's columns, one column per covariate
+        (value units per covariate unit); NaN where the fit was impossible.
+    warnings : list of str
+    """
+    messages: list[str] = []
+    names = list(covariates.columns)
+    slopes = pd.DataFrame(np.nan, index=wide.columns, columns=names, dtype=float)
+    if not names:
+        return wide.copy(), slopes, messages
+    x_all = covariates.to_numpy(dtype=float)
+    ref = reference.to_numpy(dtype=bool)
+    x_mean = x_all[ref].mean(axis=0)
+    adjusted = wide.copy()
+    for col in wide.columns:
+        y = wide[col].to_numpy(dtype=float)
+        fit = ref & np.isfinite(y)
+        k = len(names)
+        xc = x_all[fit] - x_mean
+        if fit.sum() < k + 2 or np.linalg.matrix_rank(np.column_stack([np.ones(fit.sum()), xc])) < k + 1:
+            messages.append(f"{_unit_name(col)}: too few reference participants ({int(fit.sum())}) "
+                            f"or constant covariates to fit the covariate slopes; values left unadjusted")
+            continue
+        design = np.column_stack([np.ones(fit.sum()), xc])
+        beta, *_ = np.linalg.lstsq(design, y[fit], rcond=None)
+        b = beta[1:]
+        slopes.loc[col, :] = b
+        adjusted[col] = y - (x_all - x_mean) @ b
+    return adjusted, slopes, messages
+
+
+def compare_groups(wide: pd.DataFrame, in_a: pd.Series, in_b: pd.Series, continuity: bool = True
+                   ) -> pd.DataFrame:
+    """Per column: n, mean, SEM per group and the rank-sum test (A vs B), Bonferroni over columns."""
+    rows = []
+    for col in wide.columns:
+        a = wide.loc[in_a, col].to_numpy(dtype=float)
+        b = wide.loc[in_b, col].to_numpy(dtype=float)
+        na, ma, sa = _mean_sem(a)
+        nb, mb, sb = _mean_sem(b)
+        u = z = p = np.nan
+        if na >= 2 and nb >= 2:
+            u, z, p = rank_sum_test(a, b, continuity=continuity)
+        rows.append({"unit": col, "n_a": na, "mean_a": ma, "sem_a": sa, "n_b": nb, "mean_b": mb,
+                     "sem_b": sb, "u": u, "z": z, "p": p})
+    out = pd.DataFrame(rows, columns=["unit", "n_a", "mean_a", "sem_a", "n_b", "mean_b", "sem_b",
+                                      "u", "z", "p"])
+    out["p_bonferroni"] = _bonferroni(out["p"].astype(float))
+    return out
+
+
+def _unit_name(col) -> str:
+    region, hemi = col
+    return f"{region} ({hemi})"
+
+
+def _prepare_covariates(participants: pd.DataFrame, covariates: Sequence[str]
+                        ) -> tuple[pd.DataFrame, list[str]]:
+    """Numeric covariate matrix; a binary categorical covariate becomes ``name[level]`` (0/1)."""
+    out = {}
+    for name in covariates:
+        if name not in participants.columns:
+            raise DataError(f"participants.tsv has no column '{name}' named as a covariate; "
+                            f"columns are {list(participants.columns)} (change --covariates)")
+        col = participants[name]
+        num = pd.to_numeric(col, errors="coerce")
+        if num.notna().sum() == col.notna().sum():
+            out[name] = num.astype(float)
+            continue
+        levels = sorted(col.dropna().astype(str).unique())
+        if len(levels) == 2:
+            out[f"{name}[{levels[1]}]"] = col.astype(str).where(col.notna()).map(
+                {levels[0]: 0.0, levels[1]: 1.0})
+            continue
+        raise DataError(f"participants.tsv column '{name}' is neither numeric nor two-level "
+                        f"categorical ({len(levels)} levels); it cannot be a covariate")
+    frame = pd.DataFrame(out, index=participants.index)
+    return frame, list(frame.columns)
+
+
+def _numeric_clinical_columns(participants: pd.DataFrame, exclude: set[str]) -> list[str]:
+    cols = []
+    for name in participants.columns:
+        if name in exclude:
+            continue
+        col = participants[name]
+        if col.notna().sum() == 0:
+            continue
+        num = pd.to_numeric(col, errors="coerce")
+        if num.notna().sum() == col.notna().sum():
+            cols.append(name)
+    return cols
+
+
+# ----------------------------------------------------------------------------- the analysis
+
+def compute_roi_stats(
+    values: pd.DataFrame,
+    participants: pd.DataFrame,
+    *,
+    group_column: str = "group",
+    groups: Sequence[str] = ("ALS", "control"),
+    covariates: Sequence[str] = ("age",),
+    laterality_alpha: float = 0.05,
+    clinical_columns: Sequence[str] = (),
+    subgroup_columns: Sequence[str] = ("onset", "sex"),
+    dti: pd.DataFrame | None = None,
+    continuity: bool = True,
+) -> RoiStatsResult:
+    """Run the paper's region analysis.
+
+    Parameters
+    ----------
+    values : DataFrame
+        Long table with columns participant_id, region, hemisphere, median_ppm
+        (see :func:`read_region_tables`).
+    participants : DataFrame
+        participants.tsv: participant_id, the group column, covariates and
+        clinical columns.
+    group_column, groups : the column and its two levels (first = patient side).
+    covariates : participants' columns used for the covariance-method adjustment.
+    laterality_alpha : regions with laterality p below this keep L and R apart.
+    clinical_columns : columns correlated with QSM in the first group; empty =
+        every numeric column that is not the group, a covariate or a subgroup column.
+    subgroup_columns : categorical columns for subgroup comparisons when present.
+    dti : DataFrame, optional
+        Long table participant_id, region, hemisphere, metric, value (e.g. FA,
+        MD, RD, AD of the corticospinal tract); correlated with the adjusted
+        QSM of the same region in each group.
+    continuity : continuity correction of the rank-sum Z.
+
+    Returns
+    -------
+    RoiStatsResult
+    """
+    groups = tuple(str(g) for g in groups)
+    if len(groups) != 2 or groups[0] == groups[1]:
+        raise DataError(f"two different group levels are needed, got {groups!r}")
+    group_a, group_b = groups
+    messages: list[str] = []
+
+    missing = set(VALUE_COLUMNS) - set(values.columns)
+    if missing:
+        raise DataError(f"region values lack column(s) {sorted(missing)}")
+    for name in ("participant_id", group_column):
+        if name not in participants.columns:
+            raise DataError(f"participants.tsv has no '{name}' column (columns: "
+                            f"{list(participants.columns)})")
+
+    parts = participants.copy()
+    parts["participant_id"] = parts["participant_id"].map(normalise_participant_id)
+    if parts["participant_id"].duplicated().any():
+        dup = sorted(parts.loc[parts["participant_id"].duplicated(), "participant_id"])
+        raise DataError(f"participants.tsv lists participant(s) more than once: {dup}")
+    parts[group_column] = parts[group_column].astype("string")
+    parts = parts.set_index("participant_id")
+
+    vals = values.copy()
+    vals["participant_id"] = vals["participant_id"].map(normalise_participant_id)
+    vals["hemisphere"] = vals["hemisphere"].map(_normalise_hemisphere)
+    vals["region"] = vals["region"].astype(str)
+    vals["median_ppm"] = pd.to_numeric(vals["median_ppm"], errors="coerce")
+    if vals.duplicated(["participant_id", "region", "hemisphere"]).any():
+        raise DataError("region values list a (participant, region, hemisphere) more than once")
+
+    # who is in the analysis
+    in_study = parts[group_column].isin(groups).fillna(False).astype(bool)
+    other = sorted(set(parts.index[~in_study]))
+    if other:
+        messages.append(f"{len(other)} participant(s) not in groups {group_a}/{group_b} were "
+                        f"left out: {', '.join(other)}")
+    unknown = sorted(set(vals["participant_id"]) - set(parts.index))
+    if unknown:
+        messages.append(f"region values of participant(s) not in participants.tsv were excluded: "
+                        f"{', '.join(unknown)}")
+    with_values = set(vals["participant_id"])
+    no_values = sorted(p for p in parts.index[in_study] if p not in with_values)
+    if no_values:
+        messages.append(f"participant(s) without region values were excluded: {', '.join(no_values)}")
+    cov_frame, cov_names = _prepare_covariates(parts, covariates)
+    cov_missing = sorted(p for p in parts.index[in_study] if cov_frame.loc[p].isna().any())
+    if cov_missing:
+        messages.append(f"participant(s) missing a covariate ({', '.join(covariates)}) were "
+                        f"excluded: {', '.join(cov_missing)}")
+    keep = [p for p in parts.index[in_study] if p in with_values and p not in set(cov_missing)]
+    if not keep:
+        raise DataError("no participant of the two groups has both region values and covariates")
+
+    wide = vals[vals["participant_id"].isin(keep)].pivot(
+        index="participant_id", columns=["region", "hemisphere"], values="median_ppm")
+    wide = wide.reindex(keep)
+    region_order = list(dict.fromkeys(vals["region"]))
+    hemi_rank = {"L": 0, "R": 1, BILATERAL: 2}
+    wide = wide[sorted(wide.columns, key=lambda c: (region_order.index(c[0]), hemi_rank.get(c[1], 3), c[1]))]
+    grp = parts.loc[keep, group_column].astype(str)
+    in_a = grp == group_a
+    in_b = grp == group_b
+    for g, mask in ((group_a, in_a), (group_b, in_b)):
+        if mask.sum() < 2:
+            raise DataError(f"group '{g}' has {int(mask.sum())} participant(s) with region values; "
+                            "at least 2 per group are needed")
+    for col in wide.columns:
+        absent = wide.index[wide[col].isna()]
+        if len(absent):
+            messages.append(f"{_unit_name(col)}: {len(absent)} participant(s) without a value "
+                            f"excluded from this region: {', '.join(absent)}")
+
+    # 1. laterality in the first group
+    lat = laterality_tests(wide, in_a)
+    keep_apart = []
+    for row in lat.itertuples(index=False):
+        if np.isfinite(row.laterality_p) and row.laterality_p < laterality_alpha:
+            keep_apart.append(row.region)
+        elif not np.isfinite(row.laterality_p):
+            messages.append(f"{row.region}: laterality test not possible in {group_a} "
+                            f"(n={row.laterality_n}); hemispheres averaged")
+    units = combine_hemispheres(wide, keep_apart)
+
+    # 2. covariance-method adjustment
+    adjusted, slopes, adj_msgs = covariance_adjust(units, cov_frame.loc[keep], in_b)
+    messages.extend(adj_msgs)
+
+    # 3. group comparison
+    comp = compare_groups(adjusted, in_a, in_b, continuity=continuity)
+    lat_by_region = lat.set_index("region")
+    rows = []
+    for r in comp.itertuples(index=False):
+        region, hemi = r.unit
+        row = {"region": region, "hemisphere": hemi,
+               f"n_{group_a}": r.n_a, f"mean_{group_a}": r.mean_a, f"sem_{group_a}": r.sem_a,
+               f"n_{group_b}": r.n_b, f"mean_{group_b}": r.mean_b, f"sem_{group_b}": r.sem_b,
+               "u": r.u, "z": r.z, "p": r.p, "p_bonferroni": r.p_bonferroni,
+               "significance": significance_marks(r.p, r.p_bonferroni)}
+        if region in lat_by_region.index:
+            lr = lat_by_region.loc[region]
+            row.update({"laterality_n": int(lr.laterality_n), "laterality_stat": lr.laterality_stat,
+                        "laterality_p": lr.laterality_p,
+                        "laterality": "separate" if region in keep_apart else "averaged"})
+        else:
+            row.update({"laterality_n": np.nan, "laterality_stat": np.nan, "laterality_p": np.nan,
+                        "laterality": "not tested"})
+        for c in cov_names:
+            row[f"slope_{c}"] = slopes.loc[(region, hemi), c]
+        rows.append(row)
+    roi_stats = pd.DataFrame(rows)
+    roi_stats["laterality_n"] = roi_stats["laterality_n"].astype("Int64")
+    for c in (f"n_{group_a}", f"n_{group_b}"):
+        roi_stats[c] = roi_stats[c].astype(int)
+        if (roi_stats[c] < 3).any():
+            few = roi_stats.loc[roi_stats[c] < 3, ["region", "hemisphere"]]
+            messages.append(f"fewer than 3 values in group {c[2:]} for: " + ", ".join(
+                f"{a} ({b})" for a, b in few.itertuples(index=False)))
+
+    # long table of values
+    long_raw = units.stack(["region", "hemisphere"], future_stack=True).rename("value_ppm")
+    long_adj = adjusted.stack(["region", "hemisphere"], future_stack=True).rename("adjusted_ppm")
+    values_long = pd.concat([long_raw, long_adj], axis=1).reset_index()
+    values_long.insert(1, "group", values_long["participant_id"].map(grp))
+
+    # 4. correlations
+    subgroup_columns = [c for c in subgroup_columns if c in parts.columns]
+    exclude = {"participant_id", group_column, *covariates, *subgroup_columns}
+    if clinical_columns:
+        clin = [c for c in clinical_columns if c in parts.columns]
+        absent = [c for c in clinical_columns if c not in parts.columns]
+        if absent:
+            messages.append(f"clinical column(s) not in participants.tsv: {', '.join(absent)}")
+    else:
+        clin = _numeric_clinical_columns(parts.loc[keep], exclude)
+    corr_rows = []
+    for c in clin:
+        x = pd.to_numeric(parts.loc[keep, c], errors="coerce")
+        for col in adjusted.columns:
+            n, rho, p = _spearman(adjusted.loc[in_a, col], x[in_a])
+            corr_rows.append(_corr_row("clinical", group_a, col, c, "", n, rho, p))
+    sn_units = [u for u in adjusted.columns if u[0].startswith(_SN_PREFIX)]
+    gp_units = [u for u in adjusted.columns if u[0] == _GP]
+    for g, mask in ((group_a, in_a), (group_b, in_b)):
+        for sn in sn_units:
+            for gp in gp_units:
+                if sn[1] in ("L", "R") and gp[1] in ("L", "R") and sn[1] != gp[1]:
+                    continue
+                n, rho, p = _spearman(adjusted.loc[mask, sn], adjusted.loc[mask, gp])
+                corr_rows.append(_corr_row("sn_gp", g, sn, gp[0], gp[1], n, rho, p))
+    if dti is not None and len(dti):
+        corr_rows.extend(_dti_correlations(dti, adjusted, keep, ((group_a, in_a), (group_b, in_b)),
+                                           messages))
+    correlations = pd.DataFrame(corr_rows, columns=["analysis", "group", "region", "hemisphere",
+                                                    "variable", "variable_hemisphere", "n", "rho",
+                                                    "rho_squared", "p"])
+    for c in clin:
+        if (correlations["variable"] == c).any() and correlations.loc[correlations["variable"] == c, "rho"].isna().all():
+            messages.append(f"clinical column '{c}': fewer than 3 values in {group_a}; not correlated")
+
+    # 5. subgroups
+    subgroups = _subgroup_tables(adjusted, parts.loc[keep], subgroup_columns, group_column,
+                                 group_a, group_b, continuity)
+
+    params = {"group_column": group_column, "groups": list(groups), "covariates": list(covariates),
+              "covariate_terms": cov_names, "laterality_alpha": laterality_alpha,
+              "laterality_test": f"Wilcoxon signed-rank, left vs right, in {group_a}",
+              "adjustment": f"covariance method: OLS slope(s) on {', '.join(cov_names) or 'none'} in "
+                            f"{group_b}, values adjusted to {group_b}'s covariate mean(s)",
+              "covariate_reference_means": {c: float(cov_frame.loc[keep][in_b.to_numpy()][c].mean())
+                                            for c in cov_names},
+              "group_test": "two-tailed Wilcoxon rank-sum, normal approximation with tie correction"
+                            + (" and continuity correction" if continuity else ""),
+              "multiple_comparisons": f"Bonferroni over {int(roi_stats['p'].notna().sum())} regions",
+              "clinical_columns": clin, "subgroup_columns": list(subgroup_columns),
+              "n_participants": {group_a: int(in_a.sum()), group_b: int(in_b.sum())}}
+    for m in messages:
+        logger.warning(m)
+    logger.info("region statistics: %d units, %d %s and %d %s participants, %d correlations",
+                len(roi_stats), int(in_a.sum()), group_a, int(in_b.sum()), group_b, len(correlations))
+    return RoiStatsResult(roi_stats=roi_stats, correlations=correlations, subgroups=subgroups,
+                          values=values_long, warnings=messages, groups=(group_a, group_b),
+                          covariates=tuple(cov_names), parameters=params)
+
+
+def _corr_row(analysis, group, unit, variable, variable_hemisphere, n, rho, p) -> dict:
+    return {"analysis": analysis, "group": group, "region": unit[0], "hemisphere": unit[1],
+            "variable": variable, "variable_hemisphere": variable_hemisphere, "n": n, "rho": rho,
+            "rho_squared": rho * rho if np.isfinite(rho) else np.nan, "p": p}
+
+
+def _dti_correlations(dti, adjusted, keep, group_masks, messages) -> list[dict]:
+    need = {"participant_id", "region", "hemisphere", "metric", "value"}
+    if need - set(dti.columns):
+        raise DataError(f"DTI table lacks column(s) {sorted(need - set(dti.columns))}")
+    d = dti.copy()
+    d["participant_id"] = d["participant_id"].map(normalise_participant_id)
+    d["hemisphere"] = d["hemisphere"].map(_normalise_hemisphere)
+    d["value"] = pd.to_numeric(d["value"], errors="coerce")
+    d = d[d["participant_id"].isin(keep)]
+    rows = []
+    for col in adjusted.columns:
+        region, hemi = col
+        sub = d[d["region"] == region]
+        if sub.empty:
+            continue
+        if hemi == BILATERAL and set(sub["hemisphere"]) >= {"L", "R"}:
+            # match the QSM averaging: mean of the two hemispheres per participant
+            lr = sub[sub["hemisphere"].isin(["L", "R"])]
+            table = lr.pivot_table(index="participant_id", columns="metric", values="value",
+                                   aggfunc=lambda s: s.mean() if s.notna().sum() == 2 else np.nan)
+            dti_hemi = BILATERAL
+        else:
+            sel = sub[sub["hemisphere"] == hemi]
+            if sel.empty:
+                continue
+            table = sel.pivot_table(index="participant_id", columns="metric", values="value")
+            dti_hemi = hemi
+        table = table.reindex(adjusted.index)
+        for metric in table.columns:
+            for g, mask in group_masks:
+                n, rho, p = _spearman(adjusted.loc[mask, col], table.loc[mask, metric])
+                rows.append(_corr_row("dti", g, col, str(metric), dti_hemi, n, rho, p))
+    if not rows:
+        messages.append("DTI values given but no region matches the QSM regions; no QSM-DTI correlation")
+    return rows
+
+
+def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, continuity
+                     ) -> pd.DataFrame:
+    """Each subgroup level of the first group vs the whole second group, and the levels
+    against each other within each group when there are exactly two."""
+    grp = parts[group_column].astype(str)
+    comparisons = []
+    for col in columns:
+        lev = parts[col].astype("string")
+        a_levels = sorted(lev[(grp == group_a) & lev.notna()].unique())
+        for level in a_levels:
+            m1 = (grp == group_a) & (lev == level)
+            comparisons.append((col, f"{group_a} {col}={level}", m1, group_b, grp == group_b))
+        for g in (group_a, group_b):
+            levels = sorted(lev[(grp == g) & lev.notna()].unique())
+            if len(levels) == 2:
+                m1 = (grp == g) & (lev == levels[0])
+                m2 = (grp == g) & (lev == levels[1])
+                comparisons.append((col, f"{g} {col}={levels[0]}", m1, f"{g} {col}={levels[1]}", m2))
+    frames = []
+    for col, label1, m1, label2, m2 in comparisons:
+        m1 = m1.fillna(False).astype(bool)
+        m2 = m2.fillna(False).astype(bool)
+        if m1.sum() < 2 or m2.sum() < 2:
+            continue
+        comp = compare_groups(adjusted, m1, m2, continuity=continuity)
+        comp.insert(0, "subgroup_column", col)
+        comp.insert(1, "group_1", label1)
+        comp.insert(2, "group_2", label2)
+        frames.append(comp)
+    cols = ["subgroup_column", "group_1", "group_2", "region", "hemisphere", "n_1", "mean_1",
+            "sem_1", "n_2", "mean_2", "sem_2", "u", "z", "p", "p_bonferroni"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    out = pd.concat(frames, ignore_index=True)
+    out["region"] = [u[0] for u in out["unit"]]
+    out["hemisphere"] = [u[1] for u in out["unit"]]
+    out = out.rename(columns={"n_a": "n_1", "mean_a": "mean_1", "sem_a": "sem_1", "n_b": "n_2",
+                              "mean_b": "mean_2", "sem_b": "sem_2"})
+    return out[cols]
+
+
+# ----------------------------------------------------------------------------- sidecars and files
+
+def roi_stats_sidecar(groups: Sequence[str], covariates: Sequence[str], laterality_alpha: float = 0.05,
+                      continuity: bool = True) -> dict:
+    """Column descriptions of roi_stats.tsv (BIDS TSV sidecar)."""
+    a, b = groups
+    cov = ", ".join(covariates) or "no covariate"
+    sc = {
+        "region": {"Description": "Region name (qsm-bids atlas, snake_case)."},
+        "hemisphere": {"Description": "L, R, or bilateral (mean of L and R per participant when "
+                                      f"the laterality test in {a} had p >= {laterality_alpha})."},
+    }
+    for g in (a, b):
+        sc[f"n_{g}"] = {"Description": f"Number of {g} participants with a value for this region."}
+        sc[f"mean_{g}"] = {"Description": f"Mean over {g} of the participants' regional median "
+                                          f"susceptibility, adjusted for {cov} (covariance method).",
+                           "Units": "ppm"}
+        sc[f"sem_{g}"] = {"Description": f"Standard error of the mean of {g} (SD with ddof=1 / sqrt(n)).",
+                          "Units": "ppm"}
+    sc.update({
+        "u": {"Description": f"Mann-Whitney U of {a} (rank sum of {a} minus n(n+1)/2)."},
+        "z": {"Description": f"Two-tailed Wilcoxon rank-sum Z, {a} vs {b}, normal approximation with "
+                             "tie correction" + (" and 0.5 continuity correction" if continuity else "")
+                             + f"; positive when {a} ranks higher."},
+        "p": {"Description": "Two-tailed p value of the rank-sum test (uncorrected)."},
+        "p_bonferroni": {"Description": "p multiplied by the number of regions tested (rows with a "
+                                        "p value), capped at 1."},
+        "significance": {"Description": "* p<.05, ** p<.01, *** Bonferroni p<.05, **** Bonferroni p<.01."},
+        "laterality_n": {"Description": f"Number of {a} participants with both L and R values."},
+        "laterality_stat": {"Description": f"Wilcoxon signed-rank statistic (smaller signed-rank sum) "
+                                           f"of L vs R in {a} (scipy.stats.wilcoxon, two-sided)."},
+        "laterality_p": {"Description": f"Two-sided p of the L vs R signed-rank test in {a}."},
+        "laterality": {"Description": f"separate: L and R kept apart (laterality p < {laterality_alpha}); "
+                                      "averaged: hemispheres averaged; not tested: no L/R pair.",
+                       "Levels": {"separate": "hemispheres kept apart", "averaged": "mean of L and R",
+                                  "not tested": "region without an L/R pair"}},
+    })
+    for c in covariates:
+        sc[f"slope_{c}"] = {"Description": f"Covariance-method slope of the region value on {c}, "
+                                           f"fitted by ordinary least squares in {b} (jointly with the "
+                                           "other covariates); values were adjusted to the mean of "
+                                           f"{c} in {b}.", "Units": f"ppm per unit of {c}"}
+    return sc
+
+
+def correlations_sidecar(groups: Sequence[str]) -> dict:
+    """Column descriptions of correlations.tsv."""
+    a, _ = groups
+    return {
+        "analysis": {"Description": "Kind of correlation.",
+                     "Levels": {"clinical": f"adjusted QSM vs a clinical column, within {a}",
+                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group",
+                                "dti": "adjusted QSM vs a diffusion tensor metric of the same region"}},
+        "group": {"Description": "Group within which the correlation was computed."},
+        "region": {"Description": "QSM region."},
+        "hemisphere": {"Description": "QSM region hemisphere (L, R, bilateral)."},
+        "variable": {"Description": "Other variable: clinical column, region or DTI metric."},
+        "variable_hemisphere": {"Description": "Hemisphere of the other variable when it is a region "
+                                               "or DTI value; empty for clinical columns."},
+        "n": {"Description": "Number of participants with both values."},
+        "rho": {"Description": "Spearman rank correlation coefficient (scipy.stats.spearmanr)."},
+        "rho_squared": {"Description": "rho squared."},
+        "p": {"Description": "Two-sided p value of rho (uncorrected)."},
+    }
+
+
+def subgroups_sidecar() -> dict:
+    """Column descriptions of roi_subgroups.tsv."""
+    return {
+        "subgroup_column": {"Description": "participants.tsv column defining the subgroups."},
+        "group_1": {"Description": "First compared set of participants."},
+        "group_2": {"Description": "Second compared set of participants."},
+        "region": {"Description": "Region name."},
+        "hemisphere": {"Description": "L, R or bilateral (as in roi_stats.tsv)."},
+        "n_1": {"Description": "Participants in group_1 with a value."},
+        "mean_1": {"Description": "Mean adjusted value of group_1.", "Units": "ppm"},
+        "sem_1": {"Description": "Standard error of the mean of group_1.", "Units": "ppm"},
+        "n_2": {"Description": "Participants in group_2 with a value."},
+        "mean_2": {"Description": "Mean adjusted value of group_2.", "Units": "ppm"},
+        "sem_2": {"Description": "Standard error of the mean of group_2.", "Units": "ppm"},
+        "u": {"Description": "Mann-Whitney U of group_1."},
+        "z": {"Description": "Rank-sum Z (tie- and continuity-corrected), positive when group_1 ranks higher."},
+        "p": {"Description": "Two-tailed p value."},
+        "p_bonferroni": {"Description": "Bonferroni over the regions of this comparison."},
+    }
+
+
+def values_sidecar(covariates: Sequence[str]) -> dict:
+    """Column descriptions of roi_values.tsv (each participant's values per region unit)."""
+    return {
+        "participant_id": {"Description": "Participant."},
+        "group": {"Description": "Group level."},
+        "region": {"Description": "Region name."},
+        "hemisphere": {"Description": "L, R or bilateral (as in roi_stats.tsv)."},
+        "value_ppm": {"Description": "Regional median susceptibility (mean of L and R when bilateral).",
+                      "Units": "ppm"},
+        "adjusted_ppm": {"Description": "value_ppm adjusted by the covariance method for "
+                                        f"{', '.join(covariates) or 'no covariate'}.", "Units": "ppm"},
+    }
+
+
+def write_roi_outputs(out_dir: str | Path, result: RoiStatsResult,
+                      demographics: pd.DataFrame | None = None,
+                      demographics_sidecar: dict | None = None) -> list[Path]:
+    """Write roi_stats.tsv, correlations.tsv, roi_subgroups.tsv, roi_values.tsv (and
+    demographics.tsv when given) with JSON sidecars into ``out_dir`` (OUTPUT_DIR/group)."""
+    from ..io import write_tsv
+
+    out_dir = Path(out_dir)
+    lat_alpha = result.parameters.get("laterality_alpha", 0.05)
+    continuity = "continuity" in result.parameters.get("group_test", "continuity")
+    written = [
+        write_tsv(out_dir / "roi_stats.tsv", result.roi_stats,
+                  sidecar=roi_stats_sidecar(result.groups, result.covariates, lat_alpha, continuity)),
+        write_tsv(out_dir / "correlations.tsv", result.correlations,
+                  sidecar=correlations_sidecar(result.groups)),
+        write_tsv(out_dir / "roi_subgroups.tsv", result.subgroups, sidecar=subgroups_sidecar()),
+        write_tsv(out_dir / "roi_values.tsv", result.values, sidecar=values_sidecar(result.covariates)),
+    ]
+    if demographics is not None:
+        written.append(write_tsv(out_dir / "demographics.tsv", demographics,
+                                 sidecar=demographics_sidecar))
+    return written
