@@ -1,0 +1,339 @@
+"""The participant workflow: per subject, GRE -> QSM -> template -> region values.
+
+Steps, each resumable (see :mod:`qsm_bids.steps`):
+
+``qsm``        coil combination, brain mask, Laplacian unwrapping, echo
+               combination, background removal, dipole inversion (DESIGN 1-5)
+``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN),
+               Chimap, mask and T1w resampled to the template (DESIGN 6)
+``regions``    atlas to native GRE space, eroded region medians (DESIGN 7)
+``report``     the participant QC page ``OUTPUT_DIR/sub-<l>.html``
+
+Subjects are independent: one that fails is logged with one line naming the
+file and the problem, and the others go on. Runs for different subjects may
+share OUTPUT_DIR (cluster job arrays): every file is written atomically and
+``dataset_description.json`` has the same content from every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .bids import GRERun, SubjectInputs, discover, load_gre, validate_dataset
+from .errors import DataError, QSMBidsError
+from .io import derivative_path, write_json, write_nifti, write_text, write_tsv
+from .steps import Step, StepRunner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["run_participant_level", "write_dataset_description", "participant_paths", "subject_log"]
+
+
+def _container() -> dict | None:
+    if os.environ.get("QSM_BIDS_CONTAINER"):
+        return {"Type": os.environ["QSM_BIDS_CONTAINER"], "Tag": f"bids/qsm-bids:{__version__}"}
+    if os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER"):
+        return {"Type": "singularity",
+                "URI": os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER")}
+    return None
+
+
+def write_dataset_description(output_dir: Path, source: Path) -> Path:
+    """The derivative dataset_description.json (same content from every run)."""
+    generated = {"Name": "qsm-bids", "Version": __version__,
+                 "Description": "Whole-brain QSM group study (Acosta-Cabronero et al. 2018 on open tools)",
+                 "CodeURL": "https://github.com/qsm-bids/qsm-bids"}
+    container = _container()
+    if container:
+        generated["Container"] = container
+    desc = {
+        "Name": "qsm-bids derivatives",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+        "SourceDatasets": [{"URL": Path(source).resolve().as_uri()}],
+    }
+    return write_json(Path(output_dir) / "dataset_description.json", desc)
+
+
+@contextlib.contextmanager
+def subject_log(output_dir: Path, label: str, level: str):
+    """Send every log record of this block to ``logs/<label>_<level>_<time>.log`` too."""
+    logs = Path(output_dir) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = logs / f"{label}_{level}_{stamp}_{os.getpid()}.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def participant_paths(output_dir: Path, entities: dict, template: str, atlas: str) -> dict:
+    """Every derivative of one GRE run, named in one place."""
+    e = {k: v for k, v in entities.items() if v}
+
+    def p(suffix, ext=".nii.gz", **extra):
+        return derivative_path(output_dir, {**e, **extra}, suffix, ext)
+
+    return {
+        "magnitude": p("MEGRE", part="mag", desc="firstecho"),
+        "mask": p("mask", desc="brain"),
+        "unwrapped_phase": p("phase", desc="unwrapped"),
+        "local_field": p("fieldmap", desc="local"),
+        "chi": p("Chimap"),
+        "xfm_gre_t1w": p("xfm", ".mat", **{"from": "GRE", "to": "T1w", "mode": "image"}),
+        "xfm_t1w_template": p("xfm", ".h5", **{"from": "T1w", "to": template, "mode": "image"}),
+        "xfm_template_t1w": p("xfm", ".h5", **{"from": template, "to": "T1w", "mode": "image"}),
+        "chi_template": p("Chimap", space=template),
+        "t1w_template": p("T1w", space=template, desc="preproc"),
+        "mask_template": p("mask", space=template, desc="brain"),
+        "atlas_native": p("dseg", atlas=atlas),
+        "regions": p("Chimap", ".tsv", atlas=atlas, stat="median"),
+        "report": Path(output_dir) / (
+            "_".join(f"{k}-{v}" for k, v in e.items()) + ".html"),
+    }
+
+
+def _sidecar(cfg, step: str, **extra) -> dict:
+    """Common sidecar content: software, version, every parameter used."""
+    return {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__, "Step": step},
+            "Parameters": cfg.to_dict(), **extra}
+
+
+class ParticipantWorkflow:
+    """The steps of one GRE run of one subject/session."""
+
+    def __init__(self, subject: SubjectInputs, run: GRERun, output_dir: Path, cfg, *, work_dir: Path,
+                 n_cpus: int, mask_dir: Path | None = None):
+        self.subject = subject
+        self.run_ = run
+        self.output_dir = Path(output_dir)
+        self.cfg = cfg
+        self.work_dir = Path(work_dir)
+        self.n_cpus = n_cpus
+        self.mask_dir = mask_dir
+        self.prefix = run.label
+        self.paths = participant_paths(output_dir, run.entities, cfg.registration.template, cfg.atlas.name)
+        self.runner = StepRunner(self.output_dir / "logs" / "steps", self.prefix)
+        self.warnings: list = []
+        self._gre = None
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def gre(self):
+        if self._gre is None:
+            self._gre = load_gre(self.run_, self.cfg.inputs.field_strength, self.cfg.inputs.phase_units)
+            for note in self._gre.notes:
+                logger.info("[%s] %s", self.prefix, note)
+        return self._gre
+
+    def _user_mask(self) -> Path | None:
+        if self.mask_dir is None:
+            return None
+        stem = self.subject.label + "_desc-brain_mask"
+        for ext in (".nii.gz", ".nii"):
+            cand = Path(self.mask_dir) / (stem + ext)
+            if cand.exists():
+                return cand
+        raise DataError(f"--mask-dir {self.mask_dir}: no {stem}.nii[.gz] for {self.subject.label}")
+
+    # -- steps -------------------------------------------------------------------------------------
+    def steps(self) -> list:
+        cfg = self.cfg
+        gre_files = [str(p) for p in self.run_.files()]
+        user_mask = self._user_mask()
+        qsm_inputs = gre_files + ([str(user_mask)] if user_mask else [])
+        q = self.paths
+        t1w = [str(self.subject.t1w)] if self.subject.t1w else []
+        return [
+            Step("qsm", qsm_inputs, {"inputs": dataclasses.asdict(cfg.inputs),
+                                     "recon": dataclasses.asdict(cfg.recon)},
+                 {k: q[k] for k in ("magnitude", "mask", "unwrapped_phase", "local_field", "chi")},
+                 lambda out: self._qsm(out, user_mask),
+                 "coil combination, mask, unwrapping, background removal, dipole inversion"),
+            Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["mask"])] + t1w,
+                 {"registration": dataclasses.asdict(cfg.registration), "seed": cfg.seed},
+                 {k: q[k] for k in ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w", "chi_template",
+                                    "t1w_template", "mask_template")},
+                 self._normalise, "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN"),
+            Step("regions", [str(q["chi"]), str(q["mask"]), str(q["xfm_gre_t1w"]),
+                             str(q["xfm_template_t1w"])],
+                 {"atlas": dataclasses.asdict(cfg.atlas)},
+                 {k: q[k] for k in ("atlas_native", "regions")}, self._regions,
+                 "atlas to native space, eroded region medians"),
+        ]
+
+    def run(self) -> dict:
+        """Run every step (reusing finished ones); then the QC page. Returns timings."""
+        infos = {}
+        for step in self.steps():
+            infos[step.name] = self.runner.run(step)
+        self._report(infos)
+        return dict(self.runner.timings)
+
+    # -- step bodies -------------------------------------------------------------------------------
+    def _qsm(self, out: dict, user_mask: Path | None) -> dict:
+        import nibabel as nib
+
+        from .recon.pipeline import reconstruct
+
+        gre = self.gre()
+        mask = None
+        if user_mask is not None:
+            m_img = nib.load(str(user_mask))
+            if m_img.shape[:3] != gre.magnitude.shape[:3]:
+                raise DataError(f"{user_mask}: shape {m_img.shape} differs from the GRE grid "
+                                f"{gre.magnitude.shape[:3]}")
+            mask = np.asarray(m_img.dataobj) > 0
+        logger.info("[%s] GRE %s, %d echo(es) TE=%s ms, %.1f T, voxel %s mm%s", self.prefix,
+                    "x".join(map(str, gre.magnitude.shape[:3])), len(gre.echo_times),
+                    ",".join(f"{te * 1e3:g}" for te in gre.echo_times), gre.field_strength,
+                    "x".join(f"{v:g}" for v in gre.voxel_size),
+                    f", {gre.magnitude.shape[4]} coils" if gre.coil_resolved else "")
+        recon_params = dataclasses.asdict(self.cfg.recon)
+        result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
+                             gre.field_strength, mask=mask, **recon_params)
+        self.warnings.extend(getattr(result, "warnings", []) or [])
+        aff = gre.affine
+        common = {"EchoTime": gre.echo_times, "MagneticFieldStrength": gre.field_strength,
+                  "B0Direction": [float(v) for v in gre.b0_dir], "InputNotes": gre.notes,
+                  "Sources": [str(p) for p in self.run_.files()]}
+        write_nifti(out["magnitude"], result.magnitude, aff,
+                    sidecar=_sidecar(self.cfg, "qsm", Description="combined magnitude of the first echo",
+                                     **common))
+        write_nifti(out["mask"], result.mask, aff, dtype=np.uint8,
+                    sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
+                                     Method="user mask" if user_mask else result.parameters.get("mask"),
+                                     **common))
+        write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
+                    sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="laplacian (Schofield & Zhu 2003)",
+                                     **common))
+        write_nifti(out["local_field"], result.local_field_ppm, aff,
+                    sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Method=self.cfg.recon.background,
+                                     **common))
+        write_nifti(out["chi"], result.chi_ppm, aff,
+                    sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
+                                     Reference=self.cfg.recon.reference,
+                                     ReconParameters=result.parameters, Timings=result.timings,
+                                     FFTCount=getattr(result, "fft_counts", None), **common))
+        return {"timings": result.timings, "warnings": list(getattr(result, "warnings", []) or [])}
+
+    def _normalise(self, out: dict) -> dict:
+        from . import registration
+
+        info = registration.normalise_participant(
+            magnitude_path=self.paths["magnitude"], t1w_path=self.subject.t1w,
+            chi_path=self.paths["chi"], mask_path=self.paths["mask"], outputs=out,
+            template=self.cfg.registration.template,
+            resolution_mm=self.cfg.registration.template_resolution_mm,
+            preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
+            work_dir=self.work_dir, sidecar=_sidecar(self.cfg, "normalise"))
+        if not self.subject.t1w:
+            self.warnings.append("no T1w: the GRE magnitude was registered to the template directly")
+        return info
+
+    def _regions(self, out: dict) -> dict:
+        import nibabel as nib
+
+        from . import atlas as atlas_mod
+        from . import registration
+
+        if self.cfg.atlas.atlas_file:
+            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
+        else:
+            atlas_img, table = atlas_mod.default_atlas()
+        chi_img = nib.load(str(self.paths["chi"]))
+        labels_native = registration.atlas_to_native(
+            atlas_img, reference=chi_img, xfm_gre_t1w=self.paths["xfm_gre_t1w"],
+            xfm_template_t1w=self.paths["xfm_template_t1w"])
+        chi = np.asarray(chi_img.dataobj, dtype=np.float32)
+        mask = np.asarray(nib.load(str(self.paths["mask"])).dataobj) > 0
+        labels = np.asarray(labels_native.dataobj).astype(np.int16)
+        frame, warnings = atlas_mod.region_medians(
+            chi, mask, labels, table, chi_img.header.get_zooms()[:3],
+            erosion_radius_mm=self.cfg.atlas.erosion_radius_mm, min_voxels=self.cfg.atlas.min_voxels)
+        for w in warnings:
+            logger.warning("[%s] %s", self.prefix, w)
+        self.warnings.extend(warnings)
+        write_nifti(out["atlas_native"], labels, chi_img.affine, dtype=np.int16,
+                    sidecar=_sidecar(self.cfg, "regions", Description="atlas in native GRE space (nearest)"))
+        write_tsv(out["regions"], frame, sidecar={
+            "region": {"Description": "region of the atlas"},
+            "hemisphere": {"Description": "L or R"},
+            "median_ppm": {"Description": "median susceptibility in the eroded region", "Units": "ppm"},
+            "n_voxels": {"Description": "voxels in the eroded region inside the QSM mask"},
+            "GeneratedBy": _sidecar(self.cfg, "regions")["GeneratedBy"],
+            "Parameters": self.cfg.to_dict(),
+        })
+        return {"warnings": warnings}
+
+    def _report(self, infos: dict) -> None:
+        from .report.participant import render_participant_report
+
+        html = render_participant_report(
+            label=self.prefix, paths=self.paths, parameters=self.cfg.to_dict(),
+            timings=dict(self.runner.timings), warnings=self.warnings
+            + [w for i in infos.values() for w in (i or {}).get("warnings", [])],
+            version=__version__)
+        write_text(self.paths["report"], html)
+
+
+def run_participant_level(bids_dir, output_dir, cfg, *, participant_labels=None, session_labels=None,
+                          work_dir=None, n_cpus=1, mask_dir=None, validate=True) -> int:
+    """Run the participant level; returns the exit code (0, or the first failure's)."""
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    if validate:
+        validate_dataset(bids_dir)
+    subjects = discover(bids_dir, participant_labels, session_labels)
+    write_dataset_description(output_dir, bids_dir)
+    logger.info("participant level: %d subject/session(s), qsm-bids %s, python %s, %d cpu(s)",
+                len(subjects), __version__, platform.python_version(), n_cpus)
+    failures: list = []
+    t0 = time.perf_counter()
+    for i, subject in enumerate(subjects, 1):
+        with subject_log(output_dir, subject.label, "participant") as log_path:
+            logger.info("[%s] subject %d/%d (log: %s)", subject.label, i, len(subjects), log_path.name)
+            for code, message in subject.errors:
+                logger.error("[%s] %s", subject.label, message)
+                failures.append((subject.label, code))
+            for run in subject.gre_runs:
+                try:
+                    timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
+                                                  n_cpus=n_cpus, mask_dir=mask_dir).run()
+                    logger.info("[%s] done (%s)", run.label,
+                                ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+                except QSMBidsError as exc:
+                    logger.error("[%s] %s", run.label, exc)
+                    failures.append((run.label, exc.exit_code))
+                except Exception as exc:  # noqa: BLE001 - one subject's bug must not stop the others
+                    logger.debug("[%s] %s", run.label, traceback.format_exc())
+                    logger.error("[%s] unexpected %s: %s (traceback in %s)", run.label,
+                                 type(exc).__name__, exc, log_path)
+                    failures.append((run.label, 1))
+        elapsed = time.perf_counter() - t0
+        if i < len(subjects):
+            logger.info("progress: %d/%d subject(s) in %.0f s, about %.0f s left", i, len(subjects), elapsed,
+                        elapsed / i * (len(subjects) - i))
+    if failures:
+        logger.error("participant level finished with %d failure(s): %s", len(failures),
+                     ", ".join(label for label, _ in failures))
+        return failures[0][1]
+    logger.info("participant level finished: %d subject/session(s) in %.0f s", len(subjects),
+                time.perf_counter() - t0)
+    return 0
