@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qsm-bids",
         description="Whole-brain quantitative susceptibility mapping (QSM) group study of a BIDS dataset "
                     "of gradient-echo and T1w images (Acosta-Cabronero et al., Radiology 2018, on open tools).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (read only)")
     p.add_argument("output_dir", type=Path, help="where the derivatives are written (not inside bids_dir)")

@@ -1,0 +1,260 @@
+"""The group workflow: participant derivatives + participants.tsv -> statistics -> report.
+
+It reads only ``OUTPUT_DIR``'s participant results and the dataset's
+``participants.tsv`` (never the raw images), so it runs on a machine that
+has only the derivatives. Steps, each resumable:
+
+``template``   study template from the participants' template-space T1w (or MNI)
+``voxelwise``  smoothing, GLM, Freedman-Lane permutations with TFCE, FWE p
+``regions``    region statistics, correlations, demographics
+``report``     ``group/report.html``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .. import __version__
+from ..bids import read_participants, strip_prefix
+from ..errors import DataError, NoInputError
+from ..io import write_json
+from ..participant import subject_log, write_dataset_description
+from ..steps import Step, StepRunner
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["GroupInputs", "collect_group_inputs", "run_group_level"]
+
+
+@dataclass
+class GroupInputs:
+    """The participants that enter the group analysis and their derivative files."""
+
+    participants: pd.DataFrame  # selected rows, participant_id without "sub-"
+    files: dict  # participant_id -> {key: Path}
+    excluded: list = field(default_factory=list)  # human-readable reasons
+    warnings: list = field(default_factory=list)
+
+
+_KEYS = {
+    "chi_template": "_space-{tpl}_Chimap.nii.gz",
+    "t1w_template": "_space-{tpl}_desc-preproc_T1w.nii.gz",
+    "mask_template": "_space-{tpl}_desc-brain_mask.nii.gz",
+    "regions": "_atlas-{atlas}_stat-median_Chimap.tsv",
+    "chi": "_Chimap.nii.gz",
+    "magnitude": "_part-mag_desc-firstecho_MEGRE.nii.gz",
+    "xfm_gre_t1w": "_from-GRE_to-T1w_mode-image_xfm.mat",
+    "xfm_t1w_template": "_from-T1w_to-{tpl}_mode-image_xfm.h5",
+}
+_REQUIRED = ("chi_template", "t1w_template", "mask_template", "regions")
+
+
+def _find(output_dir: Path, label: str, pattern: str) -> list:
+    hits = []
+    for anat in sorted((output_dir / f"sub-{label}").glob("**/anat")):
+        for path in sorted(anat.glob(f"sub-{label}*{pattern}")):
+            name = path.name
+            # "_Chimap.nii.gz" must not match the space-/atlas- variants
+            if pattern == "_Chimap.nii.gz" and ("_space-" in name or "_atlas-" in name):
+                continue
+            hits.append(path)
+    return hits
+
+
+def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> GroupInputs:
+    """Select participants and find their derivatives; exclusions are listed, not silent."""
+    output_dir = Path(output_dir)
+    g = cfg.group
+    frame = read_participants(bids_dir)
+    if participant_labels:
+        wanted = {strip_prefix(x, "sub") for x in participant_labels}
+        frame = frame[frame["participant_id"].isin(wanted)]
+    for column in (g.group_column, *g.covariates):
+        if column not in frame.columns:
+            raise DataError(f"{Path(bids_dir) / 'participants.tsv'}: no column '{column}' "
+                            f"(columns: {', '.join(frame.columns)}); see --group-column/--covariates")
+    excluded, warnings = [], []
+    frame = frame.copy()
+    frame[g.group_column] = frame[g.group_column].astype("string")
+    others = frame[~frame[g.group_column].isin(g.groups) & frame[g.group_column].notna()]
+    if len(others):
+        logger.info("%d participant(s) in other groups (%s) are not analysed", len(others),
+                    ", ".join(sorted(set(others[g.group_column].astype(str)))))
+    frame = frame[frame[g.group_column].isin(g.groups) | frame[g.group_column].isna()]
+    missing_cols = [c for c in (g.group_column, *g.covariates)]
+    missing = frame[frame[missing_cols].isna().any(axis=1)]
+    for _, row in missing.iterrows():
+        cols = [c for c in missing_cols if pd.isna(row[c])]
+        excluded.append(f"sub-{row['participant_id']}: no value for {', '.join(cols)} in participants.tsv")
+    frame = frame.drop(missing.index)
+
+    files: dict = {}
+    keep = []
+    for label in frame["participant_id"]:
+        found = {}
+        for key, pattern in _KEYS.items():
+            hits = _find(output_dir, label, pattern.format(tpl=cfg.registration.template, atlas=cfg.atlas.name))
+            if len(hits) > 1:
+                warnings.append(f"sub-{label}: {len(hits)} files match *{hits[0].name[len(label) + 4:]}; "
+                                f"using {hits[0].name}")
+            if hits:
+                found[key] = hits[0]
+        lacking = [k for k in _REQUIRED if k not in found]
+        if lacking:
+            excluded.append(f"sub-{label}: participant results missing ({', '.join(lacking)}); run the "
+                            "participant level for it")
+            continue
+        files[label] = found
+        keep.append(label)
+    frame = frame[frame["participant_id"].isin(keep)].reset_index(drop=True)
+    for reason in excluded:
+        logger.warning("excluded %s", reason)
+    counts = frame[g.group_column].value_counts()
+    for level in g.groups:
+        if counts.get(level, 0) < 2:
+            raise DataError(
+                f"group '{level}' of column '{g.group_column}' has {counts.get(level, 0)} usable "
+                f"participant(s); at least 2 per group are needed (levels found: "
+                f"{', '.join(f'{k}={v}' for k, v in counts.items()) or 'none'})")
+    return GroupInputs(participants=frame, files=files, excluded=excluded, warnings=warnings)
+
+
+def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_dir=None, n_cpus=1,
+                    mem_gb=None, validate=True) -> int:
+    """Run the group level; returns the exit code."""
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    if not any(output_dir.glob("sub-*")):
+        raise NoInputError(f"{output_dir}: no sub-* participant results; run the participant level first")
+    if validate:
+        logger.info("group level reads only participant derivatives and participants.tsv; the raw "
+                    "dataset is not validated again")
+    write_dataset_description(output_dir, bids_dir)
+    group_dir = output_dir / "group"
+    with subject_log(output_dir, "group", "group"):
+        t0 = time.perf_counter()
+        inputs = collect_group_inputs(bids_dir, output_dir, cfg, participant_labels)
+        g = cfg.group
+        counts = inputs.participants[g.group_column].value_counts().to_dict()
+        logger.info("group level: %s (covariates: %s), %d permutations, template %s",
+                    " vs ".join(f"{k} (n={counts.get(k, 0)})" for k in g.groups),
+                    ", ".join(g.covariates) or "none", g.n_permutations, g.template)
+        runner = StepRunner(output_dir / "logs" / "steps", "group")
+        ctx = _GroupContext(cfg, inputs, group_dir, work_dir=Path(work_dir) if work_dir else group_dir,
+                            n_cpus=n_cpus, mem_gb=mem_gb, output_dir=output_dir, bids_dir=bids_dir)
+        infos = {}
+        for step in ctx.steps():
+            infos[step.name] = runner.run(step)
+        ctx.report(infos, runner.timings)
+        logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, group_dir / "report.html")
+    return 0
+
+
+class _GroupContext:
+    """Step bodies of the group level."""
+
+    def __init__(self, cfg, inputs: GroupInputs, group_dir: Path, *, work_dir, n_cpus, mem_gb, output_dir,
+                 bids_dir):
+        self.cfg = cfg
+        self.inputs = inputs
+        self.group_dir = group_dir
+        self.work_dir = work_dir
+        self.n_cpus = n_cpus
+        self.mem_gb = mem_gb
+        self.output_dir = output_dir
+        self.bids_dir = bids_dir
+        self.selection = {"participants": list(inputs.participants["participant_id"]),
+                          "groups": inputs.participants[cfg.group.group_column].astype(str).tolist()}
+        self.template_outputs = {
+            "template_t1w": group_dir / "tpl-study_T1w.nii.gz",
+            "template_chi": group_dir / "tpl-study_desc-mean_Chimap.nii.gz",
+            "template_mask": group_dir / "tpl-study_desc-brain_mask.nii.gz",
+            "xfm_study_to_mni": group_dir / f"from-study_to-{cfg.registration.template}_mode-image_xfm.h5",
+        }
+
+    def _files(self, key: str) -> list:
+        return [str(self.inputs.files[p][key]) for p in self.selection["participants"]]
+
+    def steps(self) -> list:
+        cfg = self.cfg
+        base_params = {"selection": self.selection, "seed": cfg.seed}
+        steps = []
+        if cfg.group.template == "study":
+            steps.append(Step(
+                "template", self._files("t1w_template") + self._files("chi_template") + self._files("mask_template"),
+                {**base_params, "template_iterations": cfg.group.template_iterations,
+                 "template_resolution_mm": cfg.group.template_resolution_mm},
+                dict(self.template_outputs), self._template, "study template from template-space T1w"))
+        tpl_inputs = [str(p) for p in self.template_outputs.values()] if cfg.group.template == "study" else []
+        steps.append(Step(
+            "voxelwise", self._files("chi_template") + self._files("mask_template") + tpl_inputs,
+            {**base_params, "group": dataclasses.asdict(cfg.group)},
+            {"summary": self.group_dir / "voxelwise.json"}, self._voxelwise,
+            "smoothing, GLM, Freedman-Lane permutations, TFCE, FWE"))
+        steps.append(Step(
+            "regions", self._files("regions") + [str(Path(self.bids_dir) / "participants.tsv")],
+            {**base_params, "roi_stats": dataclasses.asdict(cfg.roi_stats),
+             "group": {k: getattr(cfg.group, k) for k in ("group_column", "groups", "covariates")}},
+            {"roi_stats": self.group_dir / "roi_stats.tsv", "correlations": self.group_dir / "correlations.tsv",
+             "demographics": self.group_dir / "demographics.tsv"},
+            self._regions, "region statistics, correlations, demographics"))
+        return steps
+
+    # -- step bodies -------------------------------------------------------------------------------
+    def _template(self, out: dict) -> dict:
+        from .template import build_study_template
+
+        return build_study_template(
+            t1w_paths=self._files("t1w_template"), chi_paths=self._files("chi_template"),
+            mask_paths=self._files("mask_template"), outputs=out,
+            iterations=self.cfg.group.template_iterations,
+            resolution_mm=self.cfg.group.template_resolution_mm, seed=self.cfg.seed,
+            n_threads=self.n_cpus, work_dir=self.work_dir) or {}
+
+    def _voxelwise(self, out: dict) -> dict:
+        from .voxelwise import run_voxelwise
+
+        g = self.cfg.group
+        study = g.template == "study"
+        result = run_voxelwise(
+            chi_paths=self._files("chi_template"), mask_paths=self._files("mask_template"),
+            design=self.inputs.participants, group_column=g.group_column, groups=g.groups,
+            covariates=g.covariates, out_dir=self.group_dir,
+            study_template=self.template_outputs if study else None,
+            smoothing_sigma_mm=g.smoothing_sigma_mm, n_permutations=g.n_permutations,
+            chunk_size=g.permutation_chunk_size, tfce_E=g.tfce_E, tfce_H=g.tfce_H,
+            tfce_connectivity=g.tfce_connectivity, coverage_fraction=g.coverage_fraction, alpha=g.alpha,
+            seed=self.cfg.seed, n_jobs=self.n_cpus, mem_gb=self.mem_gb, parameters=self.cfg.to_dict())
+        write_json(out["summary"], {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__},
+                                    "Outputs": result})
+        return {"outputs": result}
+
+    def _regions(self, out: dict) -> dict:
+        from .demographics import compute_demographics, demographics_sidecar
+        from .roi_stats import compute_roi_stats, read_region_tables, write_roi_outputs
+
+        g, r = self.cfg.group, self.cfg.roi_stats
+        tables = {p: self.inputs.files[p]["regions"] for p in self.selection["participants"]}
+        values = read_region_tables(tables)
+        participants = self.inputs.participants
+        result = compute_roi_stats(values, participants, group_column=g.group_column, groups=g.groups,
+                                   covariates=g.covariates, laterality_alpha=r.laterality_alpha,
+                                   clinical_columns=r.clinical_columns, subgroup_columns=r.subgroup_columns)
+        demo = compute_demographics(participants, group_column=g.group_column, groups=g.groups)
+        write_roi_outputs(self.group_dir, result, demographics=demo,
+                          demographics_sidecar=demographics_sidecar(g.groups))
+        for w in result.warnings:
+            logger.warning("regions: %s", w)
+        return {"warnings": list(result.warnings)}
+
+    def report(self, infos: dict, timings: dict) -> None:
+        from ..report.group import write_group_report
+
+        write_group_report(
+            group_dir=self.group_dir, output_dir=self.output_dir, inputs=self.inputs, cfg=self.cfg,
+            infos=infos, timings=timings, version=__version__)
