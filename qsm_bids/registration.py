@@ -47,6 +47,7 @@ __all__ = [
     "gre_to_template",
     "t1w_to_template",
     "atlas_to_native",
+    "normalise_participant",
 ]
 
 #: Quality presets. ``fixed_resolution_mm`` is the template grid the SyN field lives on.
@@ -172,29 +173,16 @@ def _seeded(seed: int):
         ants.config._random_seed = old
 
 
-def _x(values) -> str:
-    return "x".join(str(v) for v in values)
-
-
-def _ants_registration(fixed, moving, outprefix: str, kind: str, p: dict, seed: int,
-                       moving_mask=None, composite: bool = False):
-    """Run antsRegistration with explicit stages (Rigid, or Affine + SyN). Returns the output dict."""
+def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None):
+    """Rigid antsRegistration with the preset's schedule."""
     import ants
 
-    if kind == "rigid":
-        kw = dict(type_of_transform="Rigid", aff_iterations=p["rigid_iterations"],
-                  aff_shrink_factors=p["rigid_shrink"], aff_smoothing_sigmas=p["rigid_smoothing"])
-    elif kind == "syn":
-        kw = dict(type_of_transform="SyN", aff_iterations=p["aff_iterations"],
-                  aff_shrink_factors=p["aff_shrink"], aff_smoothing_sigmas=p["aff_smoothing"],
-                  reg_iterations=p["reg_iterations"])
-    else:
-        raise ValueError(kind)
     with _seeded(seed):
-        return ants.registration(fixed=fixed, moving=moving, outprefix=outprefix,
-                                 moving_mask=moving_mask, mask_all_stages=moving_mask is not None,
+        return ants.registration(fixed=fixed, moving=moving, outprefix=outprefix, type_of_transform="Rigid",
+                                 aff_iterations=p["rigid_iterations"], aff_shrink_factors=p["rigid_shrink"],
+                                 aff_smoothing_sigmas=p["rigid_smoothing"],
                                  aff_random_sampling_rate=p["sampling_rate"],
-                                 write_composite_transform=composite, verbose=False, **kw)
+                                 moving_mask=moving_mask, mask_all_stages=moving_mask is not None)
 
 
 def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
@@ -292,8 +280,7 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
             raise ValueError("out_gre_to_t1w is required when a T1w is given")
         t1 = to_ants(t1w)
         t0 = time.perf_counter()
-        rig = _ants_registration(_normalise_intensity(t1), mag, tmp + "gre2t1_", "rigid", p, seed,
-                                 moving_mask=mag_mask)
+        rig = _ants_rigid(_normalise_intensity(t1), mag, tmp + "gre2t1_", p, seed, moving_mask=mag_mask)
         timings["gre_to_t1w"] = round(time.perf_counter() - t0, 2)
         rigid_mat = rig["fwdtransforms"][0]
         t1_mask = None
@@ -321,54 +308,163 @@ def _template_reference(resolution_mm: float):
     return to_ants(brain_template(resolution_mm))
 
 
-def gre_to_template(img, reg: RegistrationResult, resolution_mm: float = 2.0,
+def gre_to_template(img, xfm_t1w_template, xfm_gre_t1w=None, resolution_mm: float = 2.0,
                     interpolation: str = "linear", dtype=np.float32):
     """A native-GRE map (Chimap, mask, magnitude) on the template grid, resampled once.
 
-    ``interpolation``: "linear" for maps, "nearestNeighbor" or "genericLabel" for masks/labels.
+    The transform list [T1w -> template, GRE -> T1w] is composed by ANTs before
+    interpolating. ``interpolation``: "linear" for maps, "nearestNeighbor" or
+    "genericLabel" for masks and labels.
     """
     import ants
 
-    tx = [str(reg.to_template)] + ([str(reg.gre_to_t1w)] if reg.gre_to_t1w else [])
+    tx = [str(xfm_t1w_template)] + ([str(xfm_gre_t1w)] if xfm_gre_t1w else [])
     out = ants.apply_transforms(_template_reference(resolution_mm), to_ants(img), tx,
                                 interpolator=interpolation, defaultvalue=0)
     return to_nibabel(out, dtype)
 
 
-def t1w_to_template(img, reg: RegistrationResult, resolution_mm: float = 2.0, dtype=np.float32):
-    """The T1w on the template grid (linear). Without a T1w, pass the GRE magnitude instead."""
+def t1w_to_template(img, xfm_t1w_template, resolution_mm: float = 2.0, dtype=np.float32):
+    """The T1w on the template grid (linear)."""
     import ants
 
-    if reg.direct_to_template:
-        return gre_to_template(img, reg, resolution_mm, "linear", dtype)
     out = ants.apply_transforms(_template_reference(resolution_mm), to_ants(img),
-                                [str(reg.to_template)], interpolator="linear", defaultvalue=0)
+                                [str(xfm_t1w_template)], interpolator="linear", defaultvalue=0)
     return to_nibabel(out, dtype)
 
 
-def atlas_to_native(atlas_img, reference_gre, reg: RegistrationResult,
-                    interpolation: str = "nearestNeighbor") -> np.ndarray:
+def atlas_to_native(atlas_img, reference, xfm_gre_t1w, xfm_template_t1w,
+                    interpolation: str = "nearestNeighbor"):
     """Template-space labels on the native GRE grid, through the inverse transforms.
 
     Parameters
     ----------
     atlas_img : nibabel image
         Integer labels in template space (any resolution).
-    reference_gre : nibabel image
-        Defines the native GRE grid.
+    reference : nibabel image
+        Defines the native GRE grid (e.g. the Chimap).
+    xfm_gre_t1w : path or None
+        The rigid GRE -> T1w ``.mat`` (inverted here); None skips it.
+    xfm_template_t1w : path
+        The inverse composite template -> T1w ``.h5``.
     interpolation : {"nearestNeighbor", "genericLabel"}
 
     Returns
     -------
-    ndarray int16 on the GRE grid.
+    nibabel.Nifti1Image, int16 labels on the reference grid.
     """
     import ants
+    import nibabel as nib
 
-    if reg.gre_to_t1w:
-        tx, inv = [str(reg.gre_to_t1w), str(reg.from_template)], [True, False]
+    if xfm_gre_t1w:
+        tx, inv = [str(xfm_gre_t1w), str(xfm_template_t1w)], [True, False]
     else:
-        tx, inv = [str(reg.from_template)], [False]
-    ref = to_ants(reference_gre)
-    out = ants.apply_transforms(ref, to_ants(atlas_img, np.float32), tx, whichtoinvert=inv,
+        tx, inv = [str(xfm_template_t1w)], [False]
+    out = ants.apply_transforms(to_ants(reference), to_ants(atlas_img, np.float32), tx, whichtoinvert=inv,
                                 interpolator=interpolation, defaultvalue=0)
-    return np.rint(out.numpy()).astype(np.int16)
+    labels = np.rint(out.numpy()).astype(np.int16)
+    img = nib.Nifti1Image(labels, np.asarray(reference.affine, dtype=float))
+    img.set_data_dtype(np.int16)
+    return img
+
+
+# ---------------------------------------------------------------------------
+# The participant workflow's entry point
+# ---------------------------------------------------------------------------
+
+def _json_of(path: Path) -> Path:
+    name = Path(path).name
+    for ext in (".nii.gz", ".h5", ".mat"):
+        if name.endswith(ext):
+            return Path(path).with_name(name[: -len(ext)] + ".json")
+    return Path(path).with_suffix(".json")
+
+
+def _write_identity(path: Path) -> None:
+    import ants
+
+    tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
+    with atomic_path(path) as tmp:
+        ants.write_transform(tx, str(tmp))
+
+
+def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs: dict,
+                          template: str = TEMPLATE_NAME, resolution_mm: float = 2.0,
+                          preset: str = "standard", seed: int | None = 0, n_threads: int = 1,
+                          work_dir=None, sidecar: dict | None = None) -> dict:
+    """Register one GRE run and write every normalisation output.
+
+    Parameters
+    ----------
+    magnitude_path, chi_path, mask_path : path
+        First-echo magnitude, Chimap (ppm) and brain mask on the native GRE grid.
+    t1w_path : path or None
+        The subject's T1w; None registers the magnitude to the template directly.
+    outputs : dict
+        Paths to write, keys ``xfm_gre_t1w`` (.mat), ``xfm_t1w_template`` (.h5),
+        ``xfm_template_t1w`` (.h5), ``chi_template``, ``t1w_template``,
+        ``mask_template`` (NIfTI, on the template grid at ``resolution_mm``).
+        Without a T1w, ``xfm_gre_t1w`` is the identity (the GRE stands in for
+        the T1w), the ``.h5`` files map GRE <-> template, and ``t1w_template``
+        holds the warped magnitude; the sidecars say ``DirectGREToTemplate``.
+    template : str
+        Only the shipped ``MNI152NLin2009aSym`` is supported.
+    preset, seed, n_threads, work_dir
+        Registration preset, ANTs random seed (None: 0), ITK threads, scratch folder.
+    sidecar : dict or None
+        Common sidecar content (software, parameters) merged into every JSON written.
+
+    Returns
+    -------
+    dict with ``timings`` (s per registration and for resampling), ``warnings``
+    (list of str) and ``direct_to_template`` (bool).
+    """
+    import nibabel as nib
+
+    from .errors import DataError, UsageError
+    from .io import write_json, write_nifti
+
+    if template != TEMPLATE_NAME:
+        raise UsageError(f"registration template {template!r} is not available; only {TEMPLATE_NAME} is shipped")
+    set_threads(n_threads)
+    seed = 0 if seed is None else int(seed)
+    try:
+        mag = nib.load(str(magnitude_path))
+        mask = nib.load(str(mask_path))
+        chi = nib.load(str(chi_path))
+        t1w = nib.load(str(t1w_path)) if t1w_path else None
+    except Exception as exc:
+        raise DataError(f"cannot read an input of the normalisation ({exc})") from None
+    if t1w is not None and len(t1w.shape) == 4 and t1w.shape[3] > 1:
+        raise DataError(f"{t1w_path}: T1w must be a 3D image, got shape {t1w.shape}")
+    warnings = []
+    out = {k: Path(v) for k, v in outputs.items()}
+    reg = register_subject(mag, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
+                           out["xfm_gre_t1w"] if t1w is not None else None, preset=preset, seed=seed,
+                           gre_mask=mask, work_dir=work_dir)
+    if reg.direct_to_template:
+        _write_identity(out["xfm_gre_t1w"])
+        warnings.append("no T1w: the GRE magnitude was registered to the template directly")
+    info = {**(sidecar or {}), **reg.sidecar()}
+    t0 = time.perf_counter()
+    chi_t = gre_to_template(chi, out["xfm_t1w_template"], out["xfm_gre_t1w"], resolution_mm, "linear")
+    mask_t = gre_to_template(mask, out["xfm_t1w_template"], out["xfm_gre_t1w"], resolution_mm,
+                             "nearestNeighbor")
+    if t1w is not None:
+        t1_t = t1w_to_template(t1w, out["xfm_t1w_template"], resolution_mm)
+    else:
+        t1_t = gre_to_template(mag, out["xfm_t1w_template"], out["xfm_gre_t1w"], resolution_mm, "linear")
+    reg.timings_s["resample"] = round(time.perf_counter() - t0, 2)
+    res = {"Resolution": f"{resolution_mm:g} mm template grid (nilearn MNI152 2009 sym bounding box)"}
+    write_nifti(out["chi_template"], np.asarray(chi_t.dataobj), chi_t.affine,
+                sidecar={**info, **res, "Units": "ppm", "Interpolation": "linear (transforms composed, one resampling)"})
+    write_nifti(out["mask_template"], np.asarray(mask_t.dataobj) > 0.5, mask_t.affine, dtype=np.uint8,
+                sidecar={**info, **res, "Type": "Brain", "Interpolation": "nearest neighbour"})
+    write_nifti(out["t1w_template"], np.asarray(t1_t.dataobj), t1_t.affine,
+                sidecar={**info, **res, "Interpolation": "linear",
+                         "Source": "GRE magnitude (no T1w)" if reg.direct_to_template else "T1w"})
+    for key, desc in (("xfm_gre_t1w", "identity (no T1w)" if reg.direct_to_template else "rigid, ANTs affine"),
+                      ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
+                      ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
+        write_json(_json_of(out[key]), {**info, "Transform": desc})
+    return {"timings": dict(reg.timings_s), "warnings": warnings, "direct_to_template": reg.direct_to_template}
