@@ -40,8 +40,6 @@ class InputConfig:
     field_strength: float | None = None
     #: Force the phase units ("rad" or "arbitrary"); None reads ``Units`` or infers.
     phase_units: str | None = None
-    #: Relative voxel-wise noise level above which magnitude is considered signal.
-    min_echoes: int = 1
 
 
 @dataclass
@@ -68,8 +66,9 @@ class ReconConfig:
     sharp_threshold: float = 0.05
     #: V-SHARP kernel radii in mm, largest first.
     vsharp_radii_mm: tuple[float, ...] = (12.0, 10.0, 8.0, 6.0, 4.0, 2.0)
-    #: PDF: maximum conjugate-gradient iterations and relative tolerance.
+    #: PDF: maximum conjugate-gradient iterations.
     pdf_max_iter: int = 100
+    #: PDF: relative tolerance of the conjugate gradient.
     pdf_tol: float = 0.01
     #: Dipole inversion: "medi" (paper), "tkd" or "tikhonov".
     inversion: str = "medi"
@@ -77,11 +76,13 @@ class ReconConfig:
     medi_lambda: float = 1000.0
     #: MEDI gradient mask: fraction of voxels (over the 3 directions) counted as edges-free.
     medi_percentage: float = 0.9
-    #: MEDI Gauss-Newton outer iterations (toolbox default 10) and stopping ratio.
+    #: MEDI Gauss-Newton outer iterations (toolbox default 10).
     medi_max_iter: int = 10
+    #: MEDI stops when the update norm falls below this fraction of the solution norm (toolbox 0.1).
     medi_tol_norm_ratio: float = 0.1
-    #: MEDI conjugate-gradient inner iterations and tolerance (toolbox: 100, 0.01).
+    #: MEDI conjugate-gradient inner iterations (toolbox 100).
     medi_cg_max_iter: int = 100
+    #: MEDI conjugate-gradient relative tolerance (toolbox 0.01).
     medi_cg_tol: float = 0.01
     #: MEDI IRLS smoothing of the L1 weight (toolbox beta, 1e-6 on its gradient scale).
     medi_beta: float = 1e-6
@@ -111,8 +112,9 @@ class AtlasConfig:
 
     #: Atlas name in file names; "qsmbids" is the default composite atlas.
     name: str = "qsmbids"
-    #: A user atlas in template space (NIfTI) and its labels table (TSV).
+    #: A user atlas (integer labels, NIfTI) in the template space (``--atlas``).
     atlas_file: str | None = None
+    #: Its labels table: TSV with index, region, hemisphere (``--atlas-labels``).
     atlas_labels: str | None = None
     #: Erosion of every region by a sphere of this radius in mm (paper: 1 mm).
     erosion_radius_mm: float = 1.0
@@ -124,25 +126,33 @@ class AtlasConfig:
 class GroupConfig:
     """Group steps 1-2: study template and voxelwise inference."""
 
+    #: participants.tsv column holding the groups.
     group_column: str = "group"
-    #: First level is the "patient" side of the contrasts.
+    #: The two levels compared; the first is the "patient" side of the contrasts.
     groups: tuple[str, ...] = ("ALS", "control")
+    #: Nuisance covariates (participants.tsv columns) in the GLM and the region adjustment.
     covariates: tuple[str, ...] = ("age",)
     #: "study" (ANTs template from the participants' T1w) or "mni".
     template: str = "study"
+    #: Iterations of the study template construction.
     template_iterations: int = 3
+    #: Resolution (mm) of the study template and the voxelwise analysis.
     template_resolution_mm: float = 2.0
     #: Gaussian smoothing sigma (mm), compensated at the brain boundary.
     smoothing_sigma_mm: float = 3.0
     #: Minimum fraction of participants covering a voxel for the analysis mask.
     coverage_fraction: float = 1.0
+    #: Permutations of the Freedman-Lane test (the observed labelling counts as one).
     n_permutations: int = 20000
     #: Permutations per chunk (memory bound; each chunk has its own seed).
     permutation_chunk_size: int = 500
+    #: TFCE extent exponent E (Smith & Nichols 2009).
     tfce_E: float = 0.5
+    #: TFCE height exponent H.
     tfce_H: float = 2.0
     #: Voxel connectivity for TFCE (26 as in randomise -T; 6 or 18 possible).
     tfce_connectivity: int = 26
+    #: FWE-corrected significance level for clusters and the report.
     alpha: float = 0.05
 
 
@@ -309,3 +319,36 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         cfg.update(overrides, source="command line")
     cfg.validate()
     return cfg
+
+
+def parameter_table_markdown() -> str:
+    """Markdown table of every parameter, its default and its meaning (for the README).
+
+    The meaning is the ``#:`` comment above each field in this module.
+    """
+    import inspect
+    import sys
+
+    lines = inspect.getsource(sys.modules[__name__]).splitlines()
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    cfg = Config()
+    for section in _SECTIONS:
+        obj = getattr(cfg, section)
+        start = lines.index(f"class {type(obj).__name__}:")
+        comments: dict = {}
+        pending: list = []
+        for line in lines[start + 1:]:
+            if line.startswith(("class ", "def ", "@")):
+                break
+            s = line.strip()
+            if s.startswith("#:"):
+                pending.append(s[2:].strip())
+            elif s and s.split(":")[0].isidentifier() and ":" in s:
+                comments[s.split(":")[0]] = " ".join(pending)
+                pending = []
+        for f in dataclasses.fields(obj):
+            default = getattr(obj, f.name)
+            shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
+            rows.append(f"| `{section}.{f.name}` | `{shown}` | {comments.get(f.name, '')} |")
+    rows.append(f"| `seed` | `{cfg.seed}` | random seed (registration sampling, permutations) |")
+    return "\n".join(rows)

@@ -266,3 +266,12 @@ def test_validator_errors_exit_16(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 16, err
     assert "BIDS validation" in err and "Traceback" not in err
+
+
+def test_every_parameter_is_documented():
+    from qsm_bids.config import parameter_table_markdown
+
+    table = parameter_table_markdown()
+    rows = [r for r in table.splitlines()[2:]]
+    assert len(rows) > 40
+    assert all(not r.rstrip().endswith("|  |") for r in rows), [r for r in rows if r.rstrip().endswith("|  |")]
