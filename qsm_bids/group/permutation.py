@@ -1,0 +1,428 @@
+"""Freedman-Lane permutation inference with TFCE and max-statistic FWE control.
+
+Model and scheme
+----------------
+For a t contrast ``c`` of a full design ``X`` the reduced model is
+``Z = X null(c')``. Freedman-Lane permutes the residuals of the reduced model,
+adds back the reduced fit and refits the full model::
+
+    Y* = P Rz Y + Hz Y,    t* = t(Y*, X, c)
+
+``Hz Y`` lies in the column space of ``X`` with zero contrast, so it changes
+neither ``c'b`` nor the residuals: ``t(Y*) = t(P Rz Y)`` exactly. With ``Qx`` an
+orthonormal basis of ``X`` and ``w = pinv(X)' c`` (which lies in ``X``'s
+column space), one permutation costs one small GEMM ``U = (P' Qx)' E`` of
+shape (rank x voxels) on the reduced residuals ``E = Rz Y``::
+
+    c'b = (Qx'w)' U,  RSS = ||E||^2 - ||U||^2,  t = c'b / sqrt(RSS/df * ||w||^2)
+
+The permuted data set is never formed.
+
+Inference
+---------
+TFCE (exact, max-tree, from the ``tfce`` package, or this module's faster
+max-only kernel for the null distribution) is computed two-sided on each
+permuted t map, so one set of permutations serves both contrasts ``t`` and
+``-t``. Each permutation records the maximum of t, of -t, of TFCE and of
+-TFCE; FWE-corrected p at a voxel is the fraction of permutations whose
+maximum reaches the observed value. The observed labelling is permutation 0.
+
+Determinism and chunks
+----------------------
+Permutation ``k`` is drawn from its own generator,
+``SeedSequence(seed, spawn_key=(k,))`` (identical to the ``k``-th child of
+``SeedSequence(seed).spawn``), and each statistic depends only on its own
+permutation. Any split into chunks, run in any process or cluster job, merges
+(by concatenation in ``k`` order) into exactly the result of one run. Memory
+is bounded by the chunk's batch, never by the number of permutations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .glm import reduced_model_basis
+
+__all__ = [
+    "FreedmanLane",
+    "NullChunk",
+    "voxel_adjacency",
+    "tfce_values",
+    "tfce_max",
+    "permutation_for",
+    "chunk_ranges",
+    "run_chunk",
+    "merge_chunks",
+    "fwe_p",
+    "permutation_test",
+]
+
+logger = logging.getLogger(__name__)
+
+_TFCE_BATCH = 8  # maps handed to the TFCE kernel at once
+
+
+# --------------------------------------------------------------------------- GLM
+
+
+@dataclass
+class FreedmanLane:
+    """Everything a permutation of one t contrast needs, computed once.
+
+    Build with :meth:`from_data`. ``residuals`` is the reduced-model residual
+    matrix ``E = Rz Y`` (subjects x voxels, float32, C order).
+    """
+
+    residuals: np.ndarray
+    Qx: np.ndarray          # (n, r) orthonormal basis of the full design
+    a: np.ndarray           # (r,)  Qx' w, w = pinv(X)' c
+    ss_residuals: np.ndarray  # (V,) ||E||^2 per voxel, float64
+    df: int
+    var_c: float            # c'(X'X)^-1 c = ||w||^2
+
+    @classmethod
+    def from_data(cls, Y, X, contrast) -> "FreedmanLane":
+        """Precompute the reduced residuals and the design factors.
+
+        Parameters
+        ----------
+        Y : ndarray, shape (n_subjects, n_voxels)
+        X : ndarray, shape (n_subjects, n_regressors), full column rank
+        contrast : ndarray, shape (n_regressors,)
+        """
+        X = np.asarray(X, dtype=np.float64)
+        c = np.asarray(contrast, dtype=np.float64)
+        Y64 = np.asarray(Y, dtype=np.float64)
+        Z = reduced_model_basis(X, c)
+        E = Y64 - Z @ (Z.T @ Y64) if Z.shape[1] else Y64.copy()
+        w = np.linalg.pinv(X).T @ c
+        Qx, _ = np.linalg.qr(X)
+        rank = np.linalg.matrix_rank(X)
+        Qx = Qx[:, :rank]
+        return cls(
+            residuals=np.ascontiguousarray(E, dtype=np.float32),
+            Qx=Qx.astype(np.float32),
+            a=(Qx.T @ w).astype(np.float32),
+            ss_residuals=np.einsum("ij,ij->j", E, E),
+            df=X.shape[0] - rank,
+            var_c=float(w @ w),
+        )
+
+    @property
+    def n_subjects(self) -> int:
+        return self.residuals.shape[0]
+
+    @property
+    def n_voxels(self) -> int:
+        return self.residuals.shape[1]
+
+    def t(self, perm=None) -> np.ndarray:
+        """t map (float32, one value per voxel) under one permutation.
+
+        ``perm[j]`` is the subject whose reduced residual goes to row ``j``
+        (the permuted data are ``E[perm]``); ``None`` is the observed labelling.
+        """
+        if perm is None:
+            G = self.Qx
+        else:
+            # Qx' E[perm] = Qx[argsort(perm)]' E: the permutation moves onto Qx
+            G = self.Qx[np.argsort(perm)]
+        U = G.T @ self.residuals                        # (r, V): the only big product
+        num = self.a @ U
+        ss_fit = np.einsum("ij,ij->j", U, U)
+        rss = np.maximum(self.ss_residuals - ss_fit, 0.0)
+        se = np.sqrt(rss * (self.var_c / self.df))
+        out = np.zeros(self.n_voxels, dtype=np.float32)
+        np.divide(num, se, out=out, where=se > 0, casting="unsafe")
+        return out
+
+
+# --------------------------------------------------------------------------- TFCE
+
+
+def voxel_adjacency(mask: np.ndarray, connectivity: int = 26):
+    """Neighbour lists of the in-mask voxels (CSR over ``mask``'s C-order voxels).
+
+    Returns ``(indptr, indices)`` int32 arrays; voxel ``i`` is the ``i``-th
+    True voxel of ``mask`` in C order (``mask[mask]`` order).
+    """
+    if connectivity not in (6, 18, 26):
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    mask = np.asarray(mask, dtype=bool)
+    n = int(mask.sum())
+    index = np.full(mask.shape, -1, dtype=np.int64)
+    index[mask] = np.arange(n)
+    coords = np.argwhere(mask)
+    limit = {6: 1, 18: 2, 26: 3}[connectivity]
+    offsets = [(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+               if 0 < abs(i) + abs(j) + abs(k) <= limit]
+    rows, cols = [], []
+    shape = np.array(mask.shape)
+    for off in offsets:
+        q = coords + np.array(off)
+        inside = np.all((q >= 0) & (q < shape), axis=1)
+        nb = np.full(n, -1, dtype=np.int64)
+        nb[inside] = index[tuple(q[inside].T)]
+        ok = nb >= 0
+        rows.append(np.flatnonzero(ok))
+        cols.append(nb[ok])
+    rows = np.concatenate(rows)
+    cols = np.concatenate(cols)
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr.astype(np.int32), cols.astype(np.int32)
+
+
+def tfce_values(stat, adjacency, E: float = 0.5, H: float = 2.0, n_jobs: int = 1) -> np.ndarray:
+    """Exact two-sided TFCE of in-mask statistics (``tfce`` package, max-tree).
+
+    Parameters
+    ----------
+    stat : ndarray, shape (n_voxels,) or (n_voxels, B)
+    adjacency : (indptr, indices) from :func:`voxel_adjacency`
+
+    Returns
+    -------
+    ndarray, float32, same shape: positive TFCE where ``stat > 0``, negative
+    TFCE (of ``-stat``) where ``stat < 0``.
+    """
+    import tfce as tfce_pkg
+
+    return tfce_pkg.tfce(np.asarray(stat, dtype=np.float32), adjacency=adjacency,
+                         E=E, H=H, two_sided=True, n_jobs=n_jobs)
+
+
+def tfce_max(stats, adjacency, E: float = 0.5, H: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum TFCE of ``stat`` and of ``-stat`` for each column of ``stats``.
+
+    Uses the compiled max-only kernel (:mod:`qsm_bids.group._tfce_kernel`) when
+    it is available, the ``tfce`` package otherwise; both are exact.
+
+    Returns
+    -------
+    (max_pos, max_neg) : float64 arrays of length B (0 where a sign is absent).
+    """
+    stats = np.asarray(stats, dtype=np.float32)
+    if stats.ndim == 1:
+        stats = stats[:, None]
+    from . import _tfce_kernel
+
+    if _tfce_kernel.available():
+        return _tfce_kernel.tfce_max(stats, adjacency, E, H)
+    out = tfce_values(stats, adjacency, E, H)
+    return (np.maximum(out.max(axis=0), 0.0).astype(np.float64),
+            np.maximum(-out.min(axis=0), 0.0).astype(np.float64))
+
+
+# --------------------------------------------------------------------------- permutations
+
+
+def permutation_for(seed: int, k: int, n_subjects: int) -> np.ndarray | None:
+    """Permutation ``k`` of ``n_subjects`` (``None``, the identity, for ``k = 0``).
+
+    Each ``k`` has its own generator, so the set does not depend on chunking.
+    """
+    if k == 0:
+        return None
+    ss = np.random.SeedSequence(int(seed), spawn_key=(int(k),))
+    return np.random.Generator(np.random.PCG64(ss)).permutation(n_subjects)
+
+
+def chunk_ranges(n_permutations: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering permutations ``0 .. n_permutations-1``."""
+    if n_permutations < 1 or chunk_size < 1:
+        raise ValueError("n_permutations and chunk_size must be positive")
+    return [(s, min(s + chunk_size, n_permutations)) for s in range(0, n_permutations, chunk_size)]
+
+
+@dataclass
+class NullChunk:
+    """Per-permutation maxima of permutations ``start .. stop-1``."""
+
+    start: int
+    stop: int
+    max_t: np.ndarray        # max of t          (contrast c)
+    max_neg_t: np.ndarray    # max of -t         (contrast -c)
+    max_tfce: np.ndarray     # max TFCE of t
+    max_neg_tfce: np.ndarray  # max TFCE of -t
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"start": self.start, "stop": self.stop, "max_t": self.max_t,
+                "max_neg_t": self.max_neg_t, "max_tfce": self.max_tfce,
+                "max_neg_tfce": self.max_neg_tfce, "seconds": self.seconds}
+
+
+def run_chunk(model: FreedmanLane, adjacency, start: int, stop: int, seed: int, *,
+              E: float = 0.5, H: float = 2.0, use_tfce: bool = True) -> NullChunk:
+    """Run permutations ``start .. stop-1`` and keep their maxima.
+
+    Memory: the t maps of one batch of ``_TFCE_BATCH`` permutations.
+    """
+    t0 = time.perf_counter()
+    n = stop - start
+    max_t = np.empty(n)
+    max_neg_t = np.empty(n)
+    max_tfce = np.zeros(n)
+    max_neg_tfce = np.zeros(n)
+    batch = np.empty((model.n_voxels, min(_TFCE_BATCH, n)), dtype=np.float32, order="F")
+    for b0 in range(0, n, _TFCE_BATCH):
+        b1 = min(b0 + _TFCE_BATCH, n)
+        for j in range(b0, b1):
+            t = model.t(permutation_for(seed, start + j, model.n_subjects))
+            batch[:, j - b0] = t
+            max_t[j] = t.max()
+            max_neg_t[j] = -t.min()
+        if use_tfce:
+            mp, mn = tfce_max(batch[:, : b1 - b0], adjacency, E, H)
+            max_tfce[b0:b1] = mp
+            max_neg_tfce[b0:b1] = mn
+    seconds = time.perf_counter() - t0
+    logger.debug("permutations %d-%d done in %.1f s", start, stop - 1, seconds)
+    return NullChunk(start, stop, max_t, max_neg_t, max_tfce, max_neg_tfce, seconds)
+
+
+def merge_chunks(chunks) -> NullChunk:
+    """Concatenate chunks (any order in, ``k`` order out); they must tile 0..N-1."""
+    chunks = sorted(chunks, key=lambda c: c.start)
+    pos = 0
+    for c in chunks:
+        if c.start != pos:
+            raise ValueError(f"permutation chunks do not tile: expected start {pos}, got {c.start}")
+        pos = c.stop
+    cat = lambda name: np.concatenate([getattr(c, name) for c in chunks])  # noqa: E731
+    return NullChunk(0, pos, cat("max_t"), cat("max_neg_t"), cat("max_tfce"),
+                     cat("max_neg_tfce"), float(sum(c.seconds for c in chunks)))
+
+
+def fwe_p(observed: np.ndarray, null_max: np.ndarray) -> np.ndarray:
+    """FWE-corrected p: fraction of permutation maxima >= the observed value.
+
+    ``null_max[0]`` is the observed labelling's maximum, which reaches every
+    observed value by definition, so it counts 1 whatever its stored value
+    (robust to rounding between kernels) and p >= 1/len(null_max).
+    """
+    null_max = np.asarray(null_max, dtype=np.float64)
+    srt = np.sort(null_max[1:])
+    obs = np.asarray(observed, dtype=np.float64)
+    count = 1 + srt.size - np.searchsorted(srt, obs, side="left")
+    return count / null_max.size
+
+
+# worker-process state for parallel chunks
+_WORKER: dict = {}
+
+
+def _init_worker(model, adjacency, params):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn/nilearn
+        pass
+    _WORKER.update(model=model, adjacency=adjacency, params=params)
+
+
+def _worker_chunk(start, stop):
+    return run_chunk(_WORKER["model"], _WORKER["adjacency"], start, stop, **_WORKER["params"])
+
+
+def _run_chunks(model, adjacency, ranges, params, n_jobs):
+    total = ranges[-1][1] - ranges[0][0] if ranges else 0
+    done = 0
+    t0 = time.perf_counter()
+    results = []
+
+    def progress(chunk):
+        nonlocal done
+        done += chunk.stop - chunk.start
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        logger.info("permutations %d/%d (%.1f per second, about %.0f s left)",
+                    done, total, rate, (total - done) / rate if rate else float("nan"))
+
+    if n_jobs <= 1 or len(ranges) == 1:
+        for s, e in ranges:
+            chunk = run_chunk(model, adjacency, s, e, **params)
+            progress(chunk)
+            results.append(chunk)
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(model, adjacency, params)) as pool:
+        futures = [pool.submit(_worker_chunk, s, e) for s, e in ranges]
+        for fut in futures:
+            chunk = fut.result()
+            progress(chunk)
+            results.append(chunk)
+    return results
+
+
+def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
+                     chunk_size: int = 500, seed: int = 0, tfce_E: float = 0.5,
+                     tfce_H: float = 2.0, n_jobs: int = 1, chunks=None,
+                     use_tfce: bool = True) -> dict:
+    """Freedman-Lane permutation test of contrast ``c`` and of ``-c`` at once.
+
+    Parameters
+    ----------
+    Y : ndarray, shape (n_subjects, n_voxels)
+        In-mask data (voxel order of ``adjacency``).
+    X, contrast : design and t contrast (see :mod:`qsm_bids.group.glm`).
+    adjacency : (indptr, indices) from :func:`voxel_adjacency`.
+    n_permutations : int
+        Total, the observed labelling included (permutation 0).
+    chunk_size : int
+        Permutations per chunk (one task of a worker process).
+    seed : int
+        Seed of every permutation.
+    n_jobs : int
+        Worker processes for the chunks (1 runs them here).
+    chunks : list of (start, stop), optional
+        Run only these chunks; the result then has ``"null"`` for those only
+        and no p-values (merge chunk results with :func:`merge_chunks` and
+        :func:`inference_from_null`).
+
+    Returns
+    -------
+    dict with ``t``, ``tfce`` (observed, two-sided: negative values belong to
+    ``-c``), ``p_tfce``/``p_t`` (FWE p for ``c``), ``p_tfce_neg``/``p_t_neg``
+    (FWE p for ``-c``), and ``null`` (the merged :class:`NullChunk`).
+    """
+    model = FreedmanLane.from_data(Y, X, contrast)
+    params = dict(seed=int(seed), E=float(tfce_E), H=float(tfce_H), use_tfce=use_tfce)
+    ranges = list(chunks) if chunks is not None else chunk_ranges(n_permutations, chunk_size)
+    logger.info("Freedman-Lane: %d subjects, %d voxels, %d permutations in %d chunk(s), "
+                "%d process(es)", model.n_subjects, model.n_voxels,
+                sum(e - s for s, e in ranges), len(ranges), n_jobs)
+    results = _run_chunks(model, adjacency, ranges, params, int(n_jobs))
+    t_obs = model.t(None)
+    tfce_obs = tfce_values(t_obs, adjacency, tfce_E, tfce_H) if use_tfce else np.zeros_like(t_obs)
+    out = {"t": t_obs, "tfce": tfce_obs}
+    if chunks is not None:
+        out["chunks"] = results
+        return out
+    null = merge_chunks(results)
+    out.update(inference_from_null(t_obs, tfce_obs, null))
+    return out
+
+
+def inference_from_null(t_obs, tfce_obs, null: NullChunk) -> dict:
+    """FWE p-values of both contrasts from the observed maps and the merged null."""
+    return {
+        "null": null,
+        "p_t": fwe_p(t_obs, null.max_t),
+        "p_t_neg": fwe_p(-t_obs, null.max_neg_t),
+        "p_tfce": fwe_p(tfce_obs, null.max_tfce),
+        "p_tfce_neg": fwe_p(-tfce_obs, null.max_neg_tfce),
+    }
