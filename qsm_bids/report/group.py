@@ -1,0 +1,408 @@
+"""The group report: one self-contained ``OUTPUT_DIR/group/report.html``.
+
+Sections: methods (generated from the parameters and versions used, with
+citations), demographics, voxelwise results (the paper's Figure 3), region
+results (Figure 4), individual views (Figure 5) with a thumbnail of every
+participant linking to its participant page (``../sub-<l>.html``),
+correlations, warnings. Rendered with jinja2 (autoescape on); every figure is
+a base64 PNG data URI, so the page opens offline and needs nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from importlib import metadata
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from . import figure_to_data_uri, render_template
+from .figures import (
+    GROUP_COLOURS,
+    cluster_slices_figure,
+    load_image,
+    roi_bar_figure,
+    scatter_grid_figure,
+    three_plane_figure,
+    thumbnail_data_uri,
+)
+
+__all__ = ["render_group_report", "write_group_report", "methods_paragraph", "package_versions",
+           "REFERENCES"]
+
+logger = logging.getLogger(__name__)
+
+REFERENCES = {
+    "acosta2018": "Acosta-Cabronero J, Machts J, Schreiber S, et al. Quantitative susceptibility MRI to "
+                  "detect brain iron in amyotrophic lateral sclerosis. Radiology 2018;289(1):195-203.",
+    "walsh2000": "Walsh DO, Gmitro AF, Marcellin MW. Adaptive reconstruction of phased array MR imagery. "
+                 "Magn Reson Med 2000;43(5):682-690.",
+    "schofield2003": "Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric "
+                     "applications. Opt Lett 2003;28(14):1194-1196.",
+    "schweser2011": "Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic "
+                    "magnetic tissue properties using MRI signal phase: an approach to in vivo brain iron "
+                    "metabolism? NeuroImage 2011;54(4):2789-2807.",
+    "wu2012": "Wu B, Li W, Guidon A, Liu C. Whole brain susceptibility mapping using compressed sensing. "
+              "Magn Reson Med 2012;67(1):137-147.",
+    "liu2011pdf": "Liu T, Khalidov I, de Rochefort L, et al. A novel background field removal method for "
+                  "MRI using projection onto dipole fields (PDF). NMR Biomed 2011;24(9):1129-1136.",
+    "liu2012": "Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for quantitative "
+               "susceptibility mapping using structural consistency between the magnitude image and the "
+               "susceptibility map. NeuroImage 2012;59(3):2560-2568.",
+    "liu2013": "Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field to source "
+               "relationship for robust quantitative susceptibility mapping. Magn Reson Med "
+               "2013;69(2):467-476.",
+    "shmueli2009": "Shmueli K, de Zwart JA, van Gelderen P, et al. Magnetic susceptibility mapping of brain "
+                   "tissue in vivo using MRI phase data. Magn Reson Med 2009;62(6):1510-1522.",
+    "avants2008": "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration "
+                  "with cross-correlation: evaluating automated labeling of elderly and neurodegenerative "
+                  "brain. Med Image Anal 2008;12(1):26-41.",
+    "avants2011": "Avants BB, Tustison NJ, Song G, et al. A reproducible evaluation of ANTs similarity "
+                  "metric performance in brain image registration. NeuroImage 2011;54(3):2033-2044.",
+    "smith2009": "Smith SM, Nichols TE. Threshold-free cluster enhancement: addressing problems of "
+                 "smoothing, threshold dependence and localisation in cluster inference. NeuroImage "
+                 "2009;44(1):83-98.",
+    "freedman1983": "Freedman D, Lane D. A nonstochastic interpretation of reported significance levels. "
+                    "J Bus Econ Stat 1983;1(4):292-298.",
+    "winkler2014": "Winkler AM, Ridgway GR, Webster MA, Smith SM, Nichols TE. Permutation inference for "
+                   "the general linear model. NeuroImage 2014;92:381-397.",
+}
+
+_PACKAGES = ("qsm-bids", "numpy", "scipy", "nibabel", "antspyx", "nilearn", "pandas", "matplotlib",
+             "jinja2", "pybids")
+
+
+def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that produced the results."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    if "qsm-bids" not in out:
+        from .. import __version__
+
+        out["qsm-bids"] = __version__
+    return out
+
+
+def _cfg(config: Mapping | None, section: str, key: str, default):
+    if not config:
+        return default
+    return config.get(section, {}).get(key, default)
+
+
+class _Citer:
+    """Numbers references in order of first use."""
+
+    def __init__(self):
+        self.keys: list[str] = []
+
+    def __call__(self, *keys: str) -> str:
+        nums = []
+        for k in keys:
+            if k not in self.keys:
+                self.keys.append(k)
+            nums.append(str(self.keys.index(k) + 1))
+        return "[" + ", ".join(nums) + "]"
+
+    def references(self) -> list[str]:
+        return [REFERENCES[k] for k in self.keys]
+
+
+def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
+                      roi_parameters: Mapping | None = None) -> tuple[list[str], list[str]]:
+    """Methods text generated from the configuration actually used.
+
+    Parameters
+    ----------
+    config : dict in the layout of ``qsm_bids.config.Config.to_dict()`` (sections
+        recon, registration, atlas, group, roi_stats); missing keys take the
+        paper's defaults.
+    versions : package -> version.
+    roi_parameters : ``RoiStatsResult.parameters`` (what the region analysis did).
+
+    Returns
+    -------
+    (paragraphs, references) - plain text; the template escapes it.
+    """
+    cite = _Citer()
+    c = lambda s, k, d: _cfg(config, s, k, d)  # noqa: E731
+    paras = []
+    recon = [f"Quantitative susceptibility maps were computed with qsm-bids {versions.get('qsm-bids', '')}, "
+             f"following Acosta-Cabronero et al. {cite('acosta2018')}. Coil-resolved complex data were "
+             f"combined with an adaptive (Walsh-type) combination {cite('walsh2000')} "
+             f"(smoothing {c('recon', 'coil_smoothing_mm', 6.0):g} mm); the phase was unwrapped with the "
+             f"Laplacian method {cite('schofield2003')}."]
+    bg = c("recon", "background", "sharp")
+    if bg == "sharp":
+        recon.append(f"Background fields were removed with SHARP {cite('schweser2011')} (spherical kernel "
+                     f"radius {c('recon', 'sharp_radius_mm', 5.0):g} mm, truncation threshold "
+                     f"{c('recon', 'sharp_threshold', 0.05):g}).")
+    elif bg == "vsharp":
+        radii = ", ".join(f"{r:g}" for r in c("recon", "vsharp_radii_mm", (12, 10, 8, 6, 4, 2)))
+        recon.append(f"Background fields were removed with V-SHARP {cite('schweser2011', 'wu2012')} "
+                     f"(radii {radii} mm).")
+    else:
+        recon.append(f"Background fields were removed with PDF {cite('liu2011pdf')}.")
+    inv = c("recon", "inversion", "medi")
+    if inv == "medi":
+        recon.append(f"Susceptibility was estimated by nonlinear morphology-enabled dipole inversion (MEDI) "
+                     f"{cite('liu2012', 'liu2013')} with lambda = {c('recon', 'medi_lambda', 1000.0):g} "
+                     f"(gradient-mask percentage {c('recon', 'medi_percentage', 0.9):g}, at most "
+                     f"{c('recon', 'medi_max_iter', 10)} Gauss-Newton and "
+                     f"{c('recon', 'medi_cg_max_iter', 100)} conjugate-gradient iterations).")
+    elif inv == "tkd":
+        recon.append(f"Susceptibility was estimated by thresholded k-space division {cite('shmueli2009')} "
+                     f"(threshold {c('recon', 'tkd_threshold', 0.19):g}).")
+    else:
+        recon.append(f"Susceptibility was estimated by closed-form Tikhonov-regularised inversion "
+                     f"(lambda {c('recon', 'tikhonov_lambda', 0.05):g}).")
+    ref = c("recon", "reference", "none")
+    recon.append("Susceptibility values were not referenced." if ref == "none" else
+                 f"Susceptibility values were referenced to the mean of the {ref}.")
+    paras.append(" ".join(recon))
+
+    tmpl = c("group", "template", "study")
+    paras.append(
+        f"Images were normalised with ANTs {cite('avants2008', 'avants2011')} (antspyx "
+        f"{versions.get('antspyx', 'n/a')}; preset '{c('registration', 'preset', 'standard')}'): GRE "
+        f"magnitude to T1w (rigid) and T1w to {c('registration', 'template', 'MNI152NLin2009aSym')} "
+        f"(affine + SyN), and susceptibility maps were carried through the composed transforms "
+        f"({c('registration', 'template_resolution_mm', 2.0):g} mm). "
+        + ("A study-wise template was built from the participants' T1w images "
+           f"({c('group', 'template_iterations', 3)} iterations). " if tmpl == "study" else "")
+        + f"Regional medians were taken in atlas regions ('{c('atlas', 'name', 'qsmbids')}') eroded by a "
+        f"{c('atlas', 'erosion_radius_mm', 1.0):g} mm sphere (regions with fewer than "
+        f"{c('atlas', 'min_voxels', 5)} voxels left out).")
+
+    covs = list(c("group", "covariates", ("age",)))
+    groups = list(c("group", "groups", ("ALS", "control")))
+    paras.append(
+        f"Voxelwise, absolute susceptibility maps were smoothed with a Gaussian kernel (sigma "
+        f"{c('group', 'smoothing_sigma_mm', 3.0):g} mm) compensated at the brain boundary, and a general "
+        f"linear model with group ({groups[0]} vs {groups[1]})"
+        + (f" and {', '.join(covs)} as nuisance" if covs else "")
+        + f" was tested in both directions with threshold-free cluster enhancement {cite('smith2009')} "
+        f"(E = {c('group', 'tfce_E', 0.5):g}, H = {c('group', 'tfce_H', 2.0):g}, "
+        f"{c('group', 'tfce_connectivity', 26)}-connectivity) and "
+        f"{int(c('group', 'n_permutations', 20000)):,} Freedman-Lane permutations "
+        f"{cite('freedman1983', 'winkler2014')}; family-wise error corrected p < "
+        f"{c('group', 'alpha', 0.05):g} was considered significant.")
+    rp = roi_parameters or {}
+    lat_alpha = rp.get("laterality_alpha", c("roi_stats", "laterality_alpha", 0.05))
+    paras.append(
+        f"Regional values were tested for laterality with the Wilcoxon signed-rank test in {groups[0]}; "
+        f"regions with p < {lat_alpha:g} kept left and right apart and the others were averaged across "
+        f"hemispheres. Values were corrected for {', '.join(covs) or 'no covariate'} by the covariance "
+        f"method (slopes fitted in {groups[1]}, values adjusted to {groups[1]}'s mean) and compared with "
+        f"the two-tailed Wilcoxon rank-sum test (normal approximation with tie correction), with "
+        f"Bonferroni correction over the "
+        + (f"{rp['multiple_comparisons'].split(' over ')[-1]}" if "multiple_comparisons" in rp
+           else "regions tested")
+        + f"; Spearman's rho was used for correlations {cite('acosta2018')}.")
+    soft = ", ".join(f"{k} {v}" for k, v in versions.items())
+    paras.append(f"Software: {soft}.")
+    return paras, cite.references()
+
+
+def _table(frame: pd.DataFrame | None, float_format: str = "{:.4g}") -> dict | None:
+    """Columns and rows of strings for the template (NaN shown as 'n/a')."""
+    if frame is None or len(frame.columns) == 0:
+        return None
+
+    def fmt(v):
+        if v is None or v is pd.NA:
+            return "n/a"
+        if isinstance(v, (float, np.floating)):
+            return "n/a" if not math.isfinite(v) else float_format.format(v)
+        return str(v)
+
+    return {"columns": [str(c) for c in frame.columns],
+            "rows": [[fmt(v) for v in row] for row in frame.itertuples(index=False)]}
+
+
+def _read_table(table) -> pd.DataFrame | None:
+    if table is None:
+        return None
+    if isinstance(table, pd.DataFrame):
+        return table
+    return pd.read_csv(table, sep="\t", na_values=["n/a"])
+
+
+def _label(participant_id: str) -> str:
+    pid = str(participant_id)
+    return pid[4:] if pid.startswith("sub-") else pid
+
+
+def _correlation_panels(roi_result, participants, max_clinical: int = 6) -> list[dict]:
+    a, b = roi_result.groups
+    vals = roi_result.values
+    corr = roi_result.correlations
+    panels = []
+    if participants is not None and len(corr):
+        parts = participants.copy()
+        from ..group.roi_stats import normalise_participant_id
+
+        parts["participant_id"] = parts["participant_id"].map(normalise_participant_id)
+        parts = parts.set_index("participant_id")
+        clin = corr[(corr.analysis == "clinical") & corr.p.notna()].sort_values("p").head(max_clinical)
+        for row in clin.itertuples(index=False):
+            v = vals[(vals.region == row.region) & (vals.hemisphere == row.hemisphere) & (vals.group == a)]
+            x = pd.to_numeric(parts[row.variable].reindex(v.participant_id), errors="coerce")
+            panels.append({"series": [(x.to_numpy(), v.adjusted_ppm.to_numpy(), a, GROUP_COLOURS[0])],
+                           "xlabel": row.variable, "ylabel": f"{row.region} ({row.hemisphere}) ppm",
+                           "title": f"rho = {row.rho:.2f}, p = {row.p:.3g}"})
+    sub = corr[corr.analysis == "sn_gp"]
+    for (region, hemi, var, vh), rows in sub.groupby(
+            ["region", "hemisphere", "variable", "variable_hemisphere"], sort=False):
+        series = []
+        for gi, g in enumerate((a, b)):
+            v = vals[(vals.region == region) & (vals.hemisphere == hemi) & (vals.group == g)]
+            w = vals[(vals.region == var) & (vals.hemisphere == vh) & (vals.group == g)]
+            x = w.set_index("participant_id").adjusted_ppm.reindex(v.participant_id)
+            series.append((x.to_numpy(), v.adjusted_ppm.to_numpy(), g, GROUP_COLOURS[gi]))
+        stats_txt = "; ".join(f"{r.group}: rho={r.rho:.2f}, p={r.p:.3g}" for r in rows.itertuples()
+                              if np.isfinite(r.rho))
+        panels.append({"series": series, "xlabel": f"{var} ({vh}) ppm",
+                       "ylabel": f"{region} ({hemi}) ppm", "title": stats_txt})
+    return panels
+
+
+def render_group_report(
+    *,
+    groups: Sequence[str] = ("ALS", "control"),
+    config: Mapping | None = None,
+    versions: Mapping[str, str] | None = None,
+    roi_result=None,
+    demographics: pd.DataFrame | None = None,
+    participants: pd.DataFrame | None = None,
+    contrasts: Sequence[Mapping] = (),
+    template=None,
+    subjects: Sequence[Mapping] = (),
+    warnings: Sequence[str] = (),
+    alpha: float | None = None,
+    n_views_per_group: int = 3,
+    cut_mm: Sequence[float] = (12.0, -18.0, -10.0),
+    display_range_ppm: tuple[float, float] = (-0.1, 0.2),
+    title: str = "qsm-bids group report",
+) -> str:
+    """Render the group report to an HTML string.
+
+    Parameters
+    ----------
+    groups : the two compared levels (first = patient side).
+    config : ``Config.to_dict()`` of the run (methods text and parameters table).
+    versions : package versions; default :func:`package_versions`.
+    roi_result : :class:`qsm_bids.group.roi_stats.RoiStatsResult` (region results,
+        correlations and its warnings).
+    demographics : table of :func:`qsm_bids.group.demographics.compute_demographics`.
+    participants : participants.tsv (x values of the clinical scatter plots).
+    contrasts : one mapping per contrast: ``name`` (e.g. ``ALSgtcontrol``), ``stat``
+        (TFCE map, image or path), ``pfwe`` (FWE p map), ``clusters`` (cluster
+        table DataFrame or TSV path; optional), ``stat_label`` (default "TFCE").
+    template : background of the voxelwise figures (image or path); default
+        nilearn's shipped MNI152 2009 template at 2 mm.
+    subjects : one mapping per participant: ``participant_id``, ``group``,
+        ``chimap`` (template-space susceptibility map, image or path; optional).
+    warnings : extra warnings (excluded subjects, failed steps, ...).
+    alpha : FWE level of the cluster figures (default config group.alpha or 0.05).
+    n_views_per_group : participants per group shown in three planes.
+    cut_mm : world position of the three-plane views (default through SN and red nucleus).
+    display_range_ppm : grey-scale window of the individual maps.
+    """
+    groups = tuple(str(g) for g in groups)
+    versions = dict(versions) if versions is not None else package_versions()
+    alpha = float(alpha if alpha is not None else _cfg(config, "group", "alpha", 0.05))
+    all_warnings = list(warnings)
+    if roi_result is not None:
+        all_warnings.extend(roi_result.warnings)
+    methods, references = methods_paragraph(config, versions,
+                                            roi_result.parameters if roi_result is not None else None)
+
+    # voxelwise results (Figure 3)
+    voxelwise = []
+    if contrasts:
+        bg = load_image(template)
+        if bg is None:
+            from nilearn.datasets import load_mni152_template
+
+            bg = load_mni152_template(resolution=2)
+        for i, con in enumerate(contrasts):
+            name = str(con["name"])
+            entry = {"name": name, "figure": None, "summary": None, "clusters": None, "error": None}
+            try:
+                fig, summary = cluster_slices_figure(
+                    bg, con["stat"], con["pfwe"], alpha=alpha, cmap="autumn" if i % 2 == 0 else "winter",
+                    stat_label=con.get("stat_label", "TFCE"), title=f"{name}: FWE p < {alpha:g}")
+                entry["figure"] = figure_to_data_uri(fig, dpi=72)
+                entry["summary"] = summary
+            except Exception as exc:  # noqa: BLE001 - a broken map must not lose the whole report
+                entry["error"] = f"{type(exc).__name__}: {exc}"
+                all_warnings.append(f"contrast {name}: figure failed ({entry['error']})")
+            clusters = _read_table(con.get("clusters"))
+            entry["clusters"] = _table(clusters, "{:.3g}") if clusters is not None else None
+            voxelwise.append(entry)
+
+    # region results (Figure 4)
+    region = None
+    if roi_result is not None and len(roi_result.roi_stats):
+        rs = roi_result.roi_stats
+        region = {"figure": figure_to_data_uri(roi_bar_figure(rs, roi_result.groups), dpi=80),
+                  "table": _table(rs), "parameters": roi_result.parameters}
+    corr = None
+    if roi_result is not None and len(roi_result.correlations):
+        panels = _correlation_panels(roi_result, participants)
+        corr = {"table": _table(roi_result.correlations),
+                "figure": figure_to_data_uri(scatter_grid_figure(panels), dpi=72) if panels else None}
+        subg = roi_result.subgroups
+        corr["subgroups"] = _table(subg) if len(subg) else None
+
+    # individual views (Figure 5) and thumbnails
+    views, thumbs = [], []
+    shown = {g: 0 for g in groups}
+    for subj in sorted(subjects, key=lambda s: (str(s.get("group")), str(s["participant_id"]))):
+        label = _label(subj["participant_id"])
+        grp = str(subj.get("group", ""))
+        href = quote(f"../sub-{label}.html")
+        thumb = None
+        chimap = subj.get("chimap")
+        if chimap is not None:
+            try:
+                img = load_image(chimap)
+                thumb = thumbnail_data_uri(img, z_mm=cut_mm[2], vmin=display_range_ppm[0],
+                                           vmax=display_range_ppm[1])
+                if shown.get(grp, n_views_per_group) < n_views_per_group:
+                    fig = three_plane_figure(img, cut_mm=cut_mm, vmin=display_range_ppm[0],
+                                             vmax=display_range_ppm[1], title=f"sub-{label} ({grp})")
+                    views.append({"label": label, "group": grp, "href": href,
+                                  "figure": figure_to_data_uri(fig, dpi=60)})
+                    shown[grp] += 1
+            except Exception as exc:  # noqa: BLE001
+                all_warnings.append(f"sub-{label}: map could not be shown ({type(exc).__name__}: {exc})")
+        thumbs.append({"label": label, "group": grp, "href": href, "src": thumb})
+
+    params = _table(pd.DataFrame(
+        [(f"{s}.{k}", v if not isinstance(v, (list, tuple)) else ", ".join(map(str, v)))
+         for s, sec in (config or {}).items() if isinstance(sec, dict) for k, v in sec.items()]
+        + [(k, v) for k, v in (config or {}).items() if not isinstance(v, dict)],
+        columns=["parameter", "value"])) if config else None
+    return render_template(
+        "group.html", title=title, groups=groups, methods=methods, references=references,
+        versions=versions, parameters=params, demographics=_table(demographics, "{:.3g}"),
+        voxelwise=voxelwise, alpha=alpha, region=region, correlations=corr, views=views,
+        thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS)
+
+
+def write_group_report(path: str | Path, **kwargs) -> Path:
+    """Render (see :func:`render_group_report`) and write atomically to ``path``."""
+    from ..io import write_text
+
+    html = render_group_report(**kwargs)
+    logger.info("group report: %s (%.1f MB)", path, len(html.encode()) / 1e6)
+    return write_text(path, html)

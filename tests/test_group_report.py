@@ -1,0 +1,249 @@
+"""Group report: rendering from small synthetic inputs, escaping, size, headless Chromium.
+
+The browser test needs Debian's chromium (test set-up:
+``apt-get update && apt-get install -y --no-install-recommends chromium``);
+it is skipped with that reason when /usr/bin/chromium is missing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from qsm_bids.config import Config
+from qsm_bids.group.demographics import compute_demographics
+from qsm_bids.group.roi_stats import compute_roi_stats
+from qsm_bids.report.group import methods_paragraph, render_group_report, write_group_report
+
+EVIL = "<b>x</b>"
+
+
+def _grid(voxel_mm=4.0, z_range=(-72.0, 110.0)):
+    """A grid over the MNI bounding box (RAS, origin as nilearn's template)."""
+    nz = int((z_range[1] - z_range[0]) / voxel_mm) + 1
+    shape = (int(196 / voxel_mm) + 1, int(232 / voxel_mm) + 1, nz)
+    affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
+    affine[:3, 3] = (-98.0, -134.0, z_range[0])
+    return shape, affine
+
+
+def _world_coords(shape, affine):
+    ijk = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    xyz = affine[:3, :3] @ ijk + affine[:3, 3:4]
+    return [c.reshape(shape) for c in xyz]
+
+
+def _brain(shape, affine):
+    x, y, z = _world_coords(shape, affine)
+    return ((x / 70) ** 2 + ((y + 18) / 95) ** 2 + ((z - 10) / 75) ** 2) <= 1, (x, y, z)
+
+
+def _chimap(shape, affine, rng):
+    brain, (x, y, z) = _brain(shape, affine)
+    chi = np.zeros(shape, np.float32)
+    chi[brain] = rng.normal(0.0, 0.02, int(brain.sum()))
+    for cx in (-20.0, 20.0):  # globus pallidus-like blobs
+        chi[((x - cx) ** 2 + (y + 4) ** 2 + z ** 2) < 80] += 0.12
+    for cx in (-10.0, 10.0):  # substantia nigra-like blobs
+        chi[((x - cx) ** 2 + (y + 18) ** 2 + (z + 10) ** 2) < 30] += 0.15
+    return nib.Nifti1Image(chi, affine)
+
+
+def _inputs(tmp_path, n_per_group=3, voxel_mm=4.0, evil=True, with_files=True):
+    rng = np.random.default_rng(0)
+    shape, affine = _grid(voxel_mm)
+    brain, (x, y, z) = _brain(shape, affine)
+    template = nib.Nifti1Image((brain * (600 + 200 * np.cos(x / 9) * np.sin(y / 11))).astype(np.float32),
+                               affine)
+    blob = ((x - 30) ** 2 + (y + 10) ** 2 + (z - 40) ** 2) < 150
+    tfce = np.where(brain, rng.uniform(0, 50, shape), 0).astype(np.float32)
+    tfce[blob] = 900.0
+    pfwe = np.where(blob, 0.01, 0.6).astype(np.float32)
+    con_dir = tmp_path / "group"
+    con_dir.mkdir(parents=True, exist_ok=True)
+    contrasts = []
+    for name, (t_img, p_img) in {"ALSgtcontrol": (tfce, pfwe),
+                                 "controlgtALS": (tfce * 0.1, np.ones(shape, np.float32))}.items():
+        tp, pp = con_dir / f"contrast-{name}_stat-tfce_statmap.nii.gz", \
+            con_dir / f"contrast-{name}_stat-pfwe_statmap.nii.gz"
+        nib.save(nib.Nifti1Image(t_img, affine), tp)
+        nib.save(nib.Nifti1Image(p_img, affine), pp)
+        clusters = pd.DataFrame(
+            [(1, int(blob.sum()), 64.0 * blob.sum(), 30, -10, 40, 30, -10, 40, 5.1, 900.0, 0.01,
+              f"precentral_gyrus {EVIL}")] if name == "ALSgtcontrol" else [],
+            columns=["cluster", "n_voxels", "volume_mm3", "peak_x_mm", "peak_y_mm", "peak_z_mm",
+                     "centre_x_mm", "centre_y_mm", "centre_z_mm", "peak_t", "peak_tfce", "peak_pfwe",
+                     "peak_label"])
+        cp = con_dir / f"contrast-{name}_desc-clusters_table.tsv"
+        clusters.to_csv(cp, sep="\t", index=False)
+        contrasts.append({"name": name, "stat": tp, "pfwe": pp, "clusters": cp})
+
+    n = 2 * n_per_group
+    labels = [f"{i:02d}" for i in range(n)]
+    if evil:
+        labels[0] = EVIL
+    groups = ["ALS"] * n_per_group + ["control"] * n_per_group
+    parts = pd.DataFrame({"participant_id": [f"sub-{lab}" for lab in labels], "group": groups,
+                          "age": rng.uniform(40, 80, n).round(1), "sex": rng.choice(["M", "F"], n),
+                          "alsfrs_r": [*rng.integers(20, 48, n_per_group), *[np.nan] * n_per_group],
+                          "onset": [*(["limb", "bulbar"] * n)[:n_per_group], *[None] * n_per_group]})
+    rows = []
+    for i, lab in enumerate(labels):
+        for region, shift in (("precentral_gyrus", 0.0015), ("substantia_nigra_dorsal", 0.014),
+                              ("globus_pallidus", 0.011), ("corticospinal_tract", -0.004)):
+            base = 0.05 + (shift if groups[i] == "ALS" else 0) + rng.normal(0, 0.004)
+            for h in "LR":
+                rows.append((f"sub-{lab}", region, h, base + rng.normal(0, 0.002)))
+    vals = pd.DataFrame(rows, columns=["participant_id", "region", "hemisphere", "median_ppm"])
+    roi = compute_roi_stats(vals, parts)
+    demo = compute_demographics(parts)
+    subjects = []
+    for i, lab in enumerate(labels):
+        img = _chimap(shape, affine, rng)
+        if with_files:
+            path = tmp_path / f"subj{i:02d}_space-MNI152NLin2009aSym_Chimap.nii.gz"
+            nib.save(img, path)
+            img = path
+        subjects.append({"participant_id": f"sub-{lab}", "group": groups[i], "chimap": img})
+    return dict(groups=("ALS", "control"), config=Config().to_dict(), roi_result=roi,
+                demographics=demo, participants=parts, contrasts=contrasts, template=template,
+                subjects=subjects, warnings=[f"sub-{EVIL}: step failed (test warning)"])
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    inputs = _inputs(tmp)
+    t0 = time.perf_counter()
+    path = write_group_report(tmp / "group" / "report.html", **inputs)
+    return path, path.read_text(), time.perf_counter() - t0
+
+
+def test_report_content_and_escaping(report):
+    path, text, seconds = report
+    assert seconds < 20
+    # markup in a participant label, a cluster label and a warning is shown as text
+    assert EVIL not in text
+    assert html.escape(EVIL) in text or "&lt;b&gt;x&lt;/b&gt;" in text
+    # every section is present
+    for anchor in ("methods", "demographics", "voxelwise", "regions", "correlations", "individuals",
+                   "warnings"):
+        assert f'id="{anchor}"' in text
+    for ref in ("Schofield", "Schweser", "Morphology enabled dipole inversion", "Avants",
+                "Threshold-free cluster enhancement", "Freedman", "Winkler", "Acosta-Cabronero"):
+        assert ref in text, ref
+    assert "lambda = 1000" in text and "20,000" in text and "radius 5 mm" in text
+    assert "ALSgtcontrol" in text and "controlgtALS" in text
+    assert "No significant cluster" in text
+    # figures: both contrasts, bar chart, scatter, 6 three-plane views, 6 thumbnails, all embedded
+    srcs = re.findall(r'<img src="([^"]*)"', text)
+    assert len(srcs) == 2 + 1 + 1 + 6 + 6
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+    # self-contained: no external URL anywhere
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+    assert "http://" not in text and "https://" not in text
+    # thumbnails link to participant pages next to group/
+    hrefs = re.findall(r'<a class="thumb[^"]*" href="([^"]*)"', text)
+    assert "../sub-01.html" in hrefs and "../sub-%3Cb%3Ex%3C/b%3E.html" in hrefs
+    # the MNI z of slices is labelled in the figure summary (voxelwise: significant voxels exist)
+    assert "significant voxel(s)" in text
+
+
+def test_methods_follow_config():
+    cfg = Config()
+    cfg.recon.background = "vsharp"
+    cfg.recon.inversion = "tkd"
+    cfg.group.n_permutations = 5000
+    paras, refs = methods_paragraph(cfg.to_dict(), {"qsm-bids": "9.9", "antspyx": "0.6.3"})
+    text = " ".join(paras)
+    assert "V-SHARP" in text and "thresholded k-space division" in text and "5,000" in text
+    assert "MEDI" not in text and "qsm-bids 9.9" in text
+    assert any("Shmueli" in r for r in refs) and not any("Morphology" in r for r in refs)
+    # citation numbers are consecutive in order of first use
+    nums = [int(n) for group in re.findall(r"\[([\d, ]+)\]", text) for n in group.split(",")]
+    assert max(nums) == len(refs) and sorted(set(nums)) == list(range(1, len(refs) + 1))
+
+
+def test_report_size_for_67_subjects(tmp_path):
+    """67 participants on a 2 mm grid (a slab around the thumbnail slice keeps the test fast)."""
+    inputs = _inputs(tmp_path, n_per_group=3, voxel_mm=4.0, evil=False)
+    rng = np.random.default_rng(1)
+    shape, affine = _grid(2.0, z_range=(-30.0, 10.0))
+    base = _chimap(shape, affine, rng)
+    subjects = []
+    for i in range(67):
+        data = np.asarray(base.dataobj) + rng.normal(0, 0.01, shape).astype(np.float32)
+        subjects.append({"participant_id": f"sub-{i:03d}", "group": "ALS" if i < 28 else "control",
+                         "chimap": nib.Nifti1Image(data, affine)})
+    inputs["subjects"] = subjects
+    text = render_group_report(**inputs)
+    size_mb = len(text.encode()) / 1e6
+    assert text.count('<a class="thumb ') == 67
+    assert size_mb < 20, size_mb
+    print(f"report size for 67 subjects: {size_mb:.2f} MB")
+
+
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  window.__errors.push(t && t.tagName ? 'resource ' + t.tagName + ' ' + String(t.src || t.href || '').slice(0, 60)
+                                      : 'error ' + e.message);
+}, true);
+var __ce = console.error;
+console.error = function () { window.__errors.push('console ' + Array.prototype.join.call(arguments, ' ')); __ce.apply(console, arguments); };
+window.addEventListener('load', function () {
+  var bad = [];
+  for (var i = 0; i < document.images.length; i++) {
+    var im = document.images[i];
+    if (!im.complete || im.naturalWidth === 0) bad.push(im.alt);
+  }
+  var d = document.createElement('pre'); d.id = '__probe';
+  d.textContent = JSON.stringify({images: document.images.length, broken: bad, errors: window.__errors});
+  document.body.appendChild(d);
+});
+</script>"""
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get update && "
+                    "apt-get install -y --no-install-recommends chromium)")
+def test_report_opens_in_headless_chromium(report, tmp_path):
+    path, text, _ = report
+    probe = tmp_path / "group" / "report.html"  # same depth, so ../sub-*.html links resolve alike
+    probe.parent.mkdir()
+    probe.write_text(text.replace("<head>", "<head>\n" + _PROBE, 1))
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--no-first-run", "--no-default-browser-check", f"--user-data-dir={tmp_path / 'profile'}",
+           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
+           probe.as_uri()]
+    env = dict(os.environ, HOME=str(tmp_path))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=45, env=env)
+    m = re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"no probe output; rc={res.returncode}; stderr tail: {res.stderr[-2000:]}"
+    probe_out = json.loads(html.unescape(m.group(1)))
+    assert probe_out["images"] == 16
+    assert probe_out["broken"] == [], probe_out
+    assert probe_out["errors"] == [], probe_out
+    console = [line for line in res.stderr.splitlines() if "CONSOLE" in line]
+    assert console == [], console
+    # the escaped label is text in the rendered DOM, not a <b> element
+    assert "<b>x</b>" not in res.stdout.split('<pre id="__probe">')[0]
