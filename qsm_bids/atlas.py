@@ -169,7 +169,7 @@ def _template_image_cached(kind: str, resolution_mm: float):
     if resolution_mm == 1.0:
         return img
     shape, affine = template_grid(resolution_mm)
-    out = resample_img(img, target_affine=affine, target_shape=shape, interpolation="continuous",
+    out = resample_img(img, target_affine=affine, target_shape=shape, interpolation="linear",
                        force_resample=True, copy_header=True)
     return nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), affine)
 
@@ -178,7 +178,7 @@ def template_image(resolution_mm: float = 1.0, kind: str = "T1w"):
     """The template (``T1w``, ``GM`` or ``WM`` probability) as a float32 image at ``resolution_mm``.
 
     Resampled from nilearn's shipped 1 mm file onto a grid with the same
-    bounding box (linear interpolation). No download.
+    bounding box (linear interpolation, so the background stays exactly 0). No download.
     """
     img = _template_image_cached(kind, float(resolution_mm))
     import nibabel as nib

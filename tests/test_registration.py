@@ -1,0 +1,165 @@
+"""ANTs normalisation on a synthetic subject: the template under a known affine + smooth warp.
+
+The subject's T1w and GRE magnitude are the template resampled through a known
+mapping, so the true native labels are the atlas through the same mapping.
+Small grids and the ``fast`` preset keep this under ~30 s.
+"""
+
+import os
+
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.ndimage import map_coordinates  # noqa: E402
+
+from qsm_bids import registration as R  # noqa: E402
+from qsm_bids.atlas import default_atlas, region_medians, template_image  # noqa: E402
+
+DEEP = {"caudate": 0.06, "putamen": 0.08, "globus_pallidus": 0.18, "thalamus": 0.03,
+        "red_nucleus": 0.12, "substantia_nigra_dorsal": 0.15, "substantia_nigra_ventral": 0.13,
+        "hippocampus": 0.01, "amygdala": 0.015, "dentate_nucleus": 0.1}
+
+
+def _rot(ax, deg):
+    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
+    i, j = [k for k in range(3) if k != ax]
+    m = np.eye(3)
+    m[i, i] = m[j, j] = c
+    m[i, j], m[j, i] = -s, s
+    return m
+
+
+def synthetic_subject(shape, voxel, amp_mm=3.0, seed=0):
+    """(affine, T1-like image, true labels) on a native grid mapped into the template by T(x)."""
+    rng = np.random.default_rng(seed)
+    a = _rot(0, 6) @ _rot(2, -4) * 1.04
+    t = np.array([3.0, -5.0, 4.0])
+    aff = np.diag(list(voxel) + [1.0])
+    aff[:3, 3] = -np.asarray(voxel) * (np.asarray(shape) - 1) / 2 + np.array([0, -18, 18])
+    xyz = aff[:3, :3] @ np.indices(shape, dtype=np.float32).reshape(3, -1) + aff[:3, 3:4]
+    ph = rng.uniform(0, 2 * np.pi, 3)
+    warp = np.stack([amp_mm * np.sin(2 * np.pi * xyz[(k + 1) % 3] / 90 + ph[k]) for k in range(3)])
+    tpl_xyz = a @ xyz + t[:, None] + warp
+
+    def sample(img, order):
+        inv = np.linalg.inv(img.affine)
+        v = inv[:3, :3] @ tpl_xyz + inv[:3, 3:4]
+        if order == 0:
+            v = np.rint(v)
+        return map_coordinates(np.asarray(img.dataobj, np.float32), v, order=order, mode="constant").reshape(shape)
+
+    atlas, _ = default_atlas()
+    return aff, sample(template_image(1.0), 1), sample(atlas, 0).astype(np.int16)
+
+
+def dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def subject(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reg")
+    aff_t1, t1, _ = synthetic_subject((80, 96, 80), (2.0, 2.0, 2.0))
+    aff_g, mag, lab = synthetic_subject((80, 96, 40), (2.0, 2.0, 4.0))
+    mask = (mag > 20).astype(np.float32)
+    _, table = default_atlas()
+    chi = np.zeros(mag.shape, np.float32)
+    chi[mask > 0] = -0.02
+    for r in table.itertuples():
+        if r.region in DEEP:
+            chi[lab == r.index] = DEEP[r.region] + (0.01 if r.hemisphere == "R" else 0.0)
+    files = {}
+    for name, data, aff in (("mag", mag, aff_g), ("t1w", t1, aff_t1), ("mask", mask, aff_g), ("chi", chi, aff_g)):
+        files[name] = out / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, aff), str(files[name]))
+    outputs = {
+        "xfm_gre_t1w": out / "sub-x_from-GRE_to-T1w_mode-image_xfm.mat",
+        "xfm_t1w_template": out / "sub-x_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5",
+        "xfm_template_t1w": out / "sub-x_from-MNI152NLin2009aSym_to-T1w_mode-image_xfm.h5",
+        "chi_template": out / "sub-x_space-MNI152NLin2009aSym_Chimap.nii.gz",
+        "t1w_template": out / "sub-x_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
+        "mask_template": out / "sub-x_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz",
+    }
+    info = R.normalise_participant(files["mag"], files["t1w"], files["chi"], files["mask"], outputs,
+                                   resolution_mm=2.0, preset="fast", seed=7, n_threads=2, work_dir=out,
+                                   sidecar={"GeneratedBy": {"Name": "test"}})
+    return {"files": files, "outputs": outputs, "info": info, "labels": lab, "table": table,
+            "chi": chi, "mask": mask > 0, "affine": aff_g}
+
+
+def test_outputs_written(subject):
+    import ants
+
+    out = subject["outputs"]
+    for p in out.values():
+        assert p.exists(), p
+    assert not subject["info"]["direct_to_template"]
+    assert set(subject["info"]["timings"]) >= {"gre_to_t1w", "t1w_to_template", "resample"}
+    assert ants.read_transform(str(out["xfm_gre_t1w"])).type == "AffineTransform"
+    assert out["xfm_t1w_template"].read_bytes()[:4] == b"\x89HDF"
+    chi_t = nib.load(str(out["chi_template"]))
+    assert chi_t.shape == template_image(2.0).shape and np.allclose(chi_t.affine, template_image(2.0).affine)
+    assert (out["chi_template"].parent / "sub-x_space-MNI152NLin2009aSym_Chimap.json").exists()
+    # The warped QSM mask overlaps the template brain.
+    tpl_brain = np.asarray(template_image(2.0).dataobj) > 0
+    assert dice(np.asarray(nib.load(str(out["mask_template"])).dataobj) > 0, tpl_brain) > 0.85
+
+
+def test_atlas_to_native_dice_and_region_medians(subject):
+    out, table, lab = subject["outputs"], subject["table"], subject["labels"]
+    chi_img = nib.load(str(subject["files"]["chi"]))
+    atlas, _ = default_atlas()
+    native = R.atlas_to_native(atlas, chi_img, out["xfm_gre_t1w"], out["xfm_template_t1w"])
+    nat = np.asarray(native.dataobj)
+    assert nat.shape == lab.shape and nat.dtype == np.int16
+    for region in ("putamen", "globus_pallidus", "thalamus", "caudate"):
+        for r in table[table.region == region].itertuples():
+            assert dice(nat == r.index, lab == r.index) >= 0.7, (region, r.hemisphere)
+    # Region pipeline alone on the true chi: medians within 0.01 ppm of the truth for the deep grey nuclei.
+    vs = chi_img.header.get_zooms()[:3]
+    got, _ = region_medians(subject["chi"], subject["mask"], nat, table, vs)
+    truth, _ = region_medians(subject["chi"], subject["mask"], lab, table, vs)
+    deep = got.region.isin(["caudate", "putamen", "globus_pallidus", "thalamus"])
+    assert np.all(np.abs(got.median_ppm[deep] - truth.median_ppm[deep]) <= 0.01)
+
+
+def test_rigid_is_reproducible_with_a_seed(subject):
+    import ants
+
+    files = subject["files"]
+    fixed = R.to_ants(nib.load(str(files["t1w"])))
+    moving = R.to_ants(nib.load(str(files["mag"])))
+    params = []
+    for k in range(2):
+        reg = R._ants_rigid(fixed, moving, str(subject["outputs"]["xfm_gre_t1w"].parent / f"rep{k}_"),
+                            R.PRESETS["fast"], seed=11)
+        params.append(ants.read_transform(reg["fwdtransforms"][0]).parameters)
+    assert np.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_to_ants_matches_file_reader(tmp_path):
+    import ants
+
+    aff = np.eye(4)
+    aff[:3, :3] = _rot(0, 10) @ _rot(2, 25) @ np.diag([-1.5, 1.5, 3.0])
+    aff[:3, 3] = [80, -100, -50]
+    data = np.random.default_rng(0).random((7, 8, 9)).astype(np.float32)
+    img = nib.Nifti1Image(data, aff)
+    nib.save(img, str(tmp_path / "a.nii.gz"))
+    ref = ants.image_read(str(tmp_path / "a.nii.gz"))
+    mine = R.to_ants(img)
+    assert np.allclose(mine.origin, ref.origin, atol=1e-4)
+    assert np.allclose(mine.spacing, ref.spacing, atol=1e-5)
+    assert np.allclose(mine.direction, ref.direction, atol=1e-5)
+    assert np.allclose(mine.numpy(), ref.numpy())
+    back = R.to_nibabel(mine)
+    assert np.allclose(back.affine, aff, atol=1e-4)
+
+
+def test_unknown_template_is_a_usage_error(tmp_path):
+    from qsm_bids.errors import UsageError
+
+    with pytest.raises(UsageError, match="MNI152NLin6Asym"):
+        R.normalise_participant("m", None, "c", "k", {}, template="MNI152NLin6Asym")
