@@ -1,0 +1,144 @@
+"""Small operators shared by the reconstruction steps (private).
+
+Finite differences follow the MEDI toolbox (``cgrad``/``cdiv``): forward
+differences divided by the voxel size, zero on the last plane of each axis
+(Neumann), and ``grad_adjoint`` the exact adjoint, so ``G^T W G`` is
+symmetric positive semi-definite for the conjugate-gradient solves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from . import fft
+
+__all__ = [
+    "sphere_kernel_rfft",
+    "sphere_weights",
+    "smv",
+    "grad",
+    "grad_adjoint",
+    "ball",
+    "crop_box",
+    "pad_to",
+]
+
+
+def ball(radius_mm, voxel_size):
+    """Boolean ball of ``radius_mm`` on the (anisotropic) voxel grid."""
+    half = [int(np.floor(radius_mm / float(d))) for d in voxel_size]
+    axes = [np.arange(-h, h + 1) * float(d) for h, d in zip(half, voxel_size)]
+    r2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+    return r2 <= radius_mm**2 + 1e-9
+
+
+def sphere_weights(radius_mm, voxel_size, oversample=5):
+    """Partial-volume weights of a sphere of ``radius_mm`` on the voxel grid (sum 1).
+
+    Each voxel's weight is the fraction of its ``oversample^3`` sub-voxel
+    points inside the sphere. Unlike the binary ball, the weights have nearly
+    isotropic second moments on anisotropic grids, so the discrete mean value
+    of a harmonic field equals its centre value to second order.
+    """
+    half = [int(np.ceil(radius_mm / float(d) + 0.5)) for d in voxel_size]
+    sub = (np.arange(oversample) + 0.5) / oversample - 0.5
+    axes = []
+    for h, d in zip(half, voxel_size):
+        c = np.arange(-h, h + 1)[:, None] + sub[None, :]
+        axes.append((c * float(d)).ravel())
+    r2 = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+    inside = (r2 <= radius_mm**2).astype(np.float64)
+    n = [2 * h + 1 for h in half]
+    w = inside.reshape(n[0], oversample, n[1], oversample, n[2], oversample).sum(axis=(1, 3, 5))
+    return w / w.sum()
+
+
+def sphere_kernel_rfft(shape, voxel_size, radius_mm, dtype=np.float32):
+    """Spectrum (half, as from :func:`fft.rfftn`) of the normalised spherical mean kernel.
+
+    The kernel is the partial-volume sphere of :func:`sphere_weights` (an
+    ellipsoid in voxels on an anisotropic grid), centred on voxel 0 (wrapped),
+    so its spectrum is real.
+    """
+    w = sphere_weights(radius_mm, voxel_size)
+    if any(s > n for s, n in zip(w.shape, shape)):
+        raise ValueError(f"sphere of radius {radius_mm} mm does not fit in a {shape} grid")
+    k = np.zeros(shape, dtype=np.float64)
+    centre = [s // 2 for s in w.shape]
+    idx = np.nonzero(w)
+    k[tuple((i - c) % n for i, c, n in zip(idx, centre, shape))] = w[idx]
+    return fft.rfftn(k.astype(dtype)).real.astype(dtype, copy=False)
+
+
+def smv(x, kernel_rfft):
+    """Spherical mean value of a real array (periodic convolution with the kernel)."""
+    return fft.irfftn(fft.rfftn(x) * kernel_rfft, x.shape).astype(x.dtype, copy=False)
+
+
+def grad(x, voxel_size, out=None):
+    """Forward differences along the 3 axes, (3, *shape), zero on the last plane."""
+    if out is None:
+        out = np.zeros((3,) + x.shape, dtype=x.dtype)
+    for axis in range(3):
+        g = out[axis]
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        np.subtract(x[tuple(hi)], x[tuple(lo)], out=g[tuple(lo)])
+        last = [slice(None)] * 3
+        last[axis] = slice(-1, None)
+        g[tuple(last)] = 0
+        g *= 1.0 / float(voxel_size[axis])
+    return out
+
+
+def grad_adjoint(g, voxel_size, out=None):
+    """Adjoint of :func:`grad` (``-div``): maps (3, *shape) to ``shape``."""
+    shape = g.shape[1:]
+    if out is None:
+        out = np.zeros(shape, dtype=g.dtype)
+    else:
+        out[...] = 0
+    for axis in range(3):
+        s = 1.0 / float(voxel_size[axis])
+        ga = g[axis]
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        # (G^T g)_i = (g_{i-1} - g_i)/h with g_{-1} = 0 and g_{n-1} ignored (it is 0 by construction)
+        out[tuple(lo)] -= s * ga[tuple(lo)]
+        out[tuple(hi)] += s * ga[tuple(lo)]
+    return out
+
+
+def crop_box(mask, margin):
+    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels per axis."""
+    idx = np.nonzero(mask)
+    if len(idx[0]) == 0:
+        return tuple(slice(0, n) for n in mask.shape)
+    if np.isscalar(margin):
+        margin = [margin] * mask.ndim
+    return tuple(slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m))
+                 for i, m, n in zip(idx, margin, mask.shape))
+
+
+def pad_to(x, shape):
+    """Zero-pad ``x`` at the high end of each axis to ``shape``."""
+    if tuple(x.shape) == tuple(shape):
+        return x
+    out = np.zeros(shape, dtype=x.dtype)
+    out[tuple(slice(0, n) for n in x.shape)] = x
+    return out
+
+
+def binary_erode_mm(mask, radius_mm, voxel_size):
+    """Erosion by a ball of ``radius_mm`` (mm, anisotropic grid)."""
+    return ndimage.binary_erosion(mask, structure=ball(radius_mm, voxel_size))
+
+
+def binary_dilate_mm(mask, radius_mm, voxel_size):
+    """Dilation by a ball of ``radius_mm``."""
+    return ndimage.binary_dilation(mask, structure=ball(radius_mm, voxel_size))

@@ -1,0 +1,123 @@
+"""From per-echo phase to one field map in ppm.
+
+Choice for multi-echo data: a weighted least-squares fit of the unwrapped
+phase over echo time through zero, with weights ``|S_n|^2`` (the inverse
+phase-noise variance, phase noise being ``sigma / |S_n|``):
+
+    omega = sum_n |S_n|^2 TE_n phi_n / sum_n |S_n|^2 TE_n^2      (rad/s)
+
+It is the maximum-likelihood frequency for Gaussian phase noise, it weights
+late, noisy echoes down automatically, and it equals the average of the
+per-echo fields ``phi_n / TE_n`` with weights ``|S_n|^2 TE_n^2``; its noise
+``1 / sqrt(sum_n |S_n|^2 TE_n^2)`` (relative) is MEDI's ``N_std``. The fit
+goes through zero, so the phase offset at TE = 0 must be removed first
+(:func:`remove_phase_offset`, or the coil combination which removes it). The
+``"average"`` option averages ``phi_n / TE_n`` with magnitude weights
+``|S_n|`` (more robust to a bad late echo, less efficient).
+
+Single echo: ``omega = phi / TE`` as in the paper.
+
+ppm = omega / (2 pi gamma B0) * 1e6, gamma = 42.577478 MHz/T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .inversion import GAMMA_HZ_PER_T
+
+__all__ = ["fit_field", "phase_to_ppm_factor", "remove_phase_offset", "field_noise_std"]
+
+
+def phase_to_ppm_factor(echo_time_s, field_strength_t):
+    """ppm per radian at echo time ``echo_time_s``: ``1e6 / (2 pi gamma B0 TE)``."""
+    return 1e6 / (2.0 * np.pi * GAMMA_HZ_PER_T * float(field_strength_t) * float(echo_time_s))
+
+
+def fit_field(unwrapped_phase, magnitude, echo_times_s, field_strength_t, method="weighted_fit"):
+    """Field map in ppm from unwrapped phase (x, y, z, echo) and magnitude.
+
+    Parameters
+    ----------
+    unwrapped_phase : ndarray (x, y, z) or (x, y, z, echo)
+        Unwrapped phase in rad (offset at TE = 0 removed).
+    magnitude : ndarray, same shape
+        Echo magnitudes (weights).
+    echo_times_s : sequence of float
+        Echo times in seconds.
+    field_strength_t : float
+        B0 in tesla.
+    method : {"weighted_fit", "average"}
+
+    Returns
+    -------
+    field_ppm : ndarray (x, y, z) float32
+    """
+    te = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    phase = np.asarray(unwrapped_phase, dtype=np.float32)
+    mag = np.asarray(magnitude, dtype=np.float32)
+    if phase.ndim == 3:
+        phase = phase[..., None]
+        mag = mag[..., None]
+    scale = 1e6 / (2.0 * np.pi * GAMMA_HZ_PER_T * float(field_strength_t))
+    if phase.shape[-1] == 1:
+        return (phase[..., 0] * np.float32(scale / te[0])).astype(np.float32)
+    if method == "weighted_fit":
+        num = np.zeros(phase.shape[:3], dtype=np.float64)
+        den = np.zeros(phase.shape[:3], dtype=np.float64)
+        for n, t in enumerate(te):
+            w = mag[..., n].astype(np.float64) ** 2
+            num += w * t * phase[..., n]
+            den += w * t * t
+    elif method == "average":
+        num = np.zeros(phase.shape[:3], dtype=np.float64)
+        den = np.zeros(phase.shape[:3], dtype=np.float64)
+        for n, t in enumerate(te):
+            w = mag[..., n].astype(np.float64)
+            num += w * phase[..., n] / t
+            den += w
+    else:
+        raise ValueError(f"unknown echo combination {method!r}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        omega = np.where(den > 0, num / den, 0.0)
+    return (omega * scale).astype(np.float32)
+
+
+def field_noise_std(magnitude, echo_times_s):
+    """Relative noise of the fitted field: ``1 / sqrt(sum_n |S_n|^2 TE_n^2)``."""
+    te = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    mag = np.asarray(magnitude, dtype=np.float64)
+    if mag.ndim == 3:
+        mag = mag[..., None]
+    s = np.zeros(mag.shape[:3])
+    for n, t in enumerate(te):
+        s += (mag[..., n] * t) ** 2
+    with np.errstate(divide="ignore"):
+        out = np.where(s > 0, 1.0 / np.sqrt(s), np.inf)
+    return out.astype(np.float32)
+
+
+def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6.0):
+    """Remove the phase at TE = 0 from multi-echo complex data (x, y, z, echo).
+
+    The offset is extrapolated from the first two echoes,
+    ``phi0 = angle(S1) - TE1 / (TE2 - TE1) * angle(S2 conj(S1))``, then smoothed
+    as the complex field ``|S1| exp(i phi0)`` (Gaussian, FWHM ``smoothing_mm``)
+    because receive phase offsets are smooth while the estimate is noisy.
+    Returns the data multiplied by ``exp(-i phi0)`` and ``phi0``.
+    With one echo nothing can be separated: the data are returned unchanged.
+    """
+    s = np.asarray(complex_echoes)
+    te = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    if s.ndim == 3 or s.shape[-1] < 2:
+        return s, np.zeros(s.shape[:3], dtype=np.float32)
+    s1, s2 = s[..., 0], s[..., 1]
+    dphi = np.angle(s2 * np.conj(s1))
+    phi0 = np.angle(s1) - te[0] / (te[1] - te[0]) * dphi
+    z = np.abs(s1) * np.exp(1j * phi0)
+    sigma = [smoothing_mm / 2.3548 / float(d) for d in voxel_size]
+    zs = ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)
+    phi0 = np.angle(zs).astype(np.float32)
+    out = s * np.exp(-1j * phi0)[..., None].astype(np.complex64)
+    return out.astype(np.complex64), phi0
