@@ -169,6 +169,10 @@ def test_full_analysis_numbers_equal_scipy():
         assert row.sem_ALS == pytest.approx(stats.sem(adj[ids_a]), rel=1e-10)
         assert row.sem_control == pytest.approx(stats.sem(adj[ids_b]), rel=1e-10)
         assert row.n_ALS == len(ids_a) and row.n_control == len(ids_b)
+        assert row.raw_mean_ALS == pytest.approx(y[ids_a].mean(), rel=1e-10)
+        assert row.raw_sem_control == pytest.approx(stats.sem(y[ids_b]), rel=1e-10)
+        # adjusting to the reference mean leaves the reference group's mean unchanged
+        assert row.mean_control == pytest.approx(row.raw_mean_control, rel=1e-9)
         mw = stats.mannwhitneyu(adj[ids_a], adj[ids_b], method="asymptotic")
         assert row.p == pytest.approx(mw.pvalue, rel=1e-10)
         assert row.z == pytest.approx(np.sign(row.mean_ALS - row.mean_control)

@@ -543,6 +543,8 @@ def compute_roi_stats(
 
     # 3. group comparison
     comp = compare_groups(adjusted, in_a, in_b, continuity=continuity)
+    raw = {g: {col: _mean_sem(units.loc[m, col]) for col in units.columns}
+           for g, m in ((group_a, in_a), (group_b, in_b))}
     lat_by_region = lat.set_index("region")
     rows = []
     for r in comp.itertuples(index=False):
@@ -551,7 +553,9 @@ def compute_roi_stats(
                f"n_{group_a}": r.n_a, f"mean_{group_a}": r.mean_a, f"sem_{group_a}": r.sem_a,
                f"n_{group_b}": r.n_b, f"mean_{group_b}": r.mean_b, f"sem_{group_b}": r.sem_b,
                "u": r.u, "z": r.z, "p": r.p, "p_bonferroni": r.p_bonferroni,
-               "significance": significance_marks(r.p, r.p_bonferroni)}
+               "significance": significance_marks(r.p, r.p_bonferroni),
+               f"raw_mean_{group_a}": raw[group_a][r.unit][1], f"raw_sem_{group_a}": raw[group_a][r.unit][2],
+               f"raw_mean_{group_b}": raw[group_b][r.unit][1], f"raw_sem_{group_b}": raw[group_b][r.unit][2]}
         if region in lat_by_region.index:
             lr = lat_by_region.loc[region]
             row.update({"laterality_n": int(lr.laterality_n), "laterality_stat": lr.laterality_stat,
@@ -741,6 +745,11 @@ def roi_stats_sidecar(groups: Sequence[str], covariates: Sequence[str], laterali
                            "Units": "ppm"}
         sc[f"sem_{g}"] = {"Description": f"Standard error of the mean of {g} (SD with ddof=1 / sqrt(n)).",
                           "Units": "ppm"}
+    for g in (a, b):
+        sc[f"raw_mean_{g}"] = {"Description": f"Mean over {g} of the unadjusted regional medians.",
+                               "Units": "ppm"}
+        sc[f"raw_sem_{g}"] = {"Description": f"Standard error of the unadjusted mean of {g}.",
+                              "Units": "ppm"}
     sc.update({
         "u": {"Description": f"Mann-Whitney U of {a} (rank sum of {a} minus n(n+1)/2)."},
         "z": {"Description": f"Two-tailed Wilcoxon rank-sum Z, {a} vs {b}, normal approximation with "

@@ -138,8 +138,9 @@ def cluster_slices_figure(template, stat, pfwe, *, alpha: float = 0.05, n_slices
     shown = np.abs(stat_data[sig]) if n_sig else np.array([1.0])
     vmax = float(np.max(shown)) if shown.size else 1.0
     vmin = float(np.min(shown)) if n_sig else 0.0
-    if vmax <= vmin:
-        vmax = vmin + 1e-6
+    if not vmax - vmin > 1e-3 * abs(vmax):  # (nearly) constant statistic: scale from zero
+        vmin = 0.0
+        vmax = vmax if vmax > 0 else 1.0
     im = None
     for i, k in enumerate(picks):
         ax = fig.add_subplot(nrows, ncols, i + 1)
@@ -256,7 +257,7 @@ def three_plane_figure(img, *, cut_mm=(12.0, -18.0, -10.0), vmin: float = -0.1, 
 
 
 def thumbnail_data_uri(img, *, z_mm: float = -10.0, vmin: float = -0.1, vmax: float = 0.2,
-                       max_size: int = 96) -> str:
+                       max_size: int = 128) -> str:
     """A small 8-bit grey-scale PNG (data URI) of the axial slice nearest ``z_mm``.
 
     Written with Pillow directly (no matplotlib figure): one 8-bit channel,
