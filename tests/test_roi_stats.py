@@ -227,6 +227,15 @@ def test_missing_values_excluded_with_warning():
     assert "sub-05" not in set(res.values.participant_id)
 
 
+def test_min_voxels_treated_as_missing():
+    parts, vals = _cohort()
+    vals.loc[(vals.participant_id == "sub-02") & (vals.region == "red_nucleus"), "n_voxels"] = 2
+    res = compute_roi_stats(vals, parts, min_voxels=5)
+    assert any("fewer than 5 voxels" in w and "sub-02" in w for w in res.warnings)
+    t = res.roi_stats.set_index(["region", "hemisphere"])
+    assert t.loc[("red_nucleus", "L"), "n_ALS"] == 9
+
+
 def test_dti_correlations_and_labels_without_prefix():
     parts, vals = _cohort()
     parts["participant_id"] = parts["participant_id"].str.replace("sub-", "")
@@ -259,7 +268,10 @@ def test_bad_inputs_raise_data_error():
 def test_write_outputs_with_sidecars(tmp_path):
     parts, vals = _cohort()
     res = compute_roi_stats(vals, parts)
-    paths = write_roi_outputs(tmp_path, res)
+    from qsm_bids.group.demographics import compute_demographics
+
+    paths = write_roi_outputs(tmp_path, res, demographics=compute_demographics(parts))
+    assert (tmp_path / "demographics.json").exists()
     for p in paths:
         table = pd.read_csv(p, sep="\t", na_values="n/a")
         sidecar = json.loads(p.with_suffix(".json").read_text())

@@ -427,6 +427,7 @@ def compute_roi_stats(
     subgroup_columns: Sequence[str] = ("onset", "sex"),
     dti: pd.DataFrame | None = None,
     continuity: bool = True,
+    min_voxels: int | None = None,
 ) -> RoiStatsResult:
     """Run the paper's region analysis.
 
@@ -449,6 +450,8 @@ def compute_roi_stats(
         MD, RD, AD of the corticospinal tract); correlated with the adjusted
         QSM of the same region in each group.
     continuity : continuity correction of the rank-sum Z.
+    min_voxels : when given and ``values`` has ``n_voxels``, a region value from
+        fewer voxels is treated as missing (with a warning).
 
     Returns
     -------
@@ -481,6 +484,15 @@ def compute_roi_stats(
     vals["hemisphere"] = vals["hemisphere"].map(_normalise_hemisphere)
     vals["region"] = vals["region"].astype(str)
     vals["median_ppm"] = pd.to_numeric(vals["median_ppm"], errors="coerce")
+    if min_voxels is not None and "n_voxels" in vals.columns:
+        nvox = pd.to_numeric(vals["n_voxels"], errors="coerce")
+        small = vals[(nvox < min_voxels) & vals["median_ppm"].notna()]
+        if len(small):
+            messages.append(f"{len(small)} region value(s) from fewer than {min_voxels} voxels treated "
+                            "as missing: " + ", ".join(
+                                f"{r.participant_id} {r.region} ({r.hemisphere})"
+                                for r in small.itertuples(index=False)))
+            vals.loc[small.index, "median_ppm"] = np.nan
     if vals.duplicated(["participant_id", "region", "hemisphere"]).any():
         raise DataError("region values list a (participant, region, hemisphere) more than once")
 
@@ -851,6 +863,10 @@ def write_roi_outputs(out_dir: str | Path, result: RoiStatsResult,
         write_tsv(out_dir / "roi_values.tsv", result.values, sidecar=values_sidecar(result.covariates)),
     ]
     if demographics is not None:
+        if demographics_sidecar is None:
+            from .demographics import demographics_sidecar as _sidecar
+
+            demographics_sidecar = _sidecar(result.groups)
         written.append(write_tsv(out_dir / "demographics.tsv", demographics,
                                  sidecar=demographics_sidecar))
     return written
