@@ -434,13 +434,16 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
         raise UsageError(f"registration template {template!r} is not available; only {TEMPLATE_NAME} is shipped")
     set_threads(n_threads)
     seed = 0 if seed is None else int(seed)
-    try:
-        mag = nib.load(str(magnitude_path))
-        mask = nib.load(str(mask_path))
-        chi = nib.load(str(chi_path))
-        t1w = nib.load(str(t1w_path)) if t1w_path else None
-    except Exception as exc:
-        raise DataError(f"cannot read an input of the normalisation ({exc})") from None
+    def _read(path, what):
+        try:
+            img = nib.load(str(path))
+            img.get_fdata(dtype=np.float32)  # read now: a truncated file fails here, named
+            return img
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read the {what} for registration ({exc})") from None
+
+    mag, mask, chi = _read(magnitude_path, "magnitude"), _read(mask_path, "mask"), _read(chi_path, "Chimap")
+    t1w = _read(t1w_path, "T1w") if t1w_path else None
     if t1w is not None and len(t1w.shape) == 4 and t1w.shape[3] > 1:
         raise DataError(f"{t1w_path}: T1w must be a 3D image, got shape {t1w.shape}")
     warnings = []
