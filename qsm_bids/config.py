@@ -166,6 +166,10 @@ class RoiStatsConfig:
     subgroup_columns: tuple[str, ...] = ("onset", "sex")
     #: Clinical columns correlated with QSM (empty: every numeric non-covariate column).
     clinical_columns: tuple[str, ...] = ()
+    #: Continuity correction (0.5) in the normal approximation of the rank-sum Z.
+    rank_sum_continuity: bool = True
+    #: Yates correction in the chi-square test of sex (2x2 table).
+    chi_square_yates: bool = False
 
 
 @dataclass

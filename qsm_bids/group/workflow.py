@@ -235,26 +235,54 @@ class _GroupContext:
         return {"outputs": result}
 
     def _regions(self, out: dict) -> dict:
-        from .demographics import compute_demographics, demographics_sidecar
-        from .roi_stats import compute_roi_stats, read_region_tables, write_roi_outputs
+        from .demographics import demographics_sidecar
+        from .roi_stats import write_roi_outputs
 
-        g, r = self.cfg.group, self.cfg.roi_stats
-        tables = {p: self.inputs.files[p]["regions"] for p in self.selection["participants"]}
-        values = read_region_tables(tables)
-        participants = self.inputs.participants
-        result = compute_roi_stats(values, participants, group_column=g.group_column, groups=g.groups,
-                                   covariates=g.covariates, laterality_alpha=r.laterality_alpha,
-                                   clinical_columns=r.clinical_columns, subgroup_columns=r.subgroup_columns)
-        demo = compute_demographics(participants, group_column=g.group_column, groups=g.groups)
+        result, demo = self._roi_result()
         write_roi_outputs(self.group_dir, result, demographics=demo,
-                          demographics_sidecar=demographics_sidecar(g.groups))
+                          demographics_sidecar=demographics_sidecar(self.cfg.group.groups,
+                                                                    yates=self.cfg.roi_stats.chi_square_yates))
         for w in result.warnings:
             logger.warning("regions: %s", w)
         return {"warnings": list(result.warnings)}
 
-    def report(self, infos: dict, timings: dict) -> None:
-        from ..report.group import write_group_report
+    def _roi_result(self):
+        """Region statistics (recomputed for the report: cheap, deterministic, and the step may be reused)."""
+        from .demographics import compute_demographics
+        from .roi_stats import compute_roi_stats, read_region_tables
 
+        g, r = self.cfg.group, self.cfg.roi_stats
+        values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
+        result = compute_roi_stats(values, self.inputs.participants, group_column=g.group_column,
+                                   groups=g.groups, covariates=g.covariates, laterality_alpha=r.laterality_alpha,
+                                   clinical_columns=r.clinical_columns, subgroup_columns=r.subgroup_columns,
+                                   continuity=r.rank_sum_continuity, min_voxels=self.cfg.atlas.min_voxels)
+        demo = compute_demographics(self.inputs.participants, group_column=g.group_column, groups=g.groups,
+                                    yates=r.chi_square_yates, include=result.values["participant_id"].unique())
+        return result, demo
+
+    def report(self, infos: dict, timings: dict) -> None:
+        from ..report.group import package_versions, write_group_report
+        from .glm import contrast_names
+
+        g = self.cfg.group
+        tpl = self.cfg.registration.template
+        roi_result, demo = self._roi_result()
+        contrasts = []
+        for name in contrast_names(g.groups):
+            def f(kind, space=f"space-{tpl}_"):
+                return self.group_dir / f"{space}contrast-{name}_stat-{kind}_statmap.nii.gz"
+
+            clusters = self.group_dir / f"contrast-{name}_desc-clusters_table.tsv"
+            contrasts.append({"name": name, "stat": f("tfce"), "pfwe": f("pfwe"),
+                              "clusters": clusters, "stat_label": "TFCE"})
+        subjects = [{"participant_id": p, "group": grp, "chimap": self.inputs.files[p]["chi_template"]}
+                    for p, grp in zip(self.selection["participants"], self.selection["groups"])]
+        warnings = list(self.inputs.excluded) + list(self.inputs.warnings)
+        for name, info in infos.items():
+            warnings += [f"{name}: {w}" for w in (info or {}).get("warnings", [])]
+        versions = {"qsm-bids": __version__, **package_versions()}
         write_group_report(
-            group_dir=self.group_dir, output_dir=self.output_dir, inputs=self.inputs, cfg=self.cfg,
-            infos=infos, timings=timings, version=__version__)
+            self.group_dir / "report.html", groups=g.groups, config=self.cfg.to_dict(), versions=versions,
+            roi_result=roi_result, demographics=demo, participants=self.inputs.participants,
+            contrasts=contrasts, template=None, subjects=subjects, warnings=warnings, alpha=g.alpha)
