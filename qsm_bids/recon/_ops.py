@@ -114,6 +114,27 @@ def grad_adjoint(g, voxel_size, out=None):
     return out
 
 
+def diff_forward(x, out):
+    """Unscaled forward differences (3, *shape), zero on the last plane; no temporaries."""
+    for axis in range(3):
+        g = np.moveaxis(out[axis], axis, 0)
+        xa = np.moveaxis(x, axis, 0)
+        np.subtract(xa[1:], xa[:-1], out=g[:-1])
+        g[-1] = 0
+    return out
+
+
+def diff_adjoint(g, out):
+    """Adjoint of :func:`diff_forward`, accumulated into ``out`` (zeroed first); no temporaries."""
+    out[...] = 0
+    for axis in range(3):
+        o = np.moveaxis(out, axis, 0)
+        ga = np.moveaxis(g[axis], axis, 0)
+        np.subtract(o[:-1], ga[:-1], out=o[:-1])
+        np.add(o[1:], ga[:-1], out=o[1:])
+    return out
+
+
 def crop_box(mask, margin):
     """Slices of the bounding box of ``mask`` grown by ``margin`` voxels per axis."""
     idx = np.nonzero(mask)

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import fft
-from ._ops import grad, grad_adjoint, pad_to, smv, sphere_kernel_rfft
+from ._ops import diff_adjoint, diff_forward, grad, pad_to, smv, sphere_kernel_rfft
 from .dipole import dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight"]
@@ -207,12 +207,18 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     wG = gradient_mask(mag, maskp, voxel_size, percentage)
 
     def dconv(x):
-        return fft.irfftn(fft.rfftn(x) * Dh, shape)
+        X = fft.rfftn(x)
+        X *= Dh
+        return fft.irfftn(X, shape)
+
+    # the regulariser G^T P G with G the scaled gradient is applied as the unscaled
+    # differences with P / h^2 folded in (fewer passes over the volume, no temporaries)
+    inv_h2 = np.asarray([1.0 / float(h) ** 2 for h in voxel_size], dtype=np.float32).reshape(3, 1, 1, 1)
 
     def reg(dx, P, gbuf, out):
-        grad(dx, voxel_size, out=gbuf)
+        diff_forward(dx, gbuf)
         gbuf *= P
-        return grad_adjoint(gbuf, voxel_size, out=out)
+        return diff_adjoint(gbuf, out)
 
     x = np.zeros(shape, dtype=np.float32)
     gbuf = np.zeros((3,) + shape, dtype=np.float32)
@@ -228,25 +234,37 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         # IRLS weights of the L1 term; with a binary wG, wG*Vr*wG = wG*Vr
         grad(x, voxel_size, out=gbuf)
         gbuf *= wG
-        P = 1.0 / np.sqrt(gbuf * gbuf + np.float32(beta))
-        P *= wG
+        np.multiply(gbuf, gbuf, out=gbuf)
+        gbuf += np.float32(beta)
+        np.sqrt(gbuf, out=gbuf)
+        P = np.divide(wG, gbuf)
+        P *= inv_h2
         Dx = dconv(x)
         # b = reg(x) + 2 lam D^T Re(conj(w) conj(i) (w - b0)) = reg(x) - 2 lam D^T (m^2 sin(rdf - Dx))
         b = reg(x, P, gbuf, np.empty_like(x))
-        b -= two_lam * dconv(m2 * np.sin(rdf - Dx))
+        np.subtract(rdf, Dx, out=Dx)
+        np.sin(Dx, out=Dx)
+        Dx *= m2
+        Dx = dconv(Dx)
+        Dx *= two_lam
+        b -= Dx
         del Dx
+        w2 = m2 * two_lam
 
-        def A(dx):
-            out = reg(dx, P, gbuf, regbuf).copy()
-            out += two_lam * dconv(m2 * dconv(dx))
+        def A(dx, out):
+            reg(dx, P, gbuf, out)
+            t = dconv(dx)
+            t *= w2
+            out += dconv(t)
             return out
 
-        dx, n_cg = _cg(A, -b, cg_tol, cg_max_iter)
+        b *= -1
+        dx, n_cg = _cg(A, b, cg_tol, cg_max_iter)
         cg_total += n_cg
         xn = float(np.linalg.norm(x))
         res_norm_ratio = float(np.linalg.norm(dx)) / xn if xn > 0 else np.inf
         x += dx
-        del dx, b
+        del dx, b, P
         if merit:
             wres = m * np.exp(1j * dconv(x)) - m * np.exp(1j * rdf)
             inm = maskp
@@ -271,23 +289,34 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     return np.ascontiguousarray(chi, dtype=np.float32)
 
 
+def _dot(a, b):
+    return float(np.dot(a.ravel(), b.ravel()))
+
+
 def _cg(A, b, tol, max_iter):
-    """Conjugate gradients from 0, stopping at ||r|| <= tol ||b|| (toolbox cgsolve)."""
+    """Conjugate gradients from 0, stopping at ||r|| <= tol ||b|| (toolbox cgsolve).
+
+    ``A(p, out)`` writes the operator applied to ``p`` into ``out``.
+    """
     x = np.zeros_like(b)
     r = b.copy()
     p = r.copy()
-    rr = float(np.dot(r.ravel(), r.ravel()))
+    Ap = np.empty_like(b)
+    tmp = np.empty_like(b)
+    rr = _dot(r, r)
     bnorm = np.sqrt(rr)
     it = 0
     while it < max_iter and bnorm > 0 and np.sqrt(rr) > tol * bnorm:
-        Ap = A(p)
-        pAp = float(np.dot(p.ravel(), Ap.ravel()))
+        A(p, Ap)
+        pAp = _dot(p, Ap)
         if pAp <= 0:
             break
         alpha = np.float32(rr / pAp)
-        x += alpha * p
-        r -= alpha * Ap
-        rr_new = float(np.dot(r.ravel(), r.ravel()))
+        np.multiply(p, alpha, out=tmp)
+        x += tmp
+        np.multiply(Ap, alpha, out=tmp)
+        r -= tmp
+        rr_new = _dot(r, r)
         p *= np.float32(rr_new / rr)
         p += r
         rr = rr_new

@@ -21,6 +21,19 @@ How it is made (:func:`brain_mask`):
 With a T1w brain mask already resampled to the GRE grid, the result is the
 T1w mask intersected with the magnitude's signal mask (step 2, dilated by
 2 mm to tolerate registration error), then steps 3-5.
+
+6. Phase reliability (:func:`phase_coherence`, when the phase is given):
+   voxels whose phase disagrees with its 6 neighbours (coherence
+   ``|mean_j exp(i (phi_j - phi_i))|`` below ``phase_quality``, default 0.5,
+   i.e. neighbour differences of about 1 rad or more) are removed, and the
+   largest component is kept again (no hole filling after this step). Near
+   the sinuses the field changes by more than pi per voxel: no unwrapping
+   can recover those voxels, and the Laplacian turns each of them into a
+   large non-harmonic error that SHARP keeps and the inversion spreads into
+   streaks. On the simulated paper-protocol subject (SNR 300) this step
+   takes the TKD NRMSE from 230 % to 65 % (measured with the true brain
+   mask, ``benchmarks/bench_recon.py``); the voxels dropped (about 6 % of the
+   brain) get chi = 0.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ from scipy import ndimage
 
 from ._ops import ball
 
-__all__ = ["brain_mask", "largest_component"]
+__all__ = ["brain_mask", "largest_component", "phase_coherence", "refine_with_phase"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +120,33 @@ def brain_mask(magnitude, voxel_size, *, threshold=0.15, opening_mm=4.0, erode_m
         mask = ndimage.binary_erosion(mask, structure=ball(erode_mm, voxel_size))
     logger.info("brain mask: %d voxels (threshold %.2f of %.4g)", int(mask.sum()), threshold, top)
     return mask
+
+
+def phase_coherence(phase, voxel_size=None):
+    """Agreement of each voxel's phase with its 6 neighbours, in [0, 1].
+
+    ``|sum_j exp(i (phi_j - phi_i))| / 6`` (periodic at the border of the
+    field of view, which is outside any brain). 1 where the phase is smooth;
+    about 0 in noise or where the field aliases within a voxel.
+    """
+    z = np.exp(1j * np.asarray(phase, dtype=np.float32)).astype(np.complex64)
+    acc = np.zeros(z.shape, dtype=np.complex64)
+    for axis in range(3):
+        acc += np.roll(z, 1, axis=axis)
+        acc += np.roll(z, -1, axis=axis)
+    acc *= np.conj(z)
+    return (np.abs(acc) / 6.0).astype(np.float32)
+
+
+def refine_with_phase(mask, phase, voxel_size, phase_quality=0.5):
+    """Remove unreliable-phase voxels from ``mask`` (step 6 of the module docstring)."""
+    if not phase_quality or phase_quality <= 0:
+        return mask
+    ph = np.asarray(phase)
+    if ph.ndim == 4:
+        ph = ph[..., 0]
+    good = phase_coherence(ph, voxel_size) > phase_quality
+    refined = largest_component(mask & good)
+    logger.info("phase quality > %.2f removed %d of %d mask voxels", phase_quality,
+                int(mask.sum() - refined.sum()), int(mask.sum()))
+    return refined

@@ -30,7 +30,7 @@ from .background import pdf, sharp, vsharp
 from .coils import adaptive_combine
 from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd
-from .mask import brain_mask
+from .mask import brain_mask, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import laplacian_unwrap
 
@@ -121,7 +121,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
                 inversion="medi", medi_lambda=1000.0, medi_percentage=0.9, medi_max_iter=10,
                 medi_tol_norm_ratio=0.1, medi_cg_max_iter=100, medi_cg_tol=0.01, medi_beta=1e-6,
                 medi_merit=False, tkd_threshold=0.19, tikhonov_lambda=0.05, reference="none",
-                remove_phase_offset_multiecho=True, mask_erode_mm=1.0,
+                remove_phase_offset_multiecho=True, mask_erode_mm=1.0, mask_phase_quality=0.5,
                 mask=None, t1w_mask=None, progress=None) -> ReconResult:
     """Run steps 1-5 (coils, mask, unwrapping, background removal, inversion).
 
@@ -146,6 +146,11 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         through zero (coil-resolved data have it removed per coil).
     mask_erode_mm : float
         Final erosion of the automatic mask (mm).
+    mask_phase_quality : float
+        Automatic mask only: drop voxels whose phase coherence with their
+        neighbours (first echo) is below this (0 disables); for multi-echo
+        data, echoes whose coherence is below it get zero weight in the fit
+        at that voxel.
     mask : bool ndarray or None
         A user brain mask on the GRE grid (skips the automatic mask).
     t1w_mask : bool ndarray or None
@@ -219,8 +224,9 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         if mask_method not in ("auto", "magnitude"):
             raise ValueError(f"unknown mask method {mask_method!r}")
         t1 = t1w_mask if mask_method == "auto" else None
-        brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=mask_threshold,
-                                               erode_mm=mask_erode_mm, t1w_mask=t1))
+        brain = run("mask", lambda: refine_with_phase(
+            brain_mask(mag_rss, voxel_size, threshold=mask_threshold, erode_mm=mask_erode_mm,
+                       t1w_mask=t1), ph[..., 0], voxel_size, mask_phase_quality))
     n_mask = int(brain.sum())
     if n_mask < MIN_MASK_VOXELS:
         raise DataError(f"brain mask has {n_mask} voxels (fewer than {MIN_MASK_VOXELS}): the "
@@ -242,8 +248,17 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     unwrapped *= bmask[..., None]
 
     # multi-echo fit -> total field in ppm
-    total = run("echo_fit", lambda: fit_field(unwrapped, bmag, te, field_strength_t,
-                                              echo_combination) * bmask)
+    fit_weights = bmag
+    if bmag.shape[3] > 1 and mask_phase_quality and mask_phase_quality > 0:
+        good = np.stack([phase_coherence(ph[box][..., e]) > mask_phase_quality
+                         for e in range(bmag.shape[3])], axis=-1)
+        good[..., 0] = True  # the first echo always counts (the mask is built on it)
+        fit_weights = bmag * good
+
+    def echo_fit():
+        return fit_field(unwrapped, fit_weights, te, field_strength_t, echo_combination) * bmask
+
+    total = run("echo_fit", echo_fit)
 
     # 4. background removal
     if background == "sharp":
@@ -253,7 +268,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         local, eroded = run("background", lambda: vsharp(total, bmask, voxel_size, vsharp_radii_mm,
                                                           sharp_threshold))
     elif background == "pdf":
-        weight = 1.0 / field_noise_std(bmag, te)
+        weight = 1.0 / field_noise_std(fit_weights, te)
         local, eroded = run("background", lambda: pdf(total, bmask, voxel_size, b0, weight,
                                                        pdf_max_iter, pdf_tol))
     else:
@@ -267,7 +282,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     delta_te = float(te[1] - te[0]) if te.size > 1 else float(te[0])
     medi_stats = {}
     if inversion == "medi":
-        noise = field_noise_std(bmag, te)
+        noise = field_noise_std(fit_weights, te)
         chi = run("inversion", lambda: medi(
             local, bmag_rss, eroded, voxel_size, b0, field_strength_t=field_strength_t,
             delta_te_s=delta_te, noise_std=noise, lam=medi_lambda, percentage=medi_percentage,
@@ -293,7 +308,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     params = dict(
         coil_combination=coil_combination, coil_smoothing_mm=coil_smoothing_mm,
         mask_method="user" if mask is not None else mask_method, mask_threshold=mask_threshold,
-        mask_erode_mm=mask_erode_mm, unwrap=unwrap, echo_combination=echo_combination,
+        mask_erode_mm=mask_erode_mm, mask_phase_quality=mask_phase_quality, unwrap=unwrap, echo_combination=echo_combination,
         remove_phase_offset_multiecho=remove_phase_offset_multiecho, background=background,
         sharp_radius_mm=sharp_radius_mm, sharp_threshold=sharp_threshold,
         vsharp_radii_mm=list(vsharp_radii_mm), pdf_max_iter=pdf_max_iter, pdf_tol=pdf_tol,
