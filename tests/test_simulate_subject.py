@@ -1,0 +1,133 @@
+"""The simulated subject and cohort sampling, at a small size (4 mm voxels, 2 mm forward grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qsm_bids.simulate import cohort, forward as fw
+from qsm_bids.simulate.subject import Pose, _template_coords, sample_pose, simulate_subject
+
+SMALL = dict(voxel_size=(4.0, 4.0, 4.0), matrix=(48, 56, 40), oversample=(2, 2, 2), t1w_matrix=(96, 112, 96))
+
+
+@pytest.fixture(scope="module")
+def subject():
+    return simulate_subject(5, group="ALS", age=70, echo_times=(0.01, 0.02), **SMALL)
+
+
+def test_deterministic_for_a_seed(subject):
+    again = simulate_subject(5, group="ALS", age=70, echo_times=(0.01, 0.02), **SMALL)
+    for key in ("magnitude", "phase", "chi_ppm", "local_field_ppm", "labels", "t1w"):
+        assert again[key].tobytes() == subject[key].tobytes(), key
+    other = simulate_subject(6, group="ALS", age=70, echo_times=(0.01, 0.02), with_t1w=False, **SMALL)
+    assert other["phase"].tobytes() != subject["phase"].tobytes()
+
+
+def test_shapes_ranges_and_truth(subject):
+    s = subject
+    assert s["magnitude"].shape == (48, 56, 40, 2) and s["phase"].shape == (48, 56, 40, 2)
+    assert s["phase"].min() >= -np.pi and s["phase"].max() < np.pi
+    assert s["magnitude"].min() >= 0
+    mask = s["brain_mask"]
+    volume_ml = mask.sum() * 64 / 1000
+    assert 1200 < volume_ml < 2300  # intracranial volume of an adult
+    # the brain is brighter than the outside air (mostly noise)
+    assert s["magnitude"][..., 0][mask].mean() > 8 * s["noise_sigma"]
+    np.testing.assert_allclose(np.linalg.norm(s["b0_dir"]), 1.0)
+    assert abs(s["b0_dir"][2]) < 0.9999 or s["pose"]["rotation_deg"][0] == 0  # oblique slab
+    assert s["chi_ppm"][~mask].max() == 0
+    # region truths follow the planted values for the large regions
+    rv = s["region_values"].set_index(["region", "hemisphere"])
+    for region in ("putamen", "thalamus", "caudate", "precentral_gyrus"):
+        for hemi in "LR":
+            row = rv.loc[(region, hemi)]
+            assert row.n_voxels > 5
+            assert abs(row.truth_median_ppm - row.planted_ppm) < 0.012, (region, hemi)
+    assert set(np.unique(s["labels"])) - {0} <= set(s["label_table"]["index"])
+    assert s["t1w"].dtype == np.int16 and s["t1w"].shape == (96, 112, 96)
+
+
+def test_phase_follows_the_field(subject):
+    """Noise aside, phase = 2 pi gamma B0 TE field (+ a constant), in the brain's interior."""
+    from scipy import ndimage as ndi
+
+    s = subject
+    inner = ndi.binary_erosion(s["brain_mask"], iterations=2)
+    te = np.asarray(s["echo_times"])
+    omega = 2 * np.pi * fw.GAMMA_HZ_PER_T * s["field_strength"] * 1e-6
+    # echo difference removes the receiver offset
+    dphi = fw.wrap_phase(s["phase"][..., 1] - s["phase"][..., 0])
+    expected = fw.wrap_phase(omega * (te[1] - te[0]) * s["total_field_ppm"])
+    err = np.abs(fw.wrap_phase(dphi - expected))[inner]
+    assert np.median(err) < 0.1  # noise of a phase difference at SNR 35 is ~0.04 rad
+    # the background field of the head is strong and the local field is weak
+    bg = (s["total_field_ppm"] - s["local_field_ppm"])[inner]
+    assert np.ptp(bg) > 0.3
+    assert np.percentile(np.abs(s["local_field_ppm"][inner]), 99) < 0.1
+
+
+def test_coil_resolved_and_noise_free():
+    s = simulate_subject(7, coils=4, snr=float("inf"), with_t1w=False, **SMALL)
+    assert s["magnitude"].shape == (48, 56, 40, 1, 4)
+    assert s["noise_sigma"] == 0
+    # coils see the object with different smooth phases
+    mask = s["brain_mask"]
+    p = s["phase"][..., 0, :]
+    diff = fw.wrap_phase(p[..., 0] - p[..., 1])[mask]
+    assert np.std(diff) > 0.05
+    rss = np.sqrt((s["magnitude"][..., 0, :] ** 2).sum(-1))
+    assert rss[mask].mean() > 5 * rss[~mask].mean()
+
+
+def test_template_coords_use_the_displacement():
+    rng = np.random.default_rng(0)
+    pose = sample_pose(rng)
+    A = np.eye(4)
+    A[:3, :3] = np.diag([3.0, 3.0, 3.0])
+    A[:3, 3] = [-40, -50, -30]
+    head_affine = np.eye(4)
+    head_affine[:3, 3] = [-98, -134, -120]
+    c = _template_coords(A, (4, 5, 6), pose, head_affine)
+    # direct evaluation at one point
+    ijk = np.array([2, 3, 4])
+    w = A[:3, :3] @ ijk + A[:3, 3]
+    R = fw.rotation_matrix(pose.rotation_deg)
+    rel = np.diag(1 / np.asarray(pose.scale)) @ R.T @ (w - np.asarray(pose.translation_mm))
+    d = fw.smooth_displacement([np.array([v]) for v in rel], pose.modes)
+    mm = rel + np.array([v[0] for v in d]) + np.array([0.0, -17.0, 8.0])
+    np.testing.assert_allclose(c[:, 2, 3, 4], mm - head_affine[:3, 3], atol=1e-3)
+    ident = _template_coords(A, (2, 2, 2), Pose(), head_affine)
+    np.testing.assert_allclose(ident[:, 1, 0, 0] - ident[:, 0, 0, 0], [3, 0, 0], atol=1e-9)
+
+
+def test_group_effects_and_spread():
+    rng = np.random.default_rng(1)
+    als = np.array([cohort.sample_region_values("ALS", 60, rng)["planted_ppm"] for _ in range(600)])
+    ctl = np.array([cohort.sample_region_values("control", 60, rng)["planted_ppm"] for _ in range(600)])
+    table = cohort.region_table()
+    diff = als.mean(0) - ctl.mean(0)
+    se = np.sqrt(als.var(0) / 600 + ctl.var(0) / 600)
+    assert np.all(np.abs(diff - table["als_minus_control_ppm"].to_numpy()) < 5 * se)
+    rsn = table.index[(table.region == "substantia_nigra_dorsal") & (table.hemisphere == "R")][0]
+    assert abs(table.loc[rsn, "als_minus_control_ppm"] - 0.021) < 1e-12
+    # the paper's SEM at n=39 implies a control SD of SEM*sqrt(39) (age part removed)
+    gp = table.index[(table.region == "globus_pallidus") & (table.hemisphere == "L")][0]
+    assert 0.009 < ctl[:, gp].std() < 0.0135
+    scaled = cohort.region_table(effect_scale=2.0)
+    np.testing.assert_allclose(scaled["als_minus_control_ppm"], 2 * table["als_minus_control_ppm"])
+    # iron rises with age in deep grey matter
+    old = cohort.sample_region_values("control", 77, np.random.default_rng(3))
+    young = cohort.sample_region_values("control", 39, np.random.default_rng(3))
+    put = (old.region == "putamen")
+    assert np.all(old.planted_ppm[put].to_numpy() > young.planted_ppm[put].to_numpy())
+
+
+def test_participants_table():
+    p = cohort.sample_participants(5, 7, np.random.default_rng(0))
+    assert list(p.columns) == ["participant_id", "group", "age", "sex", "alsfrs_r", "onset",
+                               "disease_duration_months"]
+    assert (p.group == "ALS").sum() == 5 and (p.group == "control").sum() == 7
+    assert p.age.between(39, 77).all()
+    assert p.loc[p.group == "control", "alsfrs_r"].isna().all()
+    assert p.loc[p.group == "ALS", "onset"].isin(["limb", "bulbar"]).all()
