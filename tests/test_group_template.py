@@ -1,0 +1,88 @@
+"""Study template (ANTs) on a tiny 4 mm cohort: files, manifest, image/point warps agree."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+pytest.importorskip("ants")
+
+from qsm_bids.group.template import build_study_template, study_space_maps, subject_label  # noqa: E402
+from qsm_bids.registration import brain_template  # noqa: E402
+
+RES = 4.0
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tpl")
+    ref = brain_template(RES)
+    d = ref.get_fdata()
+    rng = np.random.default_rng(0)
+    t1, chi, masks = [], [], []
+    for i in range(3):
+        s = ndimage.shift(d, rng.uniform(-0.7, 0.7, 3), order=1)
+        brain = s > 0.2 * d.max()
+        c = (ndimage.gaussian_filter(rng.standard_normal(d.shape), 1) * brain).astype(np.float32)
+        for kind, arr, bucket in (("desc-preproc_T1w", s.astype(np.float32), t1), ("Chimap", c, chi),
+                                  ("desc-brain_mask", brain.astype(np.uint8), masks)):
+            p = tmp / f"sub-{i:02d}_space-MNI152NLin2009aSym_{kind}.nii.gz"
+            nib.save(nib.Nifti1Image(arr, ref.affine), p)
+            bucket.append(p)
+    group = tmp / "group"
+    out = {"template_t1w": group / "tpl-study_T1w.nii.gz",
+           "template_chi": group / "tpl-study_desc-mean_Chimap.nii.gz",
+           "template_mask": group / "tpl-study_desc-brain_mask.nii.gz",
+           "xfm_study_to_mni": group / "from-study_to-MNI152NLin2009aSym_mode-image_xfm.h5"}
+    written = build_study_template(t1, chi, masks, out, iterations=2, resolution_mm=RES, n_threads=2,
+                                   work_dir=tmp, reg_iterations=(20, 10, 0))
+    return {"t1": t1, "chi": chi, "masks": masks, "out": out, "written": written, "ref": ref}
+
+
+def test_template_files_and_manifest(cohort):
+    out, written = cohort["out"], cohort["written"]
+    for p in out.values():
+        assert p.exists()
+    manifest = json.loads(out["template_t1w"].with_name("tpl-study_T1w.json").read_text())
+    assert [s["label"] for s in manifest["Participants"]] == ["sub-00", "sub-01", "sub-02"]
+    assert manifest["Iterations"] == 2 and manifest["TimingsSeconds"]["total"] > 0
+    tpl = nib.load(out["template_t1w"])
+    assert tpl.shape == cohort["ref"].shape
+    # the template looks like the brain it was built from
+    r = np.corrcoef(tpl.get_fdata().ravel(), cohort["ref"].get_fdata().ravel())[0, 1]
+    assert r > 0.9
+    assert "template_t1w_mni" in written and "template_chi_mni" in written
+    assert subject_label("/x/sub-07_ses-2_space-X_Chimap.nii.gz") == "sub-07_ses-2"
+
+
+def test_study_space_maps_and_point_warp_agree_with_image_warp(cohort):
+    chi_imgs, mask_imgs, warp = study_space_maps(cohort["out"], cohort["chi"], cohort["masks"])
+    assert len(chi_imgs) == 3 and chi_imgs[0].shape == mask_imgs[0].shape
+    # the study-space map is the MNI map carried through a near-identity warp
+    src = nib.load(cohort["chi"][1]).get_fdata()
+    r = np.corrcoef(chi_imgs[1].get_fdata().ravel(), src.ravel())[0, 1]
+    assert r > 0.5
+    # a blob at a study-space point lands, after the image warp, where points() says
+    tpl = nib.load(cohort["out"]["template_t1w"])
+    blob = np.zeros(tpl.shape, np.float32)
+    ijk = np.array([25, 30, 26])
+    blob[tuple(ijk)] = 1.0
+    blob = ndimage.gaussian_filter(blob, 1.5)
+    moved = warp.image(nib.Nifti1Image(blob, tpl.affine), "linear")
+    com = np.array(ndimage.center_of_mass(moved.get_fdata()))
+    com_mm = moved.affine[:3, :3] @ com + moved.affine[:3, 3]
+    point_mm = tpl.affine[:3, :3] @ ijk + tpl.affine[:3, 3]
+    mapped = warp.points(point_mm[None])[0]
+    assert np.linalg.norm(mapped - com_mm) < 0.5 * RES
+    assert cohort["written"]["timings_s"]["per_registration_mean"] > 0
+
+
+def test_unknown_participant_is_a_data_error(cohort, tmp_path):
+    from qsm_bids.errors import DataError
+
+    with pytest.raises(DataError, match="not in the study template"):
+        study_space_maps(cohort["out"], [tmp_path / "sub-99_Chimap.nii.gz"], [tmp_path / "m.nii.gz"])
