@@ -67,7 +67,7 @@ PRESETS: dict[str, dict] = {
     },
     "standard": {
         "fixed_resolution_mm": 2.0,
-        "rigid_iterations": (500, 250, 50),
+        "rigid_iterations": (500, 250, 0),
         "rigid_shrink": (4, 2, 1),
         "rigid_smoothing": (2, 1, 0),
         "aff_iterations": (1000, 500, 250, 50),
