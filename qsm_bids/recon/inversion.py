@@ -195,6 +195,10 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
             noise = np.where(mag > 0, 1.0 / np.maximum(mag, 1e-30), 0.0).astype(np.float32)
     else:
         noise = pad_to(np.asarray(noise_std, dtype=np.float32), shape)
+    finite = np.isfinite(noise)
+    if not finite.all():
+        # no signal (outside the head): the largest finite noise, so the SMV stays finite
+        noise = np.where(finite, noise, np.max(noise[finite]) if finite.any() else 1.0).astype(np.float32)
     Dh = _half(dipole_kernel(shape, voxel_size, b0_dir))
     if smv_radius_mm:
         S = sphere_kernel_rfft(shape, voxel_size, smv_radius_mm)

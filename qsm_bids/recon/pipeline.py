@@ -120,7 +120,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
                 vsharp_radii_mm=(12.0, 10.0, 8.0, 6.0, 4.0, 2.0), pdf_max_iter=100, pdf_tol=0.01,
                 inversion="medi", medi_lambda=1000.0, medi_percentage=0.9, medi_max_iter=10,
                 medi_tol_norm_ratio=0.1, medi_cg_max_iter=100, medi_cg_tol=0.01, medi_beta=1e-6,
-                medi_merit=False, tkd_threshold=0.19, tikhonov_lambda=0.05, reference="none",
+                medi_merit=False, medi_smv=True, tkd_threshold=0.19, tikhonov_lambda=0.05, reference="none",
                 remove_phase_offset_multiecho=True, mask_erode_mm=1.0, mask_phase_quality=0.5,
                 mask=None, t1w_mask=None, progress=None) -> ReconResult:
     """Run steps 1-5 (coils, mask, unwrapping, background removal, inversion).
@@ -141,6 +141,13 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         As :class:`qsm_bids.config.ReconConfig` (same names and meanings).
     medi_merit : bool
         MERIT model-error reweighting in MEDI (not in the paper; default off).
+    medi_smv : bool
+        With ``background="sharp"``: invert inside MEDI as the toolbox's
+        ``'smv'`` option does (the total field high-passed by the SHARP sphere,
+        kernel ``(1 - S) D``, mask eroded by the sphere) instead of the
+        truncated SHARP deconvolution, which loses the low spatial
+        frequencies (deep-grey nuclei contrast). ``local_field_ppm`` is the
+        SHARP result either way.
     remove_phase_offset_multiecho : bool
         Remove the TE = 0 phase of combined multi-echo data before the fit
         through zero (coil-resolved data have it removed per coil).
@@ -283,8 +290,10 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     medi_stats = {}
     if inversion == "medi":
         noise = field_noise_std(fit_weights, te)
+        use_smv = bool(medi_smv) and background == "sharp"
         chi = run("inversion", lambda: medi(
-            local, bmag_rss, eroded, voxel_size, b0, field_strength_t=field_strength_t,
+            total if use_smv else local, bmag_rss, bmask if use_smv else eroded, voxel_size, b0,
+            smv_radius_mm=sharp_radius_mm if use_smv else None, field_strength_t=field_strength_t,
             delta_te_s=delta_te, noise_std=noise, lam=medi_lambda, percentage=medi_percentage,
             max_iter=medi_max_iter, tol_norm_ratio=medi_tol_norm_ratio,
             cg_max_iter=medi_cg_max_iter, cg_tol=medi_cg_tol, beta=medi_beta, merit=medi_merit,
@@ -295,6 +304,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         chi = run("inversion", lambda: tikhonov(local, eroded, voxel_size, b0, tikhonov_lambda))
     else:
         raise ValueError(f"unknown inversion {inversion!r}")
+    chi = chi * eroded
     chi, ref_value = run("reference", lambda: apply_reference(chi, eroded, reference, bmag_rss,
                                                               voxel_size))
 
@@ -315,7 +325,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         inversion=inversion, medi_lambda=medi_lambda, medi_percentage=medi_percentage,
         medi_max_iter=medi_max_iter, medi_tol_norm_ratio=medi_tol_norm_ratio,
         medi_cg_max_iter=medi_cg_max_iter, medi_cg_tol=medi_cg_tol, medi_beta=medi_beta,
-        medi_merit=medi_merit, tkd_threshold=tkd_threshold, tikhonov_lambda=tikhonov_lambda,
+        medi_merit=medi_merit, medi_smv=medi_smv, tkd_threshold=tkd_threshold, tikhonov_lambda=tikhonov_lambda,
         reference=reference, reference_value_ppm=ref_value,
         echo_times_s=te.tolist(), voxel_size_mm=list(voxel_size), b0_dir=b0.tolist(),
         field_strength_t=field_strength_t, medi_delta_te_s=delta_te,
