@@ -245,7 +245,7 @@ class ParticipantWorkflow:
             preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
             work_dir=self.work_dir, sidecar=_sidecar(self.cfg, "normalise"))
         if not self.subject.t1w:
-            self.warnings.append("no T1w: the GRE magnitude was registered to the template directly")
+            logger.warning("[%s] no T1w: the GRE magnitude is registered to the template directly", self.prefix)
         return info
 
     def _regions(self, out: dict) -> dict:
