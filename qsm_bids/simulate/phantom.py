@@ -12,6 +12,9 @@ Compartments
   probabilities from nilearn's maps and CSF = the rest;
 - skull: 0-7 mm outside it (cortical bone, -2.2 ppm relative to water);
 - scalp and soft tissue: 7-13 mm, a face block and a neck (0 ppm vs water);
+- large veins (superior sagittal, straight, transverse/sigmoid sinuses,
+  internal cerebral veins; +0.35 ppm, deoxygenated blood), part of the
+  brain's own (local) sources;
 - air cavities inside the head (+9.4 ppm relative to tissue): frontal,
   ethmoid, sphenoid and maxillary sinuses, the nasal cavity, ear canals and
   mastoid air cells, kept at least 2 mm away from the brain;
@@ -46,6 +49,8 @@ __all__ = [
     "head_model",
     "spoiled_gre_amplitude",
     "air_cavities",
+    "VEIN_PPM",
+    "venous_sinuses",
 ]
 
 #: Susceptibility of air relative to water/tissue (ppm): 0.36 - (-9.05).
@@ -56,6 +61,8 @@ BONE_PPM = -2.2
 #: giving a GM/WM contrast of ~0.035 ppm (WM negative) as in QSM of adults.
 GM_PPM = 0.010
 WM_PPM = -0.025
+#: Deoxygenated venous blood relative to water (ppm): Hct 0.4, Y 0.6, 4 pi 0.27 ppm -> ~0.35.
+VEIN_PPM = 0.35
 #: Millimetres added below the template grid for the neck.
 EXTRA_BOTTOM_MM = 48
 
@@ -124,6 +131,56 @@ def air_cavities(world_xyz, brain_distance_mm, min_distance_mm=2.0):
     return air & (brain_distance_mm >= min_distance_mm)
 
 
+# Dural sinuses as tubes along polylines (MNI mm), radius mm; "bilateral" mirrors x.
+_SINUS_TUBES = (
+    ("straight_sinus", ((0.0, -48.0, 12.0), (0.0, -75.0, 8.0), (0.0, -100.0, 4.0)), 2.5, False),
+    ("transverse_sigmoid_sinus", ((2.0, -103.0, 3.0), (28.0, -97.0, -2.0), (46.0, -78.0, -10.0),
+                                  (50.0, -55.0, -25.0), (42.0, -38.0, -42.0)), 3.5, True),
+    ("internal_cerebral_vein", ((2.5, -8.0, 18.0), (1.5, -30.0, 16.0), (0.0, -48.0, 12.0)), 1.2, True),
+)
+
+
+def venous_sinuses(shape, affine, intracranial, inside_distance_mm):
+    """Large veins of the brain (boolean, 1 mm grid): superior sagittal, straight,
+    transverse/sigmoid sinuses and the internal cerebral veins.
+
+    The superior sagittal sinus follows the template's own inner skull surface
+    along the midline (a triangle 9 mm wide at the skull, 6 mm deep) from the
+    frontal lobe over the vertex to the confluence; the others are tubes along
+    polylines at their usual MNI positions. All stay inside the intracranial space.
+    """
+    idx = [np.arange(n, dtype=np.float32) for n in shape]
+    x = (idx[0] * affine[0, 0] + affine[0, 3]).reshape(-1, 1, 1)
+    y = (idx[1] * affine[1, 1] + affine[1, 3]).reshape(1, -1, 1)
+    z = (idx[2] * affine[2, 2] + affine[2, 3]).reshape(1, 1, -1)
+    theta = np.degrees(np.arctan2(z - 8.0, y + 17.0))
+    theta = np.where(theta < -90, theta + 360, theta)
+    sss = intracranial & (inside_distance_mm <= 6.0) & (np.abs(x) <= 4.5 - 0.6 * inside_distance_mm)
+    sss &= (theta >= 15.0) & (theta <= 190.0)
+    centre = np.zeros(shape, dtype=bool)
+    inv = np.linalg.inv(affine)
+    radius = np.zeros(shape, dtype=np.float32)
+    for _name, points, r, bilateral in _SINUS_TUBES:
+        for sign in ((-1.0, 1.0) if bilateral else (1.0,)):
+            pts = np.array(points) * np.array([sign, 1.0, 1.0])
+            for a, b in zip(pts[:-1], pts[1:]):
+                n = int(np.ceil(np.linalg.norm(b - a) / 0.5)) + 1
+                seg = a + np.linspace(0, 1, n)[:, None] * (b - a)
+                vox = np.rint(seg @ inv[:3, :3].T + inv[:3, 3]).astype(int)
+                ok = np.all((vox >= 0) & (vox < np.array(shape)), axis=1)
+                centre[tuple(vox[ok].T)] = True
+                radius[tuple(vox[ok].T)] = r
+    # distance to the centre lines, computed in their bounding box only
+    pts = np.argwhere(centre)
+    lo = np.maximum(pts.min(axis=0) - 6, 0)
+    hi = np.minimum(pts.max(axis=0) + 7, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    dist, nearest = ndi.distance_transform_edt(~centre[box], return_indices=True)
+    tubes = np.zeros(shape, dtype=bool)
+    tubes[box] = dist <= radius[box][tuple(nearest)]
+    return (sss | tubes) & intracranial
+
+
 @dataclass
 class HeadModel:
     """Template-space volumes of the digital head (extended 1 mm template grid).
@@ -145,6 +202,8 @@ class HeadModel:
         The template T1w intensity inside the brain (0-1).
     labels : int16 array
         The atlas labels on the extended grid (0 outside regions).
+    veins : bool array
+        Large veins (dural sinuses, internal cerebral veins), outside the labels.
     label_table : pandas.DataFrame
         ``index``, ``region``, ``hemisphere``.
     """
@@ -162,6 +221,7 @@ class HeadModel:
     t1w_brain: np.ndarray
     labels: np.ndarray
     label_table: object
+    veins: np.ndarray
 
     @property
     def shape(self):
@@ -274,9 +334,11 @@ def head_model() -> HeadModel:
     t1w_brain = np.where(intracranial, t1, 0.0).astype(np.float32)
     labels = np.zeros(shape, dtype=np.int16)
     labels[crop] = np.asarray(atlas_img.dataobj, dtype=np.int16)
-    logger.info("head model ready: %d intracranial, %d bone, %d soft tissue, %d air-cavity voxels",
-                intracranial.sum(), bone.sum(), soft.sum(), air_in_head.sum())
+    inside_dist = ndi.distance_transform_edt(intracranial).astype(np.float32)
+    veins = venous_sinuses(shape, affine, intracranial, inside_dist) & (labels == 0)
+    logger.info("head model ready: %d intracranial, %d bone, %d soft tissue, %d air-cavity, %d vein voxels",
+                intracranial.sum(), bone.sum(), soft.sum(), air_in_head.sum(), veins.sum())
     return HeadModel(affine=affine, crop=crop, gm=gm.astype(np.float32), wm=wm.astype(np.float32),
                      csf=csf.astype(np.float32), intracranial=intracranial, bone=bone, soft=soft,
                      air_in_head=air_in_head, head=head, t1w_brain=t1w_brain, labels=labels,
-                     label_table=label_table.copy())
+                     label_table=label_table.copy(), veins=veins)

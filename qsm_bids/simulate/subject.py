@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 from ..recon.dipole import b0_direction_from_affine
 from . import forward as fw
 from .cohort import sample_region_values
-from .phantom import GM_PPM, R2STAR_PER_PPM, WM_PPM, head_model
+from .phantom import GM_PPM, R2STAR_PER_PPM, VEIN_PPM, WM_PPM, head_model
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def _chi_brain_template(values_by_label, texture_shift, texture_seed):
     chi[inside] = lut[h.labels[inside]] * tissue[inside]
     tex = np.roll(_texture(texture_seed), texture_shift, axis=(0, 1, 2))
     chi += np.float32(_TEXTURE_PPM) * tex * tissue
+    chi[h.veins] = np.float32(VEIN_PPM)
     return chi
 
 
