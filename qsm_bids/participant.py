@@ -95,6 +95,7 @@ def participant_paths(output_dir: Path, entities: dict, template: str, atlas: st
     return {
         "magnitude": p("MEGRE", part="mag", desc="firstecho"),
         "mask": p("mask", desc="brain"),
+        "qsm_mask": p("mask", desc="qsm"),
         "unwrapped_phase": p("phase", desc="unwrapped"),
         "local_field": p("fieldmap", desc="local"),
         "chi": p("Chimap"),
@@ -103,7 +104,7 @@ def participant_paths(output_dir: Path, entities: dict, template: str, atlas: st
         "xfm_template_t1w": p("xfm", ".h5", **{"from": template, "to": "T1w", "mode": "image"}),
         "chi_template": p("Chimap", space=template),
         "t1w_template": p("T1w", space=template, desc="preproc"),
-        "mask_template": p("mask", space=template, desc="brain"),
+        "mask_template": p("mask", space=template, desc="qsm"),
         "atlas_native": p("dseg", atlas=atlas),
         "regions": p("Chimap", ".tsv", atlas=atlas, stat="median"),
         "report": Path(output_dir) / (
@@ -164,15 +165,15 @@ class ParticipantWorkflow:
         return [
             Step("qsm", qsm_inputs, {"inputs": dataclasses.asdict(cfg.inputs),
                                      "recon": dataclasses.asdict(cfg.recon)},
-                 {k: q[k] for k in ("magnitude", "mask", "unwrapped_phase", "local_field", "chi")},
+                 {k: q[k] for k in ("magnitude", "mask", "qsm_mask", "unwrapped_phase", "local_field", "chi")},
                  lambda out: self._qsm(out, user_mask),
                  "coil combination, mask, unwrapping, background removal, dipole inversion"),
-            Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["mask"])] + t1w,
+            Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["qsm_mask"])] + t1w,
                  {"registration": dataclasses.asdict(cfg.registration), "seed": cfg.seed},
                  {k: q[k] for k in ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w", "chi_template",
                                     "t1w_template", "mask_template")},
                  self._normalise, "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN"),
-            Step("regions", [str(q["chi"]), str(q["mask"]), str(q["xfm_gre_t1w"]),
+            Step("regions", [str(q["chi"]), str(q["qsm_mask"]), str(q["xfm_gre_t1w"]),
                              str(q["xfm_template_t1w"])],
                  {"atlas": dataclasses.asdict(cfg.atlas)},
                  {k: q[k] for k in ("atlas_native", "regions")}, self._regions,
@@ -209,20 +210,24 @@ class ParticipantWorkflow:
         recon_params = dataclasses.asdict(self.cfg.recon)
         result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
                              gre.field_strength, mask=mask, **recon_params)
-        self.warnings.extend(getattr(result, "warnings", []) or [])
         aff = gre.affine
         common = {"EchoTime": gre.echo_times, "MagneticFieldStrength": gre.field_strength,
                   "B0Direction": [float(v) for v in gre.b0_dir], "InputNotes": gre.notes,
                   "Sources": [str(p) for p in self.run_.files()]}
-        write_nifti(out["magnitude"], result.magnitude, aff,
+        write_nifti(out["magnitude"], result.magnitude[..., 0], aff,
                     sidecar=_sidecar(self.cfg, "qsm", Description="combined magnitude of the first echo",
                                      **common))
         write_nifti(out["mask"], result.mask, aff, dtype=np.uint8,
                     sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
-                                     Method="user mask" if user_mask else result.parameters.get("mask"),
+                                     Method="user mask" if user_mask else result.parameters.get("mask_method"),
                                      **common))
+        write_nifti(out["qsm_mask"], result.eroded_mask, aff, dtype=np.uint8,
+                    sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
+                                     Description="where the local field and chi are defined: the brain "
+                                                 "mask eroded by the background-removal kernel", **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
-                    sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="laplacian (Schofield & Zhu 2003)",
+                    sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="Laplacian (Schofield & Zhu 2003)",
+                                     Description="unwrapped phase of each echo (4th dimension)",
                                      **common))
         write_nifti(out["local_field"], result.local_field_ppm, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Method=self.cfg.recon.background,
@@ -230,16 +235,16 @@ class ParticipantWorkflow:
         write_nifti(out["chi"], result.chi_ppm, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
                                      Reference=self.cfg.recon.reference,
-                                     ReconParameters=result.parameters, Timings=result.timings,
-                                     FFTCount=getattr(result, "fft_counts", None), **common))
-        return {"timings": result.timings, "warnings": list(getattr(result, "warnings", []) or [])}
+                                     ReconParameters=result.parameters, Timings=result.timings_s,
+                                     FFTCount=result.fft_counts, **common))
+        return {"timings": result.timings_s, "fft_counts": result.fft_counts}
 
     def _normalise(self, out: dict) -> dict:
         from . import registration
 
         info = registration.normalise_participant(
             magnitude_path=self.paths["magnitude"], t1w_path=self.subject.t1w,
-            chi_path=self.paths["chi"], mask_path=self.paths["mask"], outputs=out,
+            chi_path=self.paths["chi"], mask_path=self.paths["qsm_mask"], outputs=out,
             template=self.cfg.registration.template,
             resolution_mm=self.cfg.registration.template_resolution_mm,
             preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
@@ -263,7 +268,7 @@ class ParticipantWorkflow:
             atlas_img, reference=chi_img, xfm_gre_t1w=self.paths["xfm_gre_t1w"],
             xfm_template_t1w=self.paths["xfm_template_t1w"])
         chi = np.asarray(chi_img.dataobj, dtype=np.float32)
-        mask = np.asarray(nib.load(str(self.paths["mask"])).dataobj) > 0
+        mask = np.asarray(nib.load(str(self.paths["qsm_mask"])).dataobj) > 0
         labels = np.asarray(labels_native.dataobj).astype(np.int16)
         frame, warnings = atlas_mod.region_medians(
             chi, mask, labels, table, chi_img.header.get_zooms()[:3],

@@ -45,7 +45,7 @@ class GroupInputs:
 _KEYS = {
     "chi_template": "_space-{tpl}_Chimap.nii.gz",
     "t1w_template": "_space-{tpl}_desc-preproc_T1w.nii.gz",
-    "mask_template": "_space-{tpl}_desc-brain_mask.nii.gz",
+    "mask_template": "_space-{tpl}_desc-qsm_mask.nii.gz",
     "regions": "_atlas-{atlas}_stat-median_Chimap.tsv",
     "chi": "_Chimap.nii.gz",
     "magnitude": "_part-mag_desc-firstecho_MEGRE.nii.gz",
