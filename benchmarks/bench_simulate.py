@@ -76,6 +76,7 @@ def main():
     p.add_argument("--echo-times", type=float, nargs="+", default=[0.020])
     p.add_argument("--coils", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--oversample", type=int, nargs=3, default=None)
     p.add_argument("--figures", type=Path, default=None, help="write the docs pictures here")
     args = p.parse_args()
 
@@ -85,7 +86,7 @@ def main():
     t = time.perf_counter()
     S.head_model()
     print(f"head model build: {time.perf_counter() - t:.1f} s")
-    kw = dict(echo_times=args.echo_times, coils=args.coils, group="ALS", age=66)
+    kw = dict(echo_times=args.echo_times, coils=args.coils, group="ALS", age=66, oversample=args.oversample)
     if args.paper_protocol:
         kw.update(voxel_size=S.PAPER_VOXEL_SIZE, matrix=S.PAPER_MATRIX)
     S.simulate_subject(args.seed + 1000, with_t1w=False, **kw)  # warm the caches

@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage as ndi
 
 from ..recon.dipole import b0_direction_from_affine
@@ -333,10 +332,11 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
     del chi_bg
     field_total += field_local
 
-    fov = tuple(slice(int(a), int(a) + n) for a, n in zip(lo, matrix))
+    # the FOV's sub-voxels on the fine grid
+    fov = tuple(slice(int(a) * k, (int(a) + n) * k) for a, n, k in zip(lo, matrix, f))
 
     def to_acq(x):
-        return block_average_fov(x, f, fov)
+        return fw.block_average(x[fov], f)
 
     chi_native = to_acq(chi_brain)
     local_native = to_acq(field_local)
@@ -417,11 +417,6 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
         out["t1w"], out["t1w_affine"] = _simulate_t1w(pose_, oblique, t1w_matrix, t1w_snr, rng)
     logger.debug("subject simulated in %.1f s", time.perf_counter() - t_start)
     return out
-
-
-def block_average_fov(x, factors, fov):
-    """Average the fine grid to acquisition voxels and keep the FOV."""
-    return fw.block_average(x, factors)[fov]
 
 
 def _template_affine(h):
