@@ -60,11 +60,11 @@ def build(dest: Path) -> Path:
 
 def _load(path: Path):
     lib = ctypes.CDLL(str(path))
-    fn = lib.tfce_max_batch
+    fn = lib.tfce_max_grid
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                   ctypes.c_void_p, ctypes.c_double, ctypes.c_double,
-                   ctypes.c_void_p, ctypes.c_void_p]
+                   ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                   ctypes.c_double, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
     return lib
 
 
@@ -105,23 +105,30 @@ def available() -> bool:
     return get_lib() is not None
 
 
-def tfce_max(stats: np.ndarray, adjacency, E: float, H: float):
-    """Max TFCE of each column of ``stats`` (n_voxels, B) and of its negation."""
+def tfce_max(stats: np.ndarray, neighbourhood, E: float, H: float):
+    """Max TFCE of each column of ``stats`` (n_voxels, B) and of its negation.
+
+    ``neighbourhood`` is a :class:`qsm_bids.group.permutation.Neighbourhood`
+    (mask voxels on a padded grid, and the connectivity).
+    """
     lib = get_lib()
     if lib is None:
         raise RuntimeError("TFCE max kernel not available")
     stats = np.asfortranarray(stats, dtype=np.float32)
-    indptr = np.ascontiguousarray(adjacency[0], dtype=np.int32)
-    indices = np.ascontiguousarray(adjacency[1], dtype=np.int32)
+    gidx = np.ascontiguousarray(neighbourhood.grid_index, dtype=np.int32)
     n, b = stats.shape
-    if indptr.size != n + 1:
-        raise ValueError(f"adjacency has {indptr.size - 1} voxels, the maps {n}")
+    if gidx.size != n:
+        raise ValueError(f"the neighbourhood has {gidx.size} voxels, the maps {n}")
+    nx, ny, nz = (int(x) for x in neighbourhood.grid_shape)
     max_pos = np.zeros(b)
     max_neg = np.zeros(b)
-    rc = lib.tfce_max_batch(stats.ctypes.data, n, b, indptr.ctypes.data, indices.ctypes.data,
-                            float(E), float(H), max_pos.ctypes.data, max_neg.ctypes.data)
-    if rc != 0:
+    rc = lib.tfce_max_grid(stats.ctypes.data, n, b, gidx.ctypes.data, nx, ny, nz,
+                           int(neighbourhood.connectivity), float(E), float(H),
+                           max_pos.ctypes.data, max_neg.ctypes.data)
+    if rc == -1:
         raise MemoryError("TFCE max kernel could not allocate its workspace")
+    if rc != 0:
+        raise ValueError(f"TFCE max kernel refused connectivity {neighbourhood.connectivity}")
     return max_pos, max_neg
 
 

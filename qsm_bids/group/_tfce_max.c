@@ -9,14 +9,35 @@
  * no per-voxel output: just the number the FWE correction needs, and the same
  * closed-form integral as the max-tree of the tfce package (no step size).
  *
- * Components are tracked over watershed basins rather than voxels (see
- * pass_max), which keeps the neighbour scans in voxel order and the union-find
- * small. Plain C, no Python API; loaded with ctypes.
+ * Components are tracked over watershed basins rather than voxels, which keeps
+ * every neighbour scan in voxel order on a compact padded grid (fixed offsets,
+ * no adjacency lists to stream through memory) and the union-find small:
+ *
+ * 1. (voxel order) each positive voxel points to its highest higher neighbour;
+ *    voxels without one are peaks. Following the pointers upwards partitions
+ *    the positive voxels into basins, one per peak, and each basin's part above
+ *    any height h is connected (every voxel's ascent path stays above it). The
+ *    same scan records which neighbours are higher (a bit mask).
+ * 2. (voxel order, once basins are known) a voxel whose higher neighbours lie
+ *    in other basins records those basins: at the voxel's height the upper
+ *    level set joins them.
+ * 3. (height order) sweep down: a voxel adds 1 to its basin's component, then
+ *    merges the recorded basins; union-find over basins.
+ *
+ * The components of the upper level set at every height are exactly those of
+ * the voxel graph, so the integral is the exact TFCE. Voxels are ordered by
+ * (value, grid index), a strict total order, so ties cannot cycle and add only
+ * zero-length intervals.
+ *
+ * Plain C, no Python API; loaded with ctypes.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define BLOCK 2048
+#define KEY_GT(vj, j, vi, i) ((vj) > (vi) || ((vj) == (vi) && (j) > (i)))
 
 typedef struct {        /* a component root's state, one cache line fetch */
   double best, lastp;
@@ -24,14 +45,16 @@ typedef struct {        /* a component root's state, one cache line fetch */
 } Root;
 
 typedef struct {
-  uint64_t *ord, *tmp;  /* (float bits << 32) | voxel, sorted ascending */
-  float *val;           /* the signed map */
-  int *up, *basin;      /* ascent pointer and basin of each voxel */
-  int *fstart, *flist;  /* foreign basins of each voxel's higher neighbours */
+  uint64_t *ord, *tmp;  /* (float bits << 32) | grid index, sorted ascending */
+  float *val;           /* the signed map on the padded grid, 0 outside the mask */
+  int *up, *basin;      /* per grid voxel: ascent target and basin */
+  int *sbasin;          /* basin of each positive voxel, in height order */
+  uint32_t *higher;     /* per grid voxel: bit k set when neighbour k is higher */
+  int *fstart, *flist;  /* per mask voxel: foreign basins among higher neighbours */
   unsigned char *fcount;
   int *bparent;         /* union-find over basins */
   Root *root;           /* per basin */
-  double *size_e;
+  double *size_e;       /* s^E */
 } Work;
 
 static int find_root(int *parent, int x)
@@ -43,7 +66,7 @@ static int find_root(int *parent, int x)
   return x;
 }
 
-/* LSD radix sort on the upper 32 bits (positive float bits are monotone). */
+/* LSD radix sort on the upper 32 bits (positive float bits are monotone). Stable. */
 static void radix_sort(uint64_t *a, uint64_t *tmp, int n)
 {
   int pass;
@@ -59,85 +82,88 @@ static void radix_sort(uint64_t *a, uint64_t *tmp, int n)
   /* four passes: the sorted data is back in the caller's array */
 }
 
-/* Keys order voxels by (value, index): a strict total order, so ties cannot cycle. */
-#define KEY_GT(vj, j, vi, i) ((vj) > (vi) || ((vj) == (vi) && (j) > (i)))
-
-static int find_root(int *parent, int x);
-
-/* One signed pass. Three cache-friendly steps replace the per-voxel neighbour
- * search of a plain max-tree sweep, whose random accesses dominate its cost:
- *
- * 1. (voxel order) each positive voxel points to its highest higher neighbour;
- *    voxels without one are peaks. Following the pointers upwards partitions
- *    the positive voxels into basins, one per peak, and each basin's part above
- *    any height h is connected (every voxel's ascent path stays above it).
- * 2. (voxel order, after the basins are known) a voxel whose higher neighbours
- *    lie in other basins records those basins: at the voxel's height the
- *    upper level set joins them. Only such voxels (basin boundaries) do work.
- * 3. (height order) sweep down: a voxel adds 1 to its basin's component, then
- *    merges the recorded basins. Union-find runs over basins, a few thousand,
- *    which stay in cache.
- *
- * Upper level set components at every height are exactly those of the voxel
- * graph, so the integral is the exact TFCE. */
-static double pass_max(Work *w, const float *d, int N, float sign,
-                       const int *indptr, const int *indices, double E, double H)
+static double pass_max(Work *w, const float *d, int V, const int *gidx, const int *off, int K,
+                       float sign, double H)
 {
-  int i, k, n = 0, nb = 0;
+  int m, k, n = 0, nb = 0, nf = 0;
   double Hp1 = H + 1.0, best_all = 0.0;
   int cube = (H == 2.0);
   float *v = w->val;
-  int *up = w->up, *basin = w->basin, *fstart = w->fstart;
-  int nf = 0;
-  (void)E;                              /* enters through size_e */
+  int *up = w->up, *basin = w->basin;
 
-  for (i = 0; i < N; i++) v[i] = sign * d[i];
+  for (m = 0; m < V; m++) v[gidx[m]] = sign * d[m];
 
-  /* 1: ascent pointers, in voxel order */
-  for (i = 0; i < N; i++) {
-    float vi = v[i], bv;
-    int j, best;
-    if (!(vi > 0.0f)) { up[i] = -1; continue; }
-    best = i; bv = vi;
-    for (j = indptr[i]; j < indptr[i + 1]; j++) {
-      int q = indices[j];
-      float vq = v[q];
-      if (KEY_GT(vq, q, bv, best)) { bv = vq; best = q; }
+  /* 1: ascent pointers and higher-neighbour masks, over the grid span of the
+     mask in blocks: for each offset the inner loop streams through contiguous
+     memory without branches, so the compiler vectorises it. The tie-break
+     "q > g" is "offset > 0", a constant per offset. */
+  {
+    int g0, gmin = gidx[0], gmax = gidx[V - 1] + 1;
+    float bv[BLOCK];
+    int best[BLOCK];
+    uint32_t hm[BLOCK];
+    for (g0 = gmin; g0 < gmax; g0 += BLOCK) {
+      int len = gmax - g0 < BLOCK ? gmax - g0 : BLOCK, t;
+      const float *vi = v + g0;
+      for (t = 0; t < len; t++) { bv[t] = vi[t]; best[t] = g0 + t; hm[t] = 0; }
+      for (k = 0; k < K; k++) {
+        const int o = off[k];
+        const float *vq = v + g0 + o;
+        const uint32_t bit = (uint32_t)1 << k;
+        if (o > 0) {
+          for (t = 0; t < len; t++) {
+            int better = (vq[t] > bv[t]) | ((vq[t] == bv[t]) & (g0 + t + o > best[t]));
+            hm[t] |= (vq[t] >= vi[t]) ? bit : 0u;
+            bv[t] = better ? vq[t] : bv[t];
+            best[t] = better ? g0 + t + o : best[t];
+          }
+        } else {
+          for (t = 0; t < len; t++) {
+            int better = (vq[t] > bv[t]) | ((vq[t] == bv[t]) & (g0 + t + o > best[t]));
+            hm[t] |= (vq[t] > vi[t]) ? bit : 0u;
+            bv[t] = better ? vq[t] : bv[t];
+            best[t] = better ? g0 + t + o : best[t];
+          }
+        }
+      }
+      memcpy(up + g0, best, (size_t)len * sizeof(int));
+      memcpy(w->higher + g0, hm, (size_t)len * sizeof(uint32_t));
     }
-    up[i] = best;
-    {
+  }
+  for (m = 0; m < V; m++) {
+    float vi = v[gidx[m]];
+    if (vi > 0.0f) {
       uint32_t bits;
       memcpy(&bits, &vi, sizeof(bits));
-      w->ord[n++] = ((uint64_t)bits << 32) | (uint32_t)i;
+      w->ord[n++] = ((uint64_t)bits << 32) | (uint32_t)m;
     }
   }
   if (n == 0) return 0.0;
-  /* ascending (value, index): inserted in index order and the sort is stable */
-  radix_sort(w->ord, w->tmp, n);
+  radix_sort(w->ord, w->tmp, n);  /* ascending (value, index): stable, inserted in index order */
 
-  /* basins, highest first: a voxel's ascent target is always processed before it */
+  /* basins, highest first: a voxel's ascent target is always processed before
+     it. The sweep reads each voxel's basin in this order, so keep a copy. */
   for (k = n - 1; k >= 0; k--) {
-    int u = (int)(w->ord[k] & 0xFFFFFFFFu);
-    basin[u] = (up[u] == u) ? nb++ : basin[up[u]];
+    int g = gidx[(int)(w->ord[k] & 0xFFFFFFFFu)];
+    int b = (up[g] == g) ? nb++ : basin[up[g]];
+    basin[g] = b;
+    w->sbasin[k] = b;
   }
 
-  /* 2: foreign basins among each voxel's higher neighbours, in voxel order */
-  for (i = 0; i < N; i++) {
-    float vi = v[i];
-    int j, bi, start = nf;
-    if (!(vi > 0.0f)) continue;
-    bi = basin[i];
-    fstart[i] = nf;
-    for (j = indptr[i]; j < indptr[i + 1]; j++) {
-      int q = indices[j], bq, m, seen = 0;
-      float vq = v[q];
-      if (!KEY_GT(vq, q, vi, i)) continue;
-      bq = basin[q];
+  /* 2: foreign basins among the higher neighbours, in voxel order */
+  for (m = 0; m < V; m++) {
+    int g = gidx[m], bi, start = nf;
+    uint32_t hm;
+    if (!(v[g] > 0.0f)) continue;
+    bi = basin[g];
+    w->fstart[m] = nf;
+    for (hm = w->higher[g]; hm; hm &= hm - 1) {
+      int bq = basin[g + off[__builtin_ctz(hm)]], j, seen = 0;
       if (bq == bi) continue;
-      for (m = start; m < nf; m++) if (w->flist[m] == bq) { seen = 1; break; }
+      for (j = start; j < nf; j++) if (w->flist[j] == bq) { seen = 1; break; }
       if (!seen) w->flist[nf++] = bq;
     }
-    w->fcount[i] = nf - start;
+    w->fcount[m] = (unsigned char)(nf - start);
   }
 
   /* 3: the sweep over basins */
@@ -145,27 +171,27 @@ static double pass_max(Work *w, const float *d, int N, float sign,
     w->bparent[k] = k;
     w->root[k].size = 0;
     w->root[k].best = 0.0;
-    w->root[k].lastp = -1.0;   /* set when the peak activates */
+    w->root[k].lastp = 0.0;
   }
   for (k = n - 1; k >= 0; k--) {
-    int u = (int)(w->ord[k] & 0xFFFFFFFFu), m;
+    int mi = (int)(w->ord[k] & 0xFFFFFFFFu), j, ru;
     uint32_t bits = (uint32_t)(w->ord[k] >> 32);
     float hf;
     double h, hp;
     Root *a;
-    int ru;
     memcpy(&hf, &bits, sizeof(hf));
     h = (double)hf;
     hp = (cube ? h * h * h : pow(h, Hp1)) / Hp1;
 
-    ru = find_root(w->bparent, basin[u]);
+    ru = find_root(w->bparent, w->sbasin[k]);
     a = &w->root[ru];
     if (a->size > 0) a->best += w->size_e[a->size] * (a->lastp - hp);
     a->lastp = hp;
     a->size += 1;
 
-    for (m = fstart[u]; m < fstart[u] + w->fcount[u]; m++) {
-      int rv = find_root(w->bparent, w->flist[m]);
+    if (!w->fcount[mi]) continue;
+    for (j = w->fstart[mi]; j < w->fstart[mi] + w->fcount[mi]; j++) {
+      int rv = find_root(w->bparent, w->flist[j]);
       Root *c;
       if (rv == ru) continue;
       a = &w->root[ru];
@@ -189,38 +215,52 @@ static double pass_max(Work *w, const float *d, int N, float sign,
   return best_all;
 }
 
-/* data: B maps of N values, map b at data + b * N. Returns 0, or -1 on no memory. */
-int tfce_max_batch(const float *data, int N, int B, const int *indptr, const int *indices,
-                   double E, double H, double *max_pos, double *max_neg)
+/* data: B maps of V mask voxels, map b at data + b * V.
+ * gidx: ascending C-order index of each mask voxel in a (nx, ny, nz) grid padded
+ * so that every mask voxel has all its neighbours inside the grid.
+ * Returns 0, -1 on no memory, -2 on a bad connectivity. */
+int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int ny, int nz,
+                  int connectivity, double E, double H, double *max_pos, double *max_neg)
 {
   Work w;
-  int i, b, rc = 0;
+  int off[26], K = 0, dx, dy, dz, i, b, rc = 0;
+  size_t G = (size_t)nx * ny * nz;
+  int limit = connectivity == 6 ? 1 : connectivity == 18 ? 2 : connectivity == 26 ? 3 : 0;
+  if (!limit) return -2;
+  for (dx = -1; dx <= 1; dx++)
+    for (dy = -1; dy <= 1; dy++)
+      for (dz = -1; dz <= 1; dz++) {
+        int a = abs(dx) + abs(dy) + abs(dz);
+        if (a > 0 && a <= limit) off[K++] = (dx * ny + dy) * nz + dz;
+      }
+
   memset(&w, 0, sizeof(w));
-  w.ord = (uint64_t *)malloc((size_t)N * sizeof(uint64_t));
-  w.tmp = (uint64_t *)malloc((size_t)N * sizeof(uint64_t));
-  w.val = (float *)malloc((size_t)N * sizeof(float));
-  w.up = (int *)malloc((size_t)N * sizeof(int));
-  w.basin = (int *)malloc((size_t)N * sizeof(int));
-  w.fstart = (int *)malloc((size_t)N * sizeof(int));
-  w.fcount = (unsigned char *)malloc((size_t)N);
-  /* at most one entry per neighbour of every voxel */
-  w.flist = (int *)malloc(((size_t)indptr[N] + 1) * sizeof(int));
-  w.bparent = (int *)malloc((size_t)N * sizeof(int));
-  w.root = (Root *)malloc((size_t)N * sizeof(Root));
-  w.size_e = (double *)malloc(((size_t)N + 1) * sizeof(double));
-  if (!w.ord || !w.tmp || !w.val || !w.up || !w.basin || !w.fstart || !w.fcount || !w.flist ||
-      !w.bparent || !w.root || !w.size_e) {
+  w.ord = (uint64_t *)malloc((size_t)V * sizeof(uint64_t));
+  w.tmp = (uint64_t *)malloc((size_t)V * sizeof(uint64_t));
+  w.val = (float *)calloc(G, sizeof(float));
+  w.up = (int *)malloc(G * sizeof(int));
+  w.basin = (int *)calloc(G, sizeof(int));
+  w.sbasin = (int *)malloc((size_t)V * sizeof(int));
+  w.higher = (uint32_t *)malloc(G * sizeof(uint32_t));
+  w.fstart = (int *)malloc((size_t)V * sizeof(int));
+  w.fcount = (unsigned char *)malloc((size_t)V);
+  w.flist = (int *)malloc((size_t)V * K * sizeof(int));   /* at most one per neighbour */
+  w.bparent = (int *)malloc((size_t)V * sizeof(int));
+  w.root = (Root *)malloc((size_t)V * sizeof(Root));
+  w.size_e = (double *)malloc(((size_t)V + 1) * sizeof(double));
+  if (!w.ord || !w.tmp || !w.val || !w.up || !w.basin || !w.sbasin || !w.higher || !w.fstart || !w.fcount ||
+      !w.flist || !w.bparent || !w.root || !w.size_e) {
     rc = -1;
     goto done;
   }
-  for (i = 0; i <= N; i++) w.size_e[i] = (E == 0.5) ? sqrt((double)i) : pow((double)i, E);
+  for (i = 0; i <= V; i++) w.size_e[i] = (E == 0.5) ? sqrt((double)i) : pow((double)i, E);
   for (b = 0; b < B; b++) {
-    const float *d = data + (size_t)b * N;
-    max_pos[b] = pass_max(&w, d, N, 1.0f, indptr, indices, E, H);
-    max_neg[b] = pass_max(&w, d, N, -1.0f, indptr, indices, E, H);
+    const float *d = data + (size_t)b * V;
+    max_pos[b] = pass_max(&w, d, V, gidx, off, K, 1.0f, H);
+    max_neg[b] = pass_max(&w, d, V, gidx, off, K, -1.0f, H);
   }
 done:
-  free(w.ord); free(w.tmp); free(w.val); free(w.up); free(w.basin); free(w.fstart);
-  free(w.fcount); free(w.flist); free(w.bparent); free(w.root); free(w.size_e);
+  free(w.ord); free(w.tmp); free(w.val); free(w.up); free(w.basin); free(w.sbasin); free(w.higher);
+  free(w.fstart); free(w.fcount); free(w.flist); free(w.bparent); free(w.root); free(w.size_e);
   return rc;
 }

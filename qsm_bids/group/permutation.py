@@ -50,6 +50,7 @@ from .glm import reduced_model_basis
 
 __all__ = [
     "FreedmanLane",
+    "Neighbourhood",
     "NullChunk",
     "voxel_adjacency",
     "tfce_values",
@@ -151,11 +152,32 @@ class FreedmanLane:
 # --------------------------------------------------------------------------- TFCE
 
 
-def voxel_adjacency(mask: np.ndarray, connectivity: int = 26):
-    """Neighbour lists of the in-mask voxels (CSR over ``mask``'s C-order voxels).
+class Neighbourhood(tuple):
+    """``(indptr, indices)`` CSR neighbour lists of the mask voxels, with the grid.
 
-    Returns ``(indptr, indices)`` int32 arrays; voxel ``i`` is the ``i``-th
-    True voxel of ``mask`` in C order (``mask[mask]`` order).
+    A tuple, so it goes straight to the ``tfce`` package as ``adjacency``; it
+    also carries what the compiled kernel needs: ``grid_shape`` (the mask's
+    bounding box padded by one voxel), ``grid_index`` (each mask voxel's C-order
+    index in it) and ``connectivity``.
+    """
+
+    def __new__(cls, indptr, indices, grid_shape, grid_index, connectivity):
+        self = super().__new__(cls, (indptr, indices))
+        self.grid_shape = tuple(int(s) for s in grid_shape)
+        self.grid_index = grid_index
+        self.connectivity = int(connectivity)
+        return self
+
+    def __reduce__(self):
+        return (Neighbourhood, (self[0], self[1], self.grid_shape, self.grid_index, self.connectivity))
+
+
+def voxel_adjacency(mask: np.ndarray, connectivity: int = 26) -> Neighbourhood:
+    """Neighbours of the in-mask voxels (CSR over ``mask``'s C-order voxels).
+
+    Returns a :class:`Neighbourhood`, i.e. ``(indptr, indices)`` int32 arrays
+    plus the padded grid; voxel ``i`` is the ``i``-th True voxel of ``mask``
+    in C order (``mask[mask]`` order).
     """
     if connectivity not in (6, 18, 26):
         raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
@@ -183,7 +205,14 @@ def voxel_adjacency(mask: np.ndarray, connectivity: int = 26):
     rows, cols = rows[order], cols[order]
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    return indptr.astype(np.int32), cols.astype(np.int32)
+    if n:
+        lo = coords.min(axis=0) - 1
+        grid_shape = coords.max(axis=0) - lo + 2
+        grid_index = np.ravel_multi_index(tuple((coords - lo).T), tuple(grid_shape)).astype(np.int32)
+    else:
+        grid_shape, grid_index = (1, 1, 1), np.zeros(0, np.int32)
+    return Neighbourhood(indptr.astype(np.int32), cols.astype(np.int32), grid_shape, grid_index,
+                         connectivity)
 
 
 def tfce_values(stat, adjacency, E: float = 0.5, H: float = 2.0, n_jobs: int = 1) -> np.ndarray:
@@ -192,7 +221,7 @@ def tfce_values(stat, adjacency, E: float = 0.5, H: float = 2.0, n_jobs: int = 1
     Parameters
     ----------
     stat : ndarray, shape (n_voxels,) or (n_voxels, B)
-    adjacency : (indptr, indices) from :func:`voxel_adjacency`
+    adjacency : :class:`Neighbourhood` from :func:`voxel_adjacency` (or ``(indptr, indices)``)
 
     Returns
     -------
@@ -220,7 +249,7 @@ def tfce_max(stats, adjacency, E: float = 0.5, H: float = 2.0) -> tuple[np.ndarr
         stats = stats[:, None]
     from . import _tfce_kernel
 
-    if _tfce_kernel.available():
+    if isinstance(adjacency, Neighbourhood) and _tfce_kernel.available():
         return _tfce_kernel.tfce_max(stats, adjacency, E, H)
     out = tfce_values(stats, adjacency, E, H)
     return (np.maximum(out.max(axis=0), 0.0).astype(np.float64),
