@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-oblique", dest="oblique", action="store_false",
                    help="slab along the scanner axes instead of following the head's pitch")
     a.add_argument("--oversample", type=_positive_int, nargs=3, metavar="K", default=None,
-                   help="forward-model sub-voxels per acquisition voxel (default: sub-voxels <= 1 mm)")
+                   help="forward-model sub-voxels per acquisition voxel (default: >= 2 per axis, sub-voxels <= 1 mm)")
     r = p.add_argument_group("run")
     r.add_argument("--n-jobs", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="subjects simulated at the same time (processes; ~1.5 GB each)")

@@ -9,8 +9,8 @@ the image. The FOV is centred on the brain.
 
 Forward model. The susceptibility (relative to air: air 0, tissue -9.4 ppm +
 its own chi, bone -2.2 ppm more) is sampled on a *fine grid* that subdivides
-every acquisition voxel into ``oversample`` sub-voxels (default: sub-voxels
-of at most 1 mm, the template's resolution) and extends beyond the FOV to
+every acquisition voxel into ``oversample`` sub-voxels (default: at least 2
+per axis, and sub-voxels of at most 1 mm, the template's resolution) and extends beyond the FOV to
 the whole head; the field is the dipole convolution in k-space on that grid
 zero-padded by ``pad_mm``. The complex GRE signal (spoiled-GRE amplitude,
 T2* decay, phase from the field) is formed on the fine grid and averaged to
@@ -212,7 +212,9 @@ def _fine_domain(A_acq, matrix, factors, pose: Pose, margin_mm=6.0):
 
 
 def _default_oversample(voxel_size, fine_voxel_mm=1.0):
-    return tuple(max(1, int(np.ceil(v / fine_voxel_mm - 1e-6))) for v in voxel_size)
+    """Sub-voxels per axis: at least 2 (a grid finer than the acquisition) and of at most
+    ``fine_voxel_mm`` (the template's resolution); 1 for voxels under 0.6 mm."""
+    return tuple(1 if v < 0.6 else max(2, int(np.ceil(v / fine_voxel_mm - 1e-6))) for v in voxel_size)
 
 
 def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MATRIX, echo_times=(0.020,),
@@ -250,8 +252,8 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
     oblique : bool
         Slab follows the head's pitch (oblique affine) or the scanner axes.
     oversample : 3 ints, optional
-        Sub-voxels per acquisition voxel of the forward model (default: sub-
-        voxels of at most 1 mm).
+        Sub-voxels per acquisition voxel of the forward model (default: at
+        least 2 per axis and sub-voxels of at most 1 mm).
     pad_mm : float
         Zero padding of the k-space convolution on each axis (mm).
     with_t1w : bool
