@@ -65,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_TFCE_BATCH = 8  # maps handed to the TFCE kernel at once
+_TFCE_BATCH = 16  # permutations per GEMM and per TFCE kernel call
 
 
 # --------------------------------------------------------------------------- GLM
@@ -80,7 +80,7 @@ class FreedmanLane:
     """
 
     residuals: np.ndarray
-    Qx: np.ndarray          # (n, r) orthonormal basis of the full design
+    Qx: np.ndarray          # (n, r) orthonormal basis of the design (less the constant)
     a: np.ndarray           # (r,)  Qx' w, w = pinv(X)' c
     ss_residuals: np.ndarray  # (V,) ||E||^2 per voxel, float64
     df: int
@@ -102,9 +102,16 @@ class FreedmanLane:
         Z = reduced_model_basis(X, c)
         E = Y64 - Z @ (Z.T @ Y64) if Z.shape[1] else Y64.copy()
         w = np.linalg.pinv(X).T @ c
-        Qx, _ = np.linalg.qr(X)
         rank = np.linalg.matrix_rank(X)
-        Qx = Qx[:, :rank]
+        ones = np.ones(X.shape[0])
+        if Z.shape[1] and np.allclose(Z @ (Z.T @ ones), ones, atol=1e-8):
+            # E is orthogonal to the constant, and so is any permutation of E:
+            # the constant direction of the design adds nothing to the fit and
+            # is left out of the GEMM (one row fewer per permutation)
+            Xc = X - X.mean(axis=0)
+            Qx = np.linalg.svd(Xc, full_matrices=False)[0][:, : rank - 1]
+        else:
+            Qx = np.linalg.qr(X)[0][:, :rank]
         return cls(
             residuals=np.ascontiguousarray(E, dtype=np.float32),
             Qx=Qx.astype(np.float32),
@@ -117,6 +124,12 @@ class FreedmanLane:
     @property
     def n_subjects(self) -> int:
         return self.residuals.shape[0]
+
+    @property
+    def ss_residuals32(self) -> np.ndarray:
+        if getattr(self, "_ss32", None) is None:
+            self._ss32 = self.ss_residuals.astype(np.float32)
+        return self._ss32
 
     @property
     def n_voxels(self) -> int:
@@ -140,12 +153,16 @@ class FreedmanLane:
         # Qx' E[perm] = Qx[argsort(perm)]' E: the permutation moves onto Qx
         G = np.concatenate([(self.Qx if p is None else self.Qx[np.argsort(p)]).T for p in perms])
         U = (G @ self.residuals).reshape(len(perms), r, self.n_voxels)
-        num = np.einsum("r,brv->bv", self.a, U)
-        ss_fit = np.einsum("brv,brv->bv", U, U)
-        rss = np.maximum(self.ss_residuals[None, :] - ss_fit, 0.0)
-        se = np.sqrt(rss * (self.var_c / self.df))
+        num = np.tensordot(self.a, U, axes=(0, 1))        # (B, V)
+        ss_fit = np.square(U[:, 0])
+        for j in range(1, r):
+            ss_fit += np.square(U[:, j])
+        rss = np.subtract(self.ss_residuals32, ss_fit, out=ss_fit)
+        np.maximum(rss, 0.0, out=rss)
+        rss *= np.float32(self.var_c / self.df)
+        se = np.sqrt(rss, out=rss)
         out = np.zeros(num.shape, dtype=np.float32)
-        np.divide(num, se, out=out, where=se > 0, casting="unsafe")
+        np.divide(num, se, out=out, where=se > 0)
         return out
 
 
