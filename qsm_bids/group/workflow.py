@@ -186,7 +186,9 @@ class _GroupContext:
         steps = []
         if cfg.group.template == "study":
             steps.append(Step(
-                "template", self._files("t1w_template") + self._files("chi_template") + self._files("mask_template"),
+                "template", self._files("t1w_template") + self._files("chi_template") + self._files("mask_template")
+            + [str(v) for p in self.selection["participants"] for k, v in self.inputs.files[p].items()
+               if k in ("chi", "xfm_gre_t1w", "xfm_t1w_template")],
                 {**base_params, "template_iterations": cfg.group.template_iterations,
                  "template_resolution_mm": cfg.group.template_resolution_mm},
                 dict(self.template_outputs), self._template, "study template from template-space T1w"))
@@ -214,7 +216,17 @@ class _GroupContext:
             mask_paths=self._files("mask_template"), outputs=out,
             iterations=self.cfg.group.template_iterations,
             resolution_mm=self.cfg.group.template_resolution_mm, seed=self.cfg.seed,
-            n_threads=self.n_cpus, work_dir=self.work_dir) or {}
+            n_threads=self.n_cpus, work_dir=self.work_dir, **self._native_chain()) or {}
+
+    def _native_chain(self) -> dict:
+        """Native Chimaps and their transforms, so each map is resampled once into the study template."""
+        keys = ("chi", "xfm_gre_t1w", "xfm_t1w_template")
+        if not all(k in self.inputs.files[p] for p in self.selection["participants"] for k in keys):
+            logger.info("native maps or transforms missing for some participants: the template-space "
+                        "Chimaps are resampled into the study template instead")
+            return {}
+        return {"native_chi_paths": self._files("chi"), "gre_to_t1w_paths": self._files("xfm_gre_t1w"),
+                "t1w_to_mni_paths": self._files("xfm_t1w_template")}
 
     def _voxelwise(self, out: dict) -> dict:
         from .voxelwise import run_voxelwise
@@ -242,15 +254,24 @@ class _GroupContext:
         write_roi_outputs(self.group_dir, result, demographics=demo,
                           demographics_sidecar=demographics_sidecar(self.cfg.group.groups,
                                                                     yates=self.cfg.roi_stats.chi_square_yates))
-        for w in result.warnings:
-            logger.warning("regions: %s", w)
         return {"warnings": list(result.warnings)}
 
-    def _roi_result(self):
-        """Region statistics (recomputed for the report: cheap, deterministic, and the step may be reused)."""
+    def _roi_result(self, quiet: bool = False):
+        """Region statistics (recomputed for the report: cheap, deterministic, and the step may be reused).
+
+        ``quiet`` keeps the recomputation from logging the step's warnings a second time.
+        """
         from .demographics import compute_demographics
         from .roi_stats import compute_roi_stats, read_region_tables
 
+        if quiet:
+            stats_logger = logging.getLogger("qsm_bids.group.roi_stats")
+            previous = stats_logger.level
+            stats_logger.setLevel(logging.ERROR)
+            try:
+                return self._roi_result(quiet=False)
+            finally:
+                stats_logger.setLevel(previous)
         g, r = self.cfg.group, self.cfg.roi_stats
         values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
         result = compute_roi_stats(values, self.inputs.participants, group_column=g.group_column,
@@ -267,7 +288,7 @@ class _GroupContext:
 
         g = self.cfg.group
         tpl = self.cfg.registration.template
-        roi_result, demo = self._roi_result()
+        roi_result, demo = self._roi_result(quiet=True)
         contrasts = []
         for name in contrast_names(g.groups):
             def f(kind, space=f"space-{tpl}_"):
