@@ -48,6 +48,8 @@ typedef struct {
   uint64_t *ord, *tmp;  /* (float bits << 32) | grid index, sorted ascending */
   float *val;           /* the signed map on the padded grid, 0 outside the mask */
   int *up, *basin;      /* per grid voxel: ascent target and basin */
+  int *up_neg;          /* ascent target of -v */
+  uint32_t *higher_neg; /* higher-neighbour bits of -v */
   int *sbasin;          /* basin of each positive voxel, in height order */
   uint32_t *higher;     /* per grid voxel: bit k set when neighbour k is higher */
   int *fstart, *flist;  /* per mask voxel: foreign basins among higher neighbours */
@@ -82,56 +84,74 @@ static void radix_sort(uint64_t *a, uint64_t *tmp, int n)
   /* four passes: the sorted data is back in the caller's array */
 }
 
-static double pass_max(Work *w, const float *d, int V, const int *gidx, const int *off, int K,
-                       float sign, double H)
+/* Step 1 for both signs at once: ascent pointers and higher-neighbour masks of
+ * v (positive pass) and of -v (negative pass), over the grid span of the mask
+ * in blocks. For each offset the inner loop streams through contiguous memory
+ * without branches, so the compiler vectorises it. The tie-break "q > g" is
+ * "offset > 0", a constant per offset. */
+static void scan_both(Work *w, const int *gidx, int V, const int *off, int K)
+{
+  int g0, k, gmin = gidx[0], gmax = gidx[V - 1] + 1;
+  const float *v = w->val;
+  float bp[BLOCK], bn[BLOCK];
+  int ip[BLOCK], in[BLOCK];
+  uint32_t hp[BLOCK], hn[BLOCK];
+  for (g0 = gmin; g0 < gmax; g0 += BLOCK) {
+    int len = gmax - g0 < BLOCK ? gmax - g0 : BLOCK, t;
+    const float *vi = v + g0;
+    for (t = 0; t < len; t++) {
+      bp[t] = bn[t] = vi[t];
+      ip[t] = in[t] = g0 + t;
+      hp[t] = hn[t] = 0;
+    }
+    for (k = 0; k < K; k++) {
+      const int o = off[k];
+      const float *vq = v + g0 + o;
+      const uint32_t bit = (uint32_t)1 << k;
+      if (o > 0) {
+        for (t = 0; t < len; t++) {
+          int q = g0 + t + o;
+          int up = (vq[t] > bp[t]) | ((vq[t] == bp[t]) & (q > ip[t]));
+          int dn = (vq[t] < bn[t]) | ((vq[t] == bn[t]) & (q > in[t]));
+          hp[t] |= (vq[t] >= vi[t]) ? bit : 0u;
+          hn[t] |= (vq[t] <= vi[t]) ? bit : 0u;
+          bp[t] = up ? vq[t] : bp[t];
+          ip[t] = up ? q : ip[t];
+          bn[t] = dn ? vq[t] : bn[t];
+          in[t] = dn ? q : in[t];
+        }
+      } else {
+        for (t = 0; t < len; t++) {
+          int q = g0 + t + o;
+          int up = (vq[t] > bp[t]) | ((vq[t] == bp[t]) & (q > ip[t]));
+          int dn = (vq[t] < bn[t]) | ((vq[t] == bn[t]) & (q > in[t]));
+          hp[t] |= (vq[t] > vi[t]) ? bit : 0u;
+          hn[t] |= (vq[t] < vi[t]) ? bit : 0u;
+          bp[t] = up ? vq[t] : bp[t];
+          ip[t] = up ? q : ip[t];
+          bn[t] = dn ? vq[t] : bn[t];
+          in[t] = dn ? q : in[t];
+        }
+      }
+    }
+    memcpy(w->up + g0, ip, (size_t)len * sizeof(int));
+    memcpy(w->higher + g0, hp, (size_t)len * sizeof(uint32_t));
+    memcpy(w->up_neg + g0, in, (size_t)len * sizeof(int));
+    memcpy(w->higher_neg + g0, hn, (size_t)len * sizeof(uint32_t));
+  }
+}
+
+static double pass_max(Work *w, int V, const int *gidx, const int *off, float sign,
+                       const int *up, const uint32_t *higher, double H)
 {
   int m, k, n = 0, nb = 0, nf = 0;
   double Hp1 = H + 1.0, best_all = 0.0;
   int cube = (H == 2.0);
-  float *v = w->val;
-  int *up = w->up, *basin = w->basin;
+  const float *v = w->val;
+  int *basin = w->basin;
 
-  for (m = 0; m < V; m++) v[gidx[m]] = sign * d[m];
-
-  /* 1: ascent pointers and higher-neighbour masks, over the grid span of the
-     mask in blocks: for each offset the inner loop streams through contiguous
-     memory without branches, so the compiler vectorises it. The tie-break
-     "q > g" is "offset > 0", a constant per offset. */
-  {
-    int g0, gmin = gidx[0], gmax = gidx[V - 1] + 1;
-    float bv[BLOCK];
-    int best[BLOCK];
-    uint32_t hm[BLOCK];
-    for (g0 = gmin; g0 < gmax; g0 += BLOCK) {
-      int len = gmax - g0 < BLOCK ? gmax - g0 : BLOCK, t;
-      const float *vi = v + g0;
-      for (t = 0; t < len; t++) { bv[t] = vi[t]; best[t] = g0 + t; hm[t] = 0; }
-      for (k = 0; k < K; k++) {
-        const int o = off[k];
-        const float *vq = v + g0 + o;
-        const uint32_t bit = (uint32_t)1 << k;
-        if (o > 0) {
-          for (t = 0; t < len; t++) {
-            int better = (vq[t] > bv[t]) | ((vq[t] == bv[t]) & (g0 + t + o > best[t]));
-            hm[t] |= (vq[t] >= vi[t]) ? bit : 0u;
-            bv[t] = better ? vq[t] : bv[t];
-            best[t] = better ? g0 + t + o : best[t];
-          }
-        } else {
-          for (t = 0; t < len; t++) {
-            int better = (vq[t] > bv[t]) | ((vq[t] == bv[t]) & (g0 + t + o > best[t]));
-            hm[t] |= (vq[t] > vi[t]) ? bit : 0u;
-            bv[t] = better ? vq[t] : bv[t];
-            best[t] = better ? g0 + t + o : best[t];
-          }
-        }
-      }
-      memcpy(up + g0, best, (size_t)len * sizeof(int));
-      memcpy(w->higher + g0, hm, (size_t)len * sizeof(uint32_t));
-    }
-  }
   for (m = 0; m < V; m++) {
-    float vi = v[gidx[m]];
+    float vi = sign * v[gidx[m]];
     if (vi > 0.0f) {
       uint32_t bits;
       memcpy(&bits, &vi, sizeof(bits));
@@ -154,10 +174,10 @@ static double pass_max(Work *w, const float *d, int V, const int *gidx, const in
   for (m = 0; m < V; m++) {
     int g = gidx[m], bi, start = nf;
     uint32_t hm;
-    if (!(v[g] > 0.0f)) continue;
+    if (!(sign * v[g] > 0.0f)) continue;
     bi = basin[g];
     w->fstart[m] = nf;
-    for (hm = w->higher[g]; hm; hm &= hm - 1) {
+    for (hm = higher[g]; hm; hm &= hm - 1) {
       int bq = basin[g + off[__builtin_ctz(hm)]], j, seen = 0;
       if (bq == bi) continue;
       for (j = start; j < nf; j++) if (w->flist[j] == bq) { seen = 1; break; }
@@ -239,6 +259,8 @@ int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int 
   w.tmp = (uint64_t *)malloc((size_t)V * sizeof(uint64_t));
   w.val = (float *)calloc(G, sizeof(float));
   w.up = (int *)malloc(G * sizeof(int));
+  w.up_neg = (int *)malloc(G * sizeof(int));
+  w.higher_neg = (uint32_t *)malloc(G * sizeof(uint32_t));
   w.basin = (int *)calloc(G, sizeof(int));
   w.sbasin = (int *)malloc((size_t)V * sizeof(int));
   w.higher = (uint32_t *)malloc(G * sizeof(uint32_t));
@@ -248,7 +270,7 @@ int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int 
   w.bparent = (int *)malloc((size_t)V * sizeof(int));
   w.root = (Root *)malloc((size_t)V * sizeof(Root));
   w.size_e = (double *)malloc(((size_t)V + 1) * sizeof(double));
-  if (!w.ord || !w.tmp || !w.val || !w.up || !w.basin || !w.sbasin || !w.higher || !w.fstart || !w.fcount ||
+  if (!w.ord || !w.tmp || !w.val || !w.up || !w.up_neg || !w.higher_neg || !w.basin || !w.sbasin || !w.higher || !w.fstart || !w.fcount ||
       !w.flist || !w.bparent || !w.root || !w.size_e) {
     rc = -1;
     goto done;
@@ -256,11 +278,13 @@ int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int 
   for (i = 0; i <= V; i++) w.size_e[i] = (E == 0.5) ? sqrt((double)i) : pow((double)i, E);
   for (b = 0; b < B; b++) {
     const float *d = data + (size_t)b * V;
-    max_pos[b] = pass_max(&w, d, V, gidx, off, K, 1.0f, H);
-    max_neg[b] = pass_max(&w, d, V, gidx, off, K, -1.0f, H);
+    for (i = 0; i < V; i++) w.val[gidx[i]] = d[i];
+    scan_both(&w, gidx, V, off, K);
+    max_pos[b] = pass_max(&w, V, gidx, off, 1.0f, w.up, w.higher, H);
+    max_neg[b] = pass_max(&w, V, gidx, off, -1.0f, w.up_neg, w.higher_neg, H);
   }
 done:
-  free(w.ord); free(w.tmp); free(w.val); free(w.up); free(w.basin); free(w.sbasin); free(w.higher);
+  free(w.ord); free(w.tmp); free(w.val); free(w.up); free(w.up_neg); free(w.higher_neg); free(w.basin); free(w.sbasin); free(w.higher);
   free(w.fstart); free(w.fcount); free(w.flist); free(w.bparent); free(w.root); free(w.size_e);
   return rc;
 }
