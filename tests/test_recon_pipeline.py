@@ -44,7 +44,8 @@ def test_result_contents(phantom, results):
         assert getattr(r, name).shape == shape, name
     assert r.unwrapped_phase.shape == phantom.magnitude.shape
     assert r.chi_ppm.dtype == np.float32 and r.mask.dtype == bool
-    assert not np.any(r.eroded_mask & ~r.mask) and np.all(r.chi_ppm[~r.eroded_mask] == 0)
+    assert not np.any(r.eroded_mask & ~r.mask) and np.all(r.chi_ppm[~r.chi_mask] == 0)
+    assert not np.any(r.chi_mask & ~r.mask) and r.chi_mask.sum() >= r.eroded_mask.sum()
     for step in ("mask", "unwrap", "echo_fit", "background", "inversion", "total"):
         assert step in r.timings_s and step in r.fft_counts
     assert r.fft_counts["inversion"] > 4 * r.parameters["medi_cg_iterations"] - 1

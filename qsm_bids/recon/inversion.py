@@ -143,7 +143,7 @@ def gradient_mask(magnitude, mask, voxel_size, percentage=0.9):
 def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *,
          field_strength_t=3.0, delta_te_s=0.02, noise_std=None, lam=1000.0, percentage=0.9,
          max_iter=10, tol_norm_ratio=0.1, cg_max_iter=100, cg_tol=0.01, beta=1e-6,
-         merit=False, smv_radius_mm=None, pad=0, progress=None, stats=None):
+         merit=False, smv_radius_mm=None, output_mask=None, pad=0, progress=None, stats=None):
     """Nonlinear MEDI with L1 gradient regularisation (MEDI toolbox ``MEDI_L1``).
 
     Parameters
@@ -170,6 +170,10 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         The toolbox's ``'smv'`` option: the field is high-pass filtered with
         the sphere and the kernel becomes ``(1 - S) D`` (use on a total field
         whose background is not yet removed, or skip).
+    output_mask : ndarray of bool or None
+        Where chi is returned (default: the data mask, eroded by the sphere
+        with ``smv_radius_mm``). A larger output mask lets the regulariser
+        fill voxels without trusted data (MEDI solves for chi everywhere).
     pad : int
         Zero padding (voxels per side) of the FFT grid.
     progress : callable or None
@@ -289,7 +293,11 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         stats.update(outer_iterations=it, cg_iterations=cg_total, res_norm_ratio=res_norm_ratio,
                      merit_badpoint_fraction=badpoint_frac, delta_te_s=float(delta_te_s),
                      field_to_rad=float(to_rad))
-    chi = x[sl] / to_rad * mask
+    if output_mask is None:
+        out_mask = maskp[sl]
+    else:
+        out_mask = np.asarray(output_mask, dtype=bool)
+    chi = x[sl] / to_rad * out_mask
     return np.ascontiguousarray(chi, dtype=np.float32)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import DataError
 from . import fft
 from ._ops import crop_box
-from .background import pdf, sharp, vsharp
+from .background import erode_by_sphere, pdf, sharp, vsharp
 from .coils import adaptive_combine
 from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd
@@ -49,10 +49,16 @@ class ReconResult:
     Attributes
     ----------
     mask : bool (x, y, z)
-        The brain mask (before erosion by the background kernel).
+        The brain mask (before erosion by the background kernel and before
+        the incoherent-phase voxels are dropped).
     eroded_mask : bool (x, y, z)
-        Where the local field and chi are defined (mask eroded by the SHARP
-        sphere; the mask itself for PDF).
+        Where the local field is defined: the trusted-phase mask eroded by the
+        SHARP sphere (the mask itself for PDF).
+    chi_mask : bool (x, y, z)
+        Where ``chi_ppm`` is defined: ``eroded_mask`` for TKD/Tikhonov; for
+        MEDI the brain mask eroded by the sphere, including the
+        incoherent-phase voxels (no trusted data there: MEDI's regulariser
+        fills them from their neighbours).
     unwrapped_phase : float32 (x, y, z, echo)
         Laplacian-unwrapped phase of each echo in rad (after the phase offset
         at TE = 0 is removed for multi-echo data), zero outside ``mask``.
@@ -75,6 +81,7 @@ class ReconResult:
 
     mask: np.ndarray
     eroded_mask: np.ndarray
+    chi_mask: np.ndarray
     unwrapped_phase: np.ndarray
     total_field_ppm: np.ndarray
     local_field_ppm: np.ndarray
@@ -231,9 +238,11 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         if mask_method not in ("auto", "magnitude"):
             raise ValueError(f"unknown mask method {mask_method!r}")
         t1 = t1w_mask if mask_method == "auto" else None
-        brain = run("mask", lambda: refine_with_phase(
-            brain_mask(mag_rss, voxel_size, threshold=mask_threshold, erode_mm=mask_erode_mm,
-                       t1w_mask=t1), ph[..., 0], voxel_size, mask_phase_quality))
+        brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=mask_threshold,
+                                               erode_mm=mask_erode_mm, t1w_mask=t1))
+    # voxels with trusted phase (the mask without incoherent-phase voxels); the user mask as is
+    trusted = brain if mask is not None else refine_with_phase(brain, ph[..., 0], voxel_size,
+                                                                mask_phase_quality)
     n_mask = int(brain.sum())
     if n_mask < MIN_MASK_VOXELS:
         raise DataError(f"brain mask has {n_mask} voxels (fewer than {MIN_MASK_VOXELS}): the "
@@ -244,7 +253,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     if background == "vsharp":
         margin_mm = max(margin_mm, max(vsharp_radii_mm) + 2 * max(voxel_size))
     box = crop_box(brain, [int(np.ceil(margin_mm / d)) for d in voxel_size])
-    bmask = brain[box]
+    bmask = trusted[box]
+    bbrain = brain[box]
     bmag = mag[box]
     bmag_rss = mag_rss[box]
 
@@ -291,21 +301,32 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     if inversion == "medi":
         noise = field_noise_std(fit_weights, te)
         use_smv = bool(medi_smv) and background == "sharp"
+        # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their
+        # neighbours, so chi is returned on the whole mask eroded by the sphere
+        if background == "sharp":
+            chi_region = erode_by_sphere(bbrain, voxel_size, sharp_radius_mm) | eroded
+        elif background == "vsharp":
+            chi_region = erode_by_sphere(bbrain, voxel_size, min(vsharp_radii_mm)) | eroded
+        else:
+            chi_region = bbrain
         chi = run("inversion", lambda: medi(
             total if use_smv else local, bmag_rss, bmask if use_smv else eroded, voxel_size, b0,
             smv_radius_mm=sharp_radius_mm if use_smv else None, field_strength_t=field_strength_t,
             delta_te_s=delta_te, noise_std=noise, lam=medi_lambda, percentage=medi_percentage,
             max_iter=medi_max_iter, tol_norm_ratio=medi_tol_norm_ratio,
             cg_max_iter=medi_cg_max_iter, cg_tol=medi_cg_tol, beta=medi_beta, merit=medi_merit,
-            progress=lambda i, n: report("inversion", i / n), stats=medi_stats))
+            output_mask=chi_region, progress=lambda i, n: report("inversion", i / n),
+            stats=medi_stats))
     elif inversion == "tkd":
+        chi_region = eroded
         chi = run("inversion", lambda: tkd(local, eroded, voxel_size, b0, tkd_threshold))
     elif inversion == "tikhonov":
+        chi_region = eroded
         chi = run("inversion", lambda: tikhonov(local, eroded, voxel_size, b0, tikhonov_lambda))
     else:
         raise ValueError(f"unknown inversion {inversion!r}")
-    chi = chi * eroded
-    chi, ref_value = run("reference", lambda: apply_reference(chi, eroded, reference, bmag_rss,
+    chi = chi * chi_region
+    chi, ref_value = run("reference", lambda: apply_reference(chi, chi_region, reference, bmag_rss,
                                                               voxel_size))
 
     def full(a, dtype):
@@ -338,6 +359,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     return ReconResult(
         mask=brain,
         eroded_mask=full(eroded, bool),
+        chi_mask=full(chi_region, bool),
         unwrapped_phase=full(unwrapped, np.float32),
         total_field_ppm=full(total, np.float32),
         local_field_ppm=full(local, np.float32),
