@@ -1,0 +1,149 @@
+"""End to end on a tiny simulated cohort: participant (two concurrent jobs), resume, group.
+
+One module-scoped run keeps the suite fast: 4 subjects at 3 mm, fast
+registration, 2 subjects without a T1w (magnitude registered to the template
+directly), a fifth subject with a truncated file that must fail alone.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+
+
+def _cli(*args, check=False):
+    return subprocess.run([str(BIN / "qsm-bids"), *map(str, args)], capture_output=True, text=True,
+                          check=check)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    bids = root / "bids"
+    subprocess.run([str(BIN / "qsm-bids-simulate"), str(bids), "--n-patients", "2", "--n-controls", "2",
+                    "--voxel-size", "3", "3", "3", "--matrix", "64", "72", "56", "--no-t1w", "03", "04",
+                    "--effect-scale", "1", "--seed", "7", "--n-jobs", "2"], check=True, capture_output=True)
+    # a fifth subject whose magnitude file is truncated: it must fail alone, with exit 65
+    bad = bids / "sub-05" / "anat"
+    bad.mkdir(parents=True)
+    for f in (bids / "sub-01" / "anat").glob("sub-01_echo-1_*"):
+        target = bad / f.name.replace("sub-01", "sub-05")
+        data = f.read_bytes()
+        target.write_bytes(data[: len(data) // 3] if f.name.endswith("part-mag_MEGRE.nii.gz") else data)
+    with open(bids / "participants.tsv", "a") as fh:
+        fh.write("sub-05\tALS\t60\tF\t40\tlimb\t12\n")
+    before = {p: p.stat().st_mtime_ns for p in bids.rglob("*")}
+    out = root / "out"
+    common = ["participant", "--registration", "fast", "--n-cpus", "1", "--skip-bids-validation"]
+    # two jobs of a job array writing into one OUTPUT_DIR at the same time
+    jobs = [subprocess.Popen([str(BIN / "qsm-bids"), str(bids), str(out), *common, "--participant-label", *labels],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for labels in (["01", "03"], ["02", "04", "05"])]
+    results = [(j.wait(), *j.communicate()) for j in jobs]
+    return {"bids": bids, "out": out, "results": results, "before": before}
+
+
+def test_participant_jobs(cohort):
+    (code_a, _, err_a), (code_b, _, err_b) = cohort["results"]
+    assert code_a == 0, err_a[-3000:]
+    assert code_b == 65, err_b[-3000:]
+    # one clear line naming the truncated file, no traceback on the console
+    assert "sub-05_echo-1_part-mag_MEGRE.nii.gz: cannot read" in err_b
+    assert "Traceback" not in err_b
+
+
+def test_input_dataset_untouched(cohort):
+    bids = cohort["bids"]
+    assert {p: p.stat().st_mtime_ns for p in bids.rglob("*")} == cohort["before"]
+
+
+def test_participant_outputs(cohort):
+    out = cohort["out"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "qsm-bids"
+    for label in ("01", "02", "03", "04"):
+        anat = out / f"sub-{label}" / "anat"
+        for name in ("desc-brain_mask.nii.gz", "desc-unwrapped_phase.nii.gz", "desc-local_fieldmap.nii.gz",
+                     "Chimap.nii.gz", "Chimap.json", "space-MNI152NLin2009aSym_Chimap.nii.gz",
+                     "from-GRE_to-T1w_mode-image_xfm.mat", "from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.h5"):
+            assert (anat / f"sub-{label}_{name}").exists(), name
+        side = json.loads((anat / f"sub-{label}_Chimap.json").read_text())
+        assert side["Parameters"]["recon"]["medi_lambda"] == 1000.0 and side["Units"] == "ppm"
+        table = pd.read_csv(anat / f"sub-{label}_atlas-qsmbids_stat-median_Chimap.tsv", sep="\t")
+        assert list(table.columns) == ["region", "hemisphere", "median_ppm", "n_voxels"]
+        assert len(table) == 26 and set(table.hemisphere) == {"L", "R"}
+        assert (out / f"sub-{label}.html").exists()
+        assert list((out / "logs").glob(f"sub-{label}_participant_*.log"))
+    # the failed subject left nothing that looks finished
+    assert not list((out / "sub-05").rglob("*.nii.gz")) if (out / "sub-05").exists() else True
+    assert not list(out.rglob(".*.tmp*"))
+
+
+def test_chimap_close_to_truth(cohort):
+    """Deep grey medians of the whole chain near the truth (coarse 3 mm test protocol)."""
+    out, bids = cohort["out"], cohort["bids"]
+    label = "01"
+    truth = bids / "derivatives" / "groundtruth" / f"sub-{label}" / "anat"
+    est = pd.read_csv(out / f"sub-{label}" / "anat" / f"sub-{label}_atlas-qsmbids_stat-median_Chimap.tsv", sep="\t")
+    from qsm_bids.atlas import default_label_table, region_medians
+
+    chi_true = np.asarray(nib.load(str(truth / f"sub-{label}_Chimap.nii.gz")).dataobj, dtype=np.float32)
+    labels = np.asarray(nib.load(str(truth / f"sub-{label}_atlas-qsmbids_dseg.nii.gz")).dataobj).astype(np.int16)
+    qmask = np.asarray(nib.load(str(out / f"sub-{label}" / "anat" / f"sub-{label}_desc-qsm_mask.nii.gz")
+                                ).dataobj) > 0
+    ref, _ = region_medians(chi_true, qmask, labels, default_label_table(), (3.0, 3.0, 3.0))
+    merged = est.merge(ref, on=["region", "hemisphere"], suffixes=("", "_true"))
+    deep = merged[merged.region.isin(["caudate", "putamen", "globus_pallidus", "thalamus"])]
+    err = (deep.median_ppm - deep.median_ppm_true).abs()
+    assert err.max() < 0.03, deep
+
+
+def test_rerun_reuses_every_step(cohort):
+    res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
+               "--skip-bids-validation", "--participant-label", "01", "03")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stderr.count("reused") == 6  # qsm, normalise, regions for two subjects
+
+
+def test_changed_parameter_reruns_only_what_depends_on_it(cohort, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"atlas": {"erosion_radius_mm": 2.0}}))
+    res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
+               "--skip-bids-validation", "--participant-label", "01", "--config", cfg)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "step qsm          reused" in res.stderr and "step normalise    reused" in res.stderr
+    assert "step regions      started" in res.stderr
+
+
+def test_group_level(cohort):
+    res = _cli(cohort["bids"], cohort["out"], "group", "--n-permutations", "50", "--template", "mni",
+               "--n-cpus", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    group = cohort["out"] / "group"
+    # sub-05 has no results: excluded with a warning naming it
+    assert "sub-05" in res.stderr
+    for name in ("contrast-ALSgtcontrol_stat-t_statmap.nii.gz", "contrast-ALSgtcontrol_stat-tfce_statmap.nii.gz",
+                 "contrast-ALSgtcontrol_stat-pfwe_statmap.nii.gz", "contrast-controlgtALS_stat-pfwe_statmap.nii.gz",
+                 "roi_stats.tsv", "demographics.tsv", "correlations.tsv", "report.html"):
+        assert (group / name).exists(), name
+    p = np.asarray(nib.load(str(group / "contrast-ALSgtcontrol_stat-pfwe_statmap.nii.gz")).dataobj)
+    assert np.nanmin(p) >= 1 / 50 - 1e-9 and np.nanmax(p) <= 1
+    stats = pd.read_csv(group / "roi_stats.tsv", sep="\t")
+    assert {"region", "hemisphere", "z", "p", "p_bonferroni"} <= set(stats.columns)
+
+
+def test_group_with_too_few_participants_is_65(cohort):
+    res = _cli(cohort["bids"], cohort["out"], "group", "--participant-label", "01", "02", "03",
+               "--n-permutations", "10", "--template", "mni")
+    assert res.returncode == 65 and "at least 2 per group" in res.stderr
