@@ -63,6 +63,7 @@ def _load(path: Path):
     fn = lib.tfce_max_grid
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                   ctypes.c_void_p, ctypes.c_int,
                    ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                    ctypes.c_double, ctypes.c_double, ctypes.c_void_p, ctypes.c_void_p]
     return lib
@@ -122,7 +123,9 @@ def tfce_max(stats: np.ndarray, neighbourhood, E: float, H: float):
     nx, ny, nz = (int(x) for x in neighbourhood.grid_shape)
     max_pos = np.zeros(b)
     max_neg = np.zeros(b)
-    rc = lib.tfce_max_grid(stats.ctypes.data, n, b, gidx.ctypes.data, nx, ny, nz,
+    runs = np.ascontiguousarray(neighbourhood.runs, dtype=np.int32)
+    rc = lib.tfce_max_grid(stats.ctypes.data, n, b, gidx.ctypes.data, runs.ctypes.data,
+                           runs.shape[0], nx, ny, nz,
                            int(neighbourhood.connectivity), float(E), float(H),
                            max_pos.ctypes.data, max_neg.ctypes.data)
     if rc == -1:

@@ -89,15 +89,18 @@ static void radix_sort(uint64_t *a, uint64_t *tmp, int n)
  * in blocks. For each offset the inner loop streams through contiguous memory
  * without branches, so the compiler vectorises it. The tie-break "q > g" is
  * "offset > 0", a constant per offset. */
-static void scan_both(Work *w, const int *gidx, int V, const int *off, int K)
+static void scan_both(Work *w, const int *runs, int n_runs, const int *off, int K)
 {
-  int g0, k, gmin = gidx[0], gmax = gidx[V - 1] + 1;
+  int r, k;
   const float *v = w->val;
   float bp[BLOCK], bn[BLOCK];
   int ip[BLOCK], in[BLOCK];
   uint32_t hp[BLOCK], hn[BLOCK];
-  for (g0 = gmin; g0 < gmax; g0 += BLOCK) {
-    int len = gmax - g0 < BLOCK ? gmax - g0 : BLOCK, t;
+  /* runs of consecutive mask voxels along the last axis, split into blocks */
+  for (r = 0; r < n_runs; r++) {
+   int g0, gend = runs[2 * r] + runs[2 * r + 1];
+   for (g0 = runs[2 * r]; g0 < gend; g0 += BLOCK) {
+    int len = gend - g0 < BLOCK ? gend - g0 : BLOCK, t;
     const float *vi = v + g0;
     for (t = 0; t < len; t++) {
       bp[t] = bn[t] = vi[t];
@@ -138,6 +141,7 @@ static void scan_both(Work *w, const int *gidx, int V, const int *off, int K)
     memcpy(w->higher + g0, hp, (size_t)len * sizeof(uint32_t));
     memcpy(w->up_neg + g0, in, (size_t)len * sizeof(int));
     memcpy(w->higher_neg + g0, hn, (size_t)len * sizeof(uint32_t));
+   }
   }
 }
 
@@ -237,10 +241,12 @@ static double pass_max(Work *w, int V, const int *gidx, const int *off, float si
 
 /* data: B maps of V mask voxels, map b at data + b * V.
  * gidx: ascending C-order index of each mask voxel in a (nx, ny, nz) grid padded
- * so that every mask voxel has all its neighbours inside the grid.
+ * so that every mask voxel has all its neighbours inside the grid; runs: n_runs
+ * (start grid index, length) pairs of consecutive mask voxels.
  * Returns 0, -1 on no memory, -2 on a bad connectivity. */
-int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int ny, int nz,
-                  int connectivity, double E, double H, double *max_pos, double *max_neg)
+int tfce_max_grid(const float *data, int V, int B, const int *gidx, const int *runs, int n_runs,
+                  int nx, int ny, int nz, int connectivity, double E, double H,
+                  double *max_pos, double *max_neg)
 {
   Work w;
   int off[26], K = 0, dx, dy, dz, i, b, rc = 0;
@@ -279,7 +285,7 @@ int tfce_max_grid(const float *data, int V, int B, const int *gidx, int nx, int 
   for (b = 0; b < B; b++) {
     const float *d = data + (size_t)b * V;
     for (i = 0; i < V; i++) w.val[gidx[i]] = d[i];
-    scan_both(&w, gidx, V, off, K);
+    scan_both(&w, runs, n_runs, off, K);
     max_pos[b] = pass_max(&w, V, gidx, off, 1.0f, w.up, w.higher, H);
     max_neg[b] = pass_max(&w, V, gidx, off, -1.0f, w.up_neg, w.higher_neg, H);
   }

@@ -183,6 +183,15 @@ class Neighbourhood(tuple):
         self.grid_shape = tuple(int(s) for s in grid_shape)
         self.grid_index = grid_index
         self.connectivity = int(connectivity)
+        # runs of consecutive grid indices: (start, length) pairs
+        gi = np.asarray(grid_index, dtype=np.int64)
+        if gi.size:
+            breaks = np.flatnonzero(np.diff(gi) != 1) + 1
+            starts = np.r_[0, breaks]
+            lengths = np.diff(np.r_[starts, gi.size])
+            self.runs = np.column_stack([gi[starts], lengths]).astype(np.int32)
+        else:
+            self.runs = np.zeros((0, 2), np.int32)
         return self
 
     def __reduce__(self):
