@@ -238,11 +238,18 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         if mask_method not in ("auto", "magnitude"):
             raise ValueError(f"unknown mask method {mask_method!r}")
         t1 = t1w_mask if mask_method == "auto" else None
+        if t1 is not None and np.shape(t1) != shape:
+            raise DataError(f"T1w brain mask shape {np.shape(t1)} differs from the GRE grid {shape}; "
+                            "resample it to the GRE grid first")
         brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=mask_threshold,
                                                erode_mm=mask_erode_mm, t1w_mask=t1))
     # voxels with trusted phase (the mask without incoherent-phase voxels); the user mask as is
-    trusted = brain if mask is not None else refine_with_phase(brain, ph[..., 0], voxel_size,
-                                                                mask_phase_quality)
+    if mask is not None:
+        trusted = brain
+    else:
+        t0 = time.perf_counter()
+        trusted = refine_with_phase(brain, ph[..., 0], voxel_size, mask_phase_quality)
+        timings["mask"] += time.perf_counter() - t0
     n_mask = int(brain.sum())
     if n_mask < MIN_MASK_VOXELS:
         raise DataError(f"brain mask has {n_mask} voxels (fewer than {MIN_MASK_VOXELS}): the "
