@@ -54,10 +54,16 @@ class ReconConfig:
     mask_method: str = "auto"
     #: Fraction of the robust magnitude range used as the initial signal threshold.
     mask_threshold: float = 0.15
+    #: Drop mask voxels whose phase disagrees with their neighbours above this (0 disables).
+    mask_phase_quality: float = 0.5
+    #: Final erosion (mm) of the automatic brain mask.
+    mask_erode_mm: float = 1.0
     #: Phase unwrapping: "laplacian" (Schofield & Zhu 2003).
     unwrap: str = "laplacian"
     #: Multi-echo field estimate: "weighted_fit" (magnitude^2-weighted fit over TE through zero).
     echo_combination: str = "weighted_fit"
+    #: Remove the phase at TE = 0 of already-combined multi-echo data before the fit.
+    remove_phase_offset_multiecho: bool = True
     #: Background removal: "sharp" (paper), "vsharp" or "pdf".
     background: str = "sharp"
     #: SHARP spherical kernel radius in mm (paper: 5 mm).
@@ -86,6 +92,10 @@ class ReconConfig:
     medi_cg_tol: float = 0.01
     #: MEDI IRLS smoothing of the L1 weight (toolbox beta, 1e-6 on its gradient scale).
     medi_beta: float = 1e-6
+    #: With SHARP, MEDI inverts the SMV-filtered total field as the toolbox's 'smv' option does.
+    medi_smv: bool = True
+    #: MERIT reweighting of the MEDI data term (model-error outliers).
+    medi_merit: bool = False
     #: TKD truncation threshold of the dipole kernel.
     tkd_threshold: float = 0.19
     #: Closed-form Tikhonov (L2 gradient) regularisation weight.

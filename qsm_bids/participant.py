@@ -221,17 +221,18 @@ class ParticipantWorkflow:
                     sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
                                      Method="user mask" if user_mask else result.parameters.get("mask_method"),
                                      **common))
-        write_nifti(out["qsm_mask"], result.eroded_mask, aff, dtype=np.uint8,
+        write_nifti(out["qsm_mask"], result.chi_mask, aff, dtype=np.uint8,
                     sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
-                                     Description="where the local field and chi are defined: the brain "
-                                                 "mask eroded by the background-removal kernel", **common))
+                                     Description="where chi is defined (used for region values and the group "
+                                                 "coverage)", **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="Laplacian (Schofield & Zhu 2003)",
                                      Description="unwrapped phase of each echo (4th dimension)",
                                      **common))
         write_nifti(out["local_field"], result.local_field_ppm, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Method=self.cfg.recon.background,
-                                     **common))
+                                     Description="local field; zero outside the brain mask eroded by the "
+                                                 "background-removal kernel", **common))
         write_nifti(out["chi"], result.chi_ppm, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
                                      Reference=self.cfg.recon.reference,
