@@ -12,6 +12,7 @@ from qsm_bids.group.glm import design_matrix, ols_t
 from qsm_bids.group.permutation import (
     chunk_ranges,
     fwe_p,
+    NullChunk,
     merge_chunks,
     permutation_for,
     permutation_test,
@@ -173,7 +174,7 @@ def test_chunked_runs_merge_exactly_and_seed_is_reproducible():
     # separate "jobs" over explicit chunks, merged afterwards
     parts = [permutation_test(Y, des.X, c, adj, seed=7, chunks=[r])["chunks"][0]
              for r in reversed(chunk_ranges(90, 30))]
-    merged = merge_chunks(parts)
+    merged = merge_chunks([NullChunk.from_dict(p.to_dict()) for p in parts])
     for other in (many["null"], procs["null"], merged):
         for name in ("max_t", "max_neg_t", "max_tfce", "max_neg_tfce"):
             np.testing.assert_array_equal(getattr(one["null"], name), getattr(other, name))

@@ -24,7 +24,7 @@ def cohort(tmp_path_factory):
     d = ref.get_fdata()
     rng = np.random.default_rng(0)
     t1, chi, masks = [], [], []
-    for i in range(3):
+    for i in range(4):
         s = ndimage.shift(d, rng.uniform(-0.7, 0.7, 3), order=1)
         brain = s > 0.2 * d.max()
         c = (ndimage.gaussian_filter(rng.standard_normal(d.shape), 1) * brain).astype(np.float32)
@@ -48,7 +48,7 @@ def test_template_files_and_manifest(cohort):
     for p in out.values():
         assert p.exists()
     manifest = json.loads(out["template_t1w"].with_name("tpl-study_T1w.json").read_text())
-    assert [s["label"] for s in manifest["Participants"]] == ["sub-00", "sub-01", "sub-02"]
+    assert [s["label"] for s in manifest["Participants"]] == ["sub-00", "sub-01", "sub-02", "sub-03"]
     assert manifest["Iterations"] == 2 and manifest["TimingsSeconds"]["total"] > 0
     tpl = nib.load(out["template_t1w"])
     assert tpl.shape == cohort["ref"].shape
@@ -61,7 +61,7 @@ def test_template_files_and_manifest(cohort):
 
 def test_study_space_maps_and_point_warp_agree_with_image_warp(cohort):
     chi_imgs, mask_imgs, warp = study_space_maps(cohort["out"], cohort["chi"], cohort["masks"])
-    assert len(chi_imgs) == 3 and chi_imgs[0].shape == mask_imgs[0].shape
+    assert len(chi_imgs) == 4 and chi_imgs[0].shape == mask_imgs[0].shape
     # the study-space map is the MNI map carried through a near-identity warp
     src = nib.load(cohort["chi"][1]).get_fdata()
     r = np.corrcoef(chi_imgs[1].get_fdata().ravel(), src.ravel())[0, 1]
@@ -86,3 +86,22 @@ def test_unknown_participant_is_a_data_error(cohort, tmp_path):
 
     with pytest.raises(DataError, match="not in the study template"):
         study_space_maps(cohort["out"], [tmp_path / "sub-99_Chimap.nii.gz"], [tmp_path / "m.nii.gz"])
+
+
+def test_run_voxelwise_in_the_study_template_writes_mni_maps(cohort, tmp_path):
+    import pandas as pd
+
+    from qsm_bids.group.voxelwise import run_voxelwise
+
+    design = pd.DataFrame({"dx": ["P", "P", "C", "C"], "age": [60.0, 70.0, 65.0, 55.0]})
+    out = run_voxelwise(cohort["chi"], cohort["masks"], design, "dx", ("P", "C"), (), tmp_path,
+                        study_template=cohort["out"], smoothing_sigma_mm=4.0, n_permutations=12,
+                        chunk_size=5, seed=1, label_lookup=None)
+    t_study = nib.load(out["PgtC_t"])
+    t_mni = nib.load(out["PgtC_t_mni"])
+    assert t_study.shape == nib.load(cohort["out"]["template_t1w"]).shape
+    assert t_mni.shape == cohort["ref"].shape
+    np.testing.assert_allclose(t_mni.affine, cohort["ref"].affine)
+    assert np.isfinite(t_mni.get_fdata()).all() and np.abs(t_mni.get_fdata()).max() > 0
+    side = json.loads(open(out["PgtC_t_mni"].replace(".nii.gz", ".json")).read())
+    assert side["Parameters"]["voxelwise"]["space"] == "study"

@@ -316,9 +316,16 @@ class NullChunk:
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
+        """Plain arrays (e.g. for ``numpy.savez`` by a cluster job)."""
         return {"start": self.start, "stop": self.stop, "max_t": self.max_t,
                 "max_neg_t": self.max_neg_t, "max_tfce": self.max_tfce,
                 "max_neg_tfce": self.max_neg_tfce, "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d) -> "NullChunk":
+        """Inverse of :meth:`to_dict` (accepts a loaded ``.npz`` too)."""
+        return cls(int(d["start"]), int(d["stop"]), np.asarray(d["max_t"]), np.asarray(d["max_neg_t"]),
+                   np.asarray(d["max_tfce"]), np.asarray(d["max_neg_tfce"]), float(d["seconds"]))
 
 
 def run_chunk(model: FreedmanLane, adjacency, start: int, stop: int, seed: int, *,
