@@ -7,8 +7,9 @@ per-voxel output. The shared library is looked up in this order:
 1. ``$QSM_BIDS_TFCE_LIB`` (a path to a built library);
 2. ``_tfce_max*.so`` beside this file (built at install/image time with
    ``python -m qsm_bids.group._tfce_kernel``);
-3. a per-user cache (``$XDG_CACHE_HOME`` or ``$TMPDIR``), compiled there with the
-   system C compiler on first use.
+3. the package cache (``$QSM_BIDS_CACHE``, else ``$XDG_CACHE_HOME/qsm-bids``,
+   else ``$TMPDIR/qsm-bids-cache``), compiled there with the system C compiler
+   on first use.
 
 When none works the ``tfce`` package (also exact) is used instead; the answer is
 the same, only slower.
@@ -73,11 +74,24 @@ def _candidates():
     env = os.environ.get("QSM_BIDS_TFCE_LIB")
     if env:
         yield Path(env), False
-    tag = _source_tag()
     here = _SOURCE.parent
+    built = sorted(here.glob("_tfce_max_*.so"))
+    if not _SOURCE.exists():  # an installed build without the source: use what was built
+        for path in built:
+            yield path, False
+        return
+    tag = _source_tag()
     yield here / f"_tfce_max_{tag}.so", False
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(tempfile.gettempdir(), f"qsm-bids-{os.getuid()}")
-    yield Path(cache) / "qsm-bids" / f"_tfce_max_{tag}.so", True
+    yield _cache_dir() / f"_tfce_max_{tag}.so", True
+
+
+def _cache_dir() -> Path:
+    """The package cache (same rule as :func:`qsm_bids.atlas.cache_dir`)."""
+    if os.environ.get("QSM_BIDS_CACHE"):
+        return Path(os.environ["QSM_BIDS_CACHE"])
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "qsm-bids"
+    return Path(tempfile.gettempdir()) / "qsm-bids-cache"
 
 
 def get_lib():
@@ -88,7 +102,12 @@ def get_lib():
     _TRIED = True
     if os.environ.get("QSM_BIDS_TFCE_KERNEL", "").lower() in ("0", "off", "package"):
         return None
-    for path, may_build in _candidates():
+    try:
+        candidates = list(_candidates())
+    except OSError as exc:  # the C source is not installed
+        logger.debug("TFCE max kernel source unavailable: %s", exc)
+        candidates = []
+    for path, may_build in candidates:
         try:
             if not path.exists() and may_build:
                 build(path)
