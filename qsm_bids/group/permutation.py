@@ -430,7 +430,10 @@ def _run_chunks(model, adjacency, ranges, params, n_jobs):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = mp.get_context("spawn")
+    # fork where there is one: the workers inherit the residual matrix instead of
+    # receiving a pickled copy, and a script without a __main__ guard cannot
+    # re-run itself in them (spawn's failure mode)
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(model, adjacency, params)) as pool:
         futures = [pool.submit(_worker_chunk, s, e) for s, e in ranges]

@@ -270,6 +270,7 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, group_column: str
 
     chi_paths = [str(p) for p in chi_paths]
     mask_paths = [str(p) for p in mask_paths]
+    n_jobs = max(1, int(n_jobs or 1))
     to_mni = None
     if study_template is not None:
         from .template import study_space_maps
