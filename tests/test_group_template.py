@@ -103,5 +103,7 @@ def test_run_voxelwise_in_the_study_template_writes_mni_maps(cohort, tmp_path):
     assert t_mni.shape == cohort["ref"].shape
     np.testing.assert_allclose(t_mni.affine, cohort["ref"].affine)
     assert np.isfinite(t_mni.get_fdata()).all() and np.abs(t_mni.get_fdata()).max() > 0
+    p_mni = nib.load(out["PgtC_pfwe_mni"]).get_fdata()
+    assert p_mni.min() > 0 and p_mni.max() == 1.0 and p_mni[0, 0, 0] == 1.0  # 1 outside the brain
     side = json.loads(open(out["PgtC_t_mni"].replace(".nii.gz", ".json")).read())
     assert side["Parameters"]["voxelwise"]["space"] == "study"

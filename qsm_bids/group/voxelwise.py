@@ -214,8 +214,14 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
             if to_mni is None:
                 write_nifti(mni_path, maps[key], result.affine, sidecar={**side, "Space": MNI_SPACE})
             else:
-                warped = to_mni.image(nib.Nifti1Image(maps[key], result.affine), "linear")
-                write_nifti(mni_path, np.asarray(warped.dataobj), warped.affine,
+                is_p = key.startswith("pfwe")
+                # p maps are warped as 1 - p so that outside the brain they stay 1, not 0
+                src = 1.0 - maps[key] if is_p else maps[key]
+                warped = to_mni.image(nib.Nifti1Image(src, result.affine), "linear")
+                data = np.asarray(warped.dataobj, dtype=np.float32)
+                if is_p:
+                    data = np.clip(1.0 - data, 0.0, 1.0)
+                write_nifti(mni_path, data, warped.affine,
                             sidecar={**side, "Space": MNI_SPACE, "Resampling": "linear, from the study template"})
             written[f"{cname}_{key}_mni"] = str(mni_path)
         significant = result.mask & (maps["pfwe"] < alpha)
