@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -333,7 +333,7 @@ def run_chunk(model: FreedmanLane, adjacency, start: int, stop: int, seed: int, 
     """Run permutations ``start .. stop-1`` and keep their maxima.
 
     Permutations are computed in globally aligned blocks of ``_TFCE_BATCH``
-    (``[8j, 8j+8)``), whatever the chunk boundaries, so each t map comes out
+    (``[16j, 16j+16)``), whatever the chunk boundaries, so each t map comes out
     of the same GEMM and chunked runs are bitwise identical to one run.
     Memory: one block of t maps.
     """

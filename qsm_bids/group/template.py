@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_path, write_json, write_nifti
+from ..io import atomic_path, write_nifti
 
 __all__ = ["build_study_template", "study_space_maps", "MniWarp", "subject_label"]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io import write_json, write_nifti, write_tsv
+from ..io import write_nifti, write_tsv
 from .clusters import cluster_table, default_atlas_lookup
 from .glm import design_matrix
 from .permutation import permutation_test, voxel_adjacency
