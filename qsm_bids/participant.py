@@ -221,10 +221,15 @@ class ParticipantWorkflow:
                     sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
                                      Method="user mask" if user_mask else result.parameters.get("mask_method"),
                                      **common))
-        write_nifti(out["qsm_mask"], result.chi_mask, aff, dtype=np.uint8,
+        # Region values and group coverage use the voxels where the local field was measured: MEDI also
+        # fills voxels dropped by the phase-quality check from their neighbours, but those values are
+        # extrapolated (on the demo cohort they pull the SN medians down by ~0.05 ppm).
+        write_nifti(out["qsm_mask"], result.eroded_mask, aff, dtype=np.uint8,
                     sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
-                                     Description="where chi is defined (used for region values and the group "
-                                                 "coverage)", **common))
+                                     Description="where the local field was measured (brain mask after the "
+                                                 "phase-quality check, eroded by the background kernel); "
+                                                 "region values and the group coverage use it",
+                                     ChiDefinedVoxels=int(result.chi_mask.sum()), **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
                     sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="Laplacian (Schofield & Zhu 2003)",
                                      Description="unwrapped phase of each echo (4th dimension)",
