@@ -38,11 +38,7 @@ __all__ = [
     "load_gre",
     "phase_to_radians",
     "read_participants",
-    "GYROMAGNETIC_RATIO_MHZ_T",
 ]
-
-#: Proton gyromagnetic ratio / 2 pi, MHz/T.
-GYROMAGNETIC_RATIO_MHZ_T = 42.577478
 
 _NII = [".nii", ".nii.gz"]
 _PARTS = {"mag", "phase", "real", "imag"}

@@ -86,12 +86,10 @@ def _candidates():
 
 
 def _cache_dir() -> Path:
-    """The package cache (same rule as :func:`qsm_bids.atlas.cache_dir`)."""
-    if os.environ.get("QSM_BIDS_CACHE"):
-        return Path(os.environ["QSM_BIDS_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "qsm-bids"
-    return Path(tempfile.gettempdir()) / "qsm-bids-cache"
+    """The package cache (:func:`qsm_bids.atlas.cache_dir`)."""
+    from ..atlas import cache_dir
+
+    return cache_dir()
 
 
 def get_lib():

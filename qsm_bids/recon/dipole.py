@@ -17,7 +17,11 @@ import numpy as np
 
 from . import fft
 
+#: Proton gyromagnetic ratio / 2 pi (Hz/T): the one value used by the simulator and the recon.
+GAMMA_HZ_PER_T = 42.577478e6
+
 __all__ = [
+    "GAMMA_HZ_PER_T",
     "kspace_coordinates",
     "dipole_kernel",
     "b0_direction_from_affine",

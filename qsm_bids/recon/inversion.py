@@ -35,14 +35,11 @@ import numpy as np
 
 from . import fft
 from ._ops import diff_adjoint, diff_forward, grad, pad_to, smv, sphere_kernel_rfft
-from .dipole import dipole_kernel
+from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight"]
 
 logger = logging.getLogger(__name__)
-
-#: Gyromagnetic ratio of 1H over 2 pi, Hz/T.
-GAMMA_HZ_PER_T = 42.577478e6
 
 
 def _half(D):

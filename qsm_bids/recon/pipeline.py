@@ -28,6 +28,7 @@ from . import fft
 from ._ops import crop_box
 from .background import erode_by_sphere, pdf, sharp, vsharp
 from .coils import adaptive_combine
+from .dipole import GAMMA_HZ_PER_T
 from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd
 from .mask import brain_mask, phase_coherence, refine_with_phase
@@ -357,7 +358,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         reference=reference, reference_value_ppm=ref_value,
         echo_times_s=te.tolist(), voxel_size_mm=list(voxel_size), b0_dir=b0.tolist(),
         field_strength_t=field_strength_t, medi_delta_te_s=delta_te,
-        gyromagnetic_ratio_hz_per_t=42.577478e6,
+        gyromagnetic_ratio_hz_per_t=GAMMA_HZ_PER_T,
         medi_outer_iterations=medi_stats.get("outer_iterations"),
         medi_cg_iterations=medi_stats.get("cg_iterations"),
         mask_voxels=n_mask, eroded_mask_voxels=n_eroded,

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..recon import fft
-from ..recon.dipole import kspace_coordinates
+from ..recon.dipole import GAMMA_HZ_PER_T, kspace_coordinates
 
 __all__ = [
     "GAMMA_HZ_PER_T",
@@ -34,9 +34,6 @@ __all__ = [
     "smooth_displacement",
     "warp",
 ]
-
-#: Gyromagnetic ratio of 1H over 2 pi (Hz/T).
-GAMMA_HZ_PER_T = 42.577478e6
 
 
 def half_dipole_kernel(shape, voxel_size, b0_dir):
