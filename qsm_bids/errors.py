@@ -14,7 +14,6 @@ __all__ = [
     "DataError",
     "NoInputError",
     "OutputError",
-    "StepUnavailableError",
 ]
 
 
@@ -58,9 +57,3 @@ class OutputError(QSMBidsError):
     """The output cannot be created (EX_CANTCREAT)."""
 
     exit_code = 73
-
-
-class StepUnavailableError(QSMBidsError):
-    """A requested workflow step is not implemented in this version."""
-
-    exit_code = 1

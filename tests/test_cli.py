@@ -275,3 +275,14 @@ def test_every_parameter_is_documented():
     rows = [r for r in table.splitlines()[2:]]
     assert len(rows) > 40
     assert all(not r.rstrip().endswith("|  |") for r in rows), [r for r in rows if r.rstrip().endswith("|  |")]
+
+
+def test_empty_user_mask_is_65_and_leaves_no_chimap(tiny_bids, tmp_path, capsys):
+    masks = tmp_path / "masks"
+    write_image(masks / "sub-01_desc-brain_mask.nii.gz", np.zeros((12, 12, 10), np.uint8))
+    out = tmp_path / "out"
+    code = _run(tiny_bids, out, "--participant-label", "01", "--mask-dir", str(masks))
+    err = capsys.readouterr().err
+    assert code == 65, err
+    assert "mask" in err and "Traceback" not in err
+    assert not list(out.rglob("*Chimap*"))
