@@ -54,9 +54,8 @@ def evaluate_subject(bids_dir: Path, out_dir: Path, label: str) -> dict:
     labels = _load(anat / f"sub-{label}_atlas-qsmbids_dseg.nii.gz")[0].astype(np.int16)
     table = default_label_table()
     row = {"subject": label, "nrmse_pct": nrmse(chi, truth, qmask)}
-    sidecar = json.loads((bids_dir / f"sub-{label}" / "anat" /
-                          f"sub-{label}_echo-1_part-mag_MEGRE.json").read_text())
-    row["snr"] = sidecar.get("SimulatedSNR", sidecar.get("SNR", "n/a"))
+    truth_meta = json.loads((truth_dir / f"sub-{label}_Chimap.json").read_text())
+    row["snr"] = truth_meta.get("Parameters", {}).get("snr", "n/a")
     # nuclei: mean inside (qsm mask & true label), demeaned by each map's mean in the mask
     cm, tm = chi[qmask].mean(), truth[qmask].mean()
     for region in NUCLEI:
