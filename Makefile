@@ -37,7 +37,7 @@ test-deps:
 	fi
 
 test: venv test-deps
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint: venv
 	$(BIN)/hadolint Dockerfile
