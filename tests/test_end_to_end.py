@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from browser import NO_CHROMIUM, chromium, open_in_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +150,12 @@ def test_group_with_too_few_participants_is_65(cohort):
     res = _cli(cohort["bids"], cohort["out"], "group", "--participant-label", "01", "02", "03",
                "--n-permutations", "10", "--template", "mni")
     assert res.returncode == 65 and "at least 2 per group" in res.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
+def test_participant_page_opens_in_chromium(cohort, tmp_path):
+    text = (cohort["out"] / "sub-01.html").read_text()
+    result = open_in_chromium(text, tmp_path / "sub-01.html", tmp_path)
+    assert result.probe["images"] >= 5 and result.probe["broken"] == [], result.probe
+    assert result.probe["errors"] == [] and result.console == [], (result.probe, result.console)
+    assert "caudate" in result.dom

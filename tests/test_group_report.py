@@ -8,11 +8,7 @@ it is skipped with that reason when /usr/bin/chromium is missing.
 from __future__ import annotations
 
 import html
-import json
-import os
 import re
-import shutil
-import subprocess
 import time
 
 import nibabel as nib
@@ -24,6 +20,8 @@ from qsm_bids.config import Config
 from qsm_bids.group.demographics import compute_demographics
 from qsm_bids.group.roi_stats import compute_roi_stats
 from qsm_bids.report.group import methods_paragraph, render_group_report, write_group_report
+
+from browser import NO_CHROMIUM, chromium, open_in_chromium
 
 EVIL = "<b>x</b>"
 
@@ -193,57 +191,14 @@ def test_report_size_for_67_subjects(tmp_path):
     print(f"report size for 67 subjects: {size_mb:.2f} MB")
 
 
-_PROBE = """<script>
-window.__errors = [];
-window.addEventListener('error', function (e) {
-  var t = e.target;
-  window.__errors.push(t && t.tagName ? 'resource ' + t.tagName + ' ' + String(t.src || t.href || '').slice(0, 60)
-                                      : 'error ' + e.message);
-}, true);
-var __ce = console.error;
-console.error = function () { window.__errors.push('console ' + Array.prototype.join.call(arguments, ' ')); __ce.apply(console, arguments); };
-window.addEventListener('load', function () {
-  var bad = [];
-  for (var i = 0; i < document.images.length; i++) {
-    var im = document.images[i];
-    if (!im.complete || im.naturalWidth === 0) bad.push(im.alt);
-  }
-  var d = document.createElement('pre'); d.id = '__probe';
-  d.textContent = JSON.stringify({images: document.images.length, broken: bad, errors: window.__errors});
-  document.body.appendChild(d);
-});
-</script>"""
-
-
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        exe = shutil.which(name)
-        if exe:
-            return exe
-    return None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get update && "
-                    "apt-get install -y --no-install-recommends chromium)")
+@pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
 def test_report_opens_in_headless_chromium(report, tmp_path):
     path, text, _ = report
-    probe = tmp_path / "group" / "report.html"  # same depth, so ../sub-*.html links resolve alike
-    probe.parent.mkdir()
-    probe.write_text(text.replace("<head>", "<head>\n" + _PROBE, 1))
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", "--no-default-browser-check", f"--user-data-dir={tmp_path / 'profile'}",
-           "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom",
-           probe.as_uri()]
-    env = dict(os.environ, HOME=str(tmp_path))
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=45, env=env)
-    m = re.search(r'<pre id="__probe">(.*?)</pre>', res.stdout, re.S)
-    assert m, f"no probe output; rc={res.returncode}; stderr tail: {res.stderr[-2000:]}"
-    probe_out = json.loads(html.unescape(m.group(1)))
-    assert probe_out["images"] == 16
-    assert probe_out["broken"] == [], probe_out
-    assert probe_out["errors"] == [], probe_out
-    console = [line for line in res.stderr.splitlines() if "CONSOLE" in line]
-    assert console == [], console
+    page = tmp_path / "group" / "report.html"  # same depth, so ../sub-*.html links resolve alike
+    result = open_in_chromium(text, page, tmp_path)
+    assert result.probe["images"] == 16
+    assert result.probe["broken"] == [], result.probe
+    assert result.probe["errors"] == [], result.probe
+    assert result.console == [], result.console
     # the escaped label is text in the rendered DOM, not a <b> element
-    assert "<b>x</b>" not in res.stdout.split('<pre id="__probe">')[0]
+    assert "<b>x</b>" not in result.dom
