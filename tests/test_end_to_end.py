@@ -1,6 +1,6 @@
 """End to end on a tiny simulated cohort: participant (two concurrent jobs), resume, group.
 
-One module-scoped run keeps the suite fast: 4 subjects at 3 mm, fast
+One module-scoped run keeps the suite fast: 4 subjects at the demo's 2 mm protocol, fast
 registration, 2 subjects without a T1w (magnitude registered to the template
 directly), a fifth subject with a truncated file that must fail alone.
 """
@@ -33,7 +33,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     bids = root / "bids"
     subprocess.run([str(BIN / "qsm-bids-simulate"), str(bids), "--n-patients", "2", "--n-controls", "2",
-                    "--voxel-size", "3", "3", "3", "--matrix", "64", "72", "56", "--no-t1w", "03", "04",
+                    "--no-t1w", "03", "04",
                     "--effect-scale", "1", "--seed", "7", "--n-jobs", "2"], check=True, capture_output=True)
     # a fifth subject whose magnitude file is truncated: it must fail alone, with exit 65
     bad = bids / "sub-05" / "anat"
@@ -92,7 +92,7 @@ def test_participant_outputs(cohort):
 
 
 def test_chimap_close_to_truth(cohort):
-    """Deep grey medians of the whole chain near the truth, demeaned (coarse 3 mm test protocol)."""
+    """Deep grey medians of the whole chain near the truth, demeaned (the demo's 2 mm protocol)."""
     out, bids = cohort["out"], cohort["bids"]
     label = "01"
     truth = bids / "derivatives" / "groundtruth" / f"sub-{label}" / "anat"
@@ -103,7 +103,8 @@ def test_chimap_close_to_truth(cohort):
     labels = np.asarray(nib.load(str(truth / f"sub-{label}_atlas-qsmbids_dseg.nii.gz")).dataobj).astype(np.int16)
     qmask = np.asarray(nib.load(str(out / f"sub-{label}" / "anat" / f"sub-{label}_desc-qsm_mask.nii.gz")
                                 ).dataobj) > 0
-    ref, _ = region_medians(chi_true, qmask, labels, default_label_table(), (3.0, 3.0, 3.0))
+    zooms = nib.load(str(truth / f"sub-{label}_Chimap.nii.gz")).header.get_zooms()[:3]
+    ref, _ = region_medians(chi_true, qmask, labels, default_label_table(), zooms)
     chi = np.asarray(nib.load(str(out / f"sub-{label}" / "anat" / f"sub-{label}_Chimap.nii.gz")).dataobj)
     offset = chi[qmask].mean() - chi_true[qmask].mean()  # QSM is relative: compare demeaned values
     merged = est.merge(ref, on=["region", "hemisphere"], suffixes=("", "_true"))
@@ -156,6 +157,7 @@ def test_group_with_too_few_participants_is_65(cohort):
 def test_participant_page_opens_in_chromium(cohort, tmp_path):
     text = (cohort["out"] / "sub-01.html").read_text()
     result = open_in_chromium(text, tmp_path / "sub-01.html", tmp_path)
-    assert result.probe["images"] >= 5 and result.probe["broken"] == [], result.probe
+    # mask over magnitude, QSM in three planes, T1w and QSM over the template edges
+    assert result.probe["images"] == 4 and result.probe["broken"] == [], result.probe
     assert result.probe["errors"] == [] and result.console == [], (result.probe, result.console)
     assert "caudate" in result.dom
