@@ -19,6 +19,7 @@ from ..errors import DataError
 __all__ = [
     "Design",
     "design_matrix",
+    "covariate_columns",
     "contrast_names",
     "ols_t",
     "reduced_model_basis",
@@ -85,8 +86,6 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
     -------
     Design
     """
-    import pandas as pd
-
     groups = tuple(str(g) for g in groups)
     if len(groups) != 2 or groups[0] == groups[1]:
         raise DataError(f"groups must name two different levels, got {groups!r}")
@@ -110,17 +109,11 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
         if values.isna().any():
             bad = list(design.index[values.isna()])
             raise DataError(f"covariate '{name}' is missing for rows {bad}; exclude them first")
-        numeric = pd.to_numeric(values, errors="coerce")
-        if numeric.notna().all():
-            v = numeric.to_numpy(dtype=float)
-            cols.append(v - v.mean())
-            columns.append(name)
-        else:
-            levels = sorted(values.astype(str).unique())
-            for level in levels[1:]:
-                d = (values.astype(str).to_numpy() == level).astype(float)
-                cols.append(d - d.mean())
-                columns.append(f"{name}[{level}]")
+    regressors = covariate_columns(design, covariates)
+    for name in regressors.columns:
+        v = regressors[name].to_numpy(dtype=float)
+        cols.append(v - v.mean())
+        columns.append(name)
     X = np.column_stack(cols)
     rank = np.linalg.matrix_rank(X)
     if rank < X.shape[1]:
@@ -133,6 +126,40 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
     c[0], c[1] = 1.0, -1.0
     names = contrast_names(groups)
     return Design(X=X, columns=columns, contrasts={names[0]: c, names[1]: -c}, groups=groups)
+
+
+def covariate_columns(frame, covariates):
+    """Numeric regressors of covariates, shared by the GLM and the region statistics.
+
+    A numeric column is used as it is; a text column (e.g. sex) is dummy coded
+    against its first sorted level as ``name[level]`` columns. Missing values
+    stay NaN (the caller decides whether to exclude the rows).
+
+    Raises
+    ------
+    DataError
+        A covariate column is absent, or a text covariate has a single level.
+    """
+    import pandas as pd
+
+    out = {}
+    for name in covariates:
+        if name not in frame.columns:
+            raise DataError(f"participants table has no covariate column '{name}'; columns are "
+                            f"{list(frame.columns)} (change --covariates)")
+        col = frame[name]
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().sum() == col.notna().sum():
+            out[name] = numeric.astype(float)
+            continue
+        text = col.astype("string")
+        levels = sorted(text.dropna().unique())
+        if len(levels) < 2:
+            raise DataError(f"covariate '{name}' has the single level {levels}; it cannot be adjusted for "
+                            "(drop it from --covariates)")
+        for level in levels[1:]:
+            out[f"{name}[{level}]"] = (text == level).astype(float).where(col.notna())
+    return pd.DataFrame(out, index=frame.index)
 
 
 def reduced_model_basis(X: np.ndarray, contrast: np.ndarray) -> np.ndarray:

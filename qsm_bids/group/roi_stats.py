@@ -40,6 +40,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError
+from .glm import covariate_columns
 
 __all__ = [
     "RoiStatsResult",
@@ -375,30 +376,6 @@ def _unit_name(col) -> str:
     return f"{region} ({hemi})"
 
 
-def _prepare_covariates(participants: pd.DataFrame, covariates: Sequence[str]
-                        ) -> tuple[pd.DataFrame, list[str]]:
-    """Numeric covariate matrix; a binary categorical covariate becomes ``name[level]`` (0/1)."""
-    out = {}
-    for name in covariates:
-        if name not in participants.columns:
-            raise DataError(f"participants.tsv has no column '{name}' named as a covariate; "
-                            f"columns are {list(participants.columns)} (change --covariates)")
-        col = participants[name]
-        num = pd.to_numeric(col, errors="coerce")
-        if num.notna().sum() == col.notna().sum():
-            out[name] = num.astype(float)
-            continue
-        levels = sorted(col.dropna().astype(str).unique())
-        if len(levels) == 2:
-            out[f"{name}[{levels[1]}]"] = col.astype(str).where(col.notna()).map(
-                {levels[0]: 0.0, levels[1]: 1.0})
-            continue
-        raise DataError(f"participants.tsv column '{name}' is neither numeric nor two-level "
-                        f"categorical ({len(levels)} levels); it cannot be a covariate")
-    frame = pd.DataFrame(out, index=participants.index)
-    return frame, list(frame.columns)
-
-
 def _numeric_clinical_columns(participants: pd.DataFrame, exclude: set[str]) -> list[str]:
     cols = []
     for name in participants.columns:
@@ -510,7 +487,8 @@ def compute_roi_stats(
     no_values = sorted(p for p in parts.index[in_study] if p not in with_values)
     if no_values:
         messages.append(f"participant(s) without region values were excluded: {', '.join(no_values)}")
-    cov_frame, cov_names = _prepare_covariates(parts, covariates)
+    cov_frame = covariate_columns(parts, covariates)
+    cov_names = list(cov_frame.columns)
     cov_missing = sorted(p for p in parts.index[in_study] if cov_frame.loc[p].isna().any())
     if cov_missing:
         messages.append(f"participant(s) missing a covariate ({', '.join(covariates)}) were "
