@@ -12,7 +12,7 @@ import numpy as np, nibabel as nib, time, tempfile, logging, os
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
-from scipy.ndimage import shift, gaussian_filter, map_coordinates
+from scipy.ndimage import gaussian_filter, map_coordinates
 from qsm_bids.registration import brain_template
 from qsm_bids.group.template import build_study_template
 ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4); n = ap.parse_args().n

@@ -227,7 +227,6 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
 
     x = np.zeros(shape, dtype=np.float32)
     gbuf = np.zeros((3,) + shape, dtype=np.float32)
-    regbuf = np.zeros(shape, dtype=np.float32)
     two_lam = np.float32(2.0 * lam)
     res_norm_ratio = np.inf
     it = 0
