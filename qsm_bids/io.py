@@ -8,6 +8,7 @@ finished. Participant runs of different subjects may share OUTPUT_DIR.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
@@ -17,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "atomic_path",
+    "provenance",
     "write_json",
     "write_text",
     "write_nifti",
@@ -24,6 +26,27 @@ __all__ = [
     "derivative_name",
     "derivative_path",
 ]
+
+
+_PROVENANCE: contextvars.ContextVar = contextvars.ContextVar("qsm_bids_provenance", default=None)
+
+
+@contextlib.contextmanager
+def provenance(**fields):
+    """Within this block, every image/TSV sidecar also records ``fields`` (e.g. GeneratedBy, Parameters).
+
+    Keys the writer already set win; workflows open it once, so no writer has to repeat them.
+    """
+    token = _PROVENANCE.set(fields)
+    try:
+        yield
+    finally:
+        _PROVENANCE.reset(token)
+
+
+def _stamped(sidecar: dict) -> dict:
+    fields = _PROVENANCE.get()
+    return {**fields, **sidecar} if fields else sidecar
 
 
 @contextlib.contextmanager
@@ -82,7 +105,7 @@ def write_nifti(path, data, affine, header=None, dtype=np.float32, sidecar: dict
 
     path = Path(path)
     if sidecar is not None:
-        write_json(_sidecar_of(path), sidecar)
+        write_json(_sidecar_of(path), _stamped(sidecar))
     arr = np.asarray(data)
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
@@ -100,7 +123,7 @@ def write_tsv(path, frame, sidecar: dict | None = None) -> Path:
     """Write a pandas DataFrame as BIDS TSV ("n/a" for missing), atomically."""
     path = Path(path)
     if sidecar is not None:
-        write_json(_sidecar_of(path), sidecar)
+        write_json(_sidecar_of(path), _stamped(sidecar))
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return path

@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .bids import GRERun, SubjectInputs, discover, load_gre, validate_dataset
 from .errors import DataError, QSMBidsError
-from .io import derivative_path, write_json, write_nifti, write_text, write_tsv
+from .io import derivative_path, provenance, write_json, write_nifti, write_text, write_tsv
 from .steps import Step, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -325,8 +325,10 @@ def run_participant_level(bids_dir, output_dir, cfg, *, participant_labels=None,
                 failures.append((subject.label, code))
             for run in subject.gre_runs:
                 try:
-                    timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
-                                                  n_cpus=n_cpus, mask_dir=mask_dir).run()
+                    with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__},
+                                    Parameters=cfg.to_dict()):
+                        timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
+                                                      n_cpus=n_cpus, mask_dir=mask_dir).run()
                     logger.info("[%s] done (%s)", run.label,
                                 ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
                 except QSMBidsError as exc:

@@ -285,3 +285,18 @@ def test_empty_user_mask_is_65_and_leaves_no_chimap(tiny_bids, tmp_path, capsys)
     assert code == 65, err
     assert "mask" in err and "Traceback" not in err
     assert not list(out.rglob("*Chimap*"))
+
+
+def test_provenance_stamps_every_sidecar(tmp_path):
+    import pandas as pd
+
+    from qsm_bids.io import provenance, write_nifti, write_tsv
+
+    with provenance(GeneratedBy={"Name": "qsm-bids"}, Parameters={"seed": 1}):
+        write_tsv(tmp_path / "t.tsv", pd.DataFrame({"a": [1]}), sidecar={"a": {"Description": "x"}})
+        write_nifti(tmp_path / "m.nii.gz", np.zeros((2, 2, 2)), np.eye(4), sidecar={"Parameters": {"own": 1}})
+    write_tsv(tmp_path / "u.tsv", pd.DataFrame({"a": [1]}), sidecar={"a": {}})
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert t["GeneratedBy"]["Name"] == "qsm-bids" and t["Parameters"] == {"seed": 1} and "a" in t
+    assert json.loads((tmp_path / "m.json").read_text())["Parameters"] == {"own": 1}  # the writer's own wins
+    assert "GeneratedBy" not in json.loads((tmp_path / "u.json").read_text())  # outside the block

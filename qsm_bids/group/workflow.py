@@ -23,7 +23,7 @@ import pandas as pd
 from .. import __version__
 from ..bids import read_participants, strip_prefix
 from ..errors import DataError, NoInputError
-from ..io import write_json
+from ..io import provenance, write_json
 from ..participant import subject_log, write_dataset_description
 from ..steps import Step, StepRunner
 
@@ -148,9 +148,11 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
         ctx = _GroupContext(cfg, inputs, group_dir, work_dir=Path(work_dir) if work_dir else group_dir,
                             n_cpus=n_cpus, mem_gb=mem_gb, output_dir=output_dir, bids_dir=bids_dir)
         infos = {}
-        for step in ctx.steps():
-            infos[step.name] = runner.run(step)
-        ctx.report(infos, runner.timings)
+        with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__, "Level": "group"},
+                        Parameters=cfg.to_dict()):
+            for step in ctx.steps():
+                infos[step.name] = runner.run(step)
+            ctx.report(infos, runner.timings)
         logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, group_dir / "report.html")
     return 0
 
