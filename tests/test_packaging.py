@@ -49,3 +49,11 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
     assert "make test" in ci and "make test" in readme and "make demo" in readme
+
+
+def test_readme_parameter_table_is_current():
+    from qsm_bids.config import parameter_table_markdown
+
+    assert parameter_table_markdown() in (REPO / "README.md").read_text(), (
+        "README's parameter table is stale: regenerate it with "
+        "python -c 'from qsm_bids.config import parameter_table_markdown as p; print(p())'")
