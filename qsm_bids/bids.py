@@ -130,20 +130,6 @@ def _layout(bids_dir: Path):
         raise DataError(f"{bids_dir}: cannot index the dataset with pybids: {exc}") from None
 
 
-def _read_sidecar(image: Path) -> dict:
-    """Sidecar of an image by BIDS inheritance (nearest JSON wins, merged upwards)."""
-    name = image.name
-    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
-    merged: dict = {}
-    direct = image.with_name(stem + ".json")
-    if direct.exists():
-        try:
-            merged = json.loads(direct.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{direct}: sidecar is not valid JSON ({exc}); fix or remove it") from None
-    return merged
-
-
 def discover(bids_dir, participant_labels=None, session_labels=None) -> list:
     """Find the inputs of every selected subject/session.
 
@@ -200,6 +186,7 @@ def _discover_one(layout, bids_dir: Path, sub: str, ses: str | None) -> SubjectI
         inputs.dwi = Path(sorted(f.path for f in dwi)[0])
 
     groups: dict = {}
+    metadata: dict = {}  # path -> sidecar fields, BIDS inheritance resolved by pybids
     for f in files:
         ent = f.get_entities()
         part = ent.get("part")
@@ -210,19 +197,20 @@ def _discover_one(layout, bids_dir: Path, sub: str, ses: str | None) -> SubjectI
         key = (ent.get("acquisition"), ent.get("run"), ent["suffix"])
         echo = int(ent.get("echo", 1))
         groups.setdefault(key, {}).setdefault(echo, {})[part] = Path(f.path)
+        metadata[Path(f.path)] = f.get_metadata()
 
     if not groups and not inputs.errors:
         inputs.errors.append((66, f"{inputs.label}: no GRE images (expected anat/{inputs.label}_echo-<n>_part-"
                                   "<mag|phase>_MEGRE.nii[.gz] or _part-<mag|phase>_T2starw.nii[.gz])"))
     for (acq, run, suffix), echoes in sorted(groups.items(), key=lambda kv: str(kv[0])):
         try:
-            inputs.gre_runs.append(_make_run(sub, ses, acq, run, suffix, echoes))
+            inputs.gre_runs.append(_make_run(sub, ses, acq, run, suffix, echoes, metadata))
         except DataError as exc:
             inputs.errors.append((exc.exit_code, str(exc)))
     return inputs
 
 
-def _make_run(sub, ses, acq, run, suffix, echoes: dict) -> GRERun:
+def _make_run(sub, ses, acq, run, suffix, echoes: dict, metadata: dict) -> GRERun:
     parts_found = set().union(*[set(p) for p in echoes.values()])
     if parts_found & {"real", "imag"} and parts_found & {"mag", "phase"}:
         raise DataError(f"sub-{sub}: GRE mixes part-mag/phase with part-real/imag; keep one pair")
@@ -237,7 +225,7 @@ def _make_run(sub, ses, acq, run, suffix, echoes: dict) -> GRERun:
                                 f"each echo needs both part-{parts[0]} and part-{parts[1]}")
         te_values = []
         for part in parts:
-            meta = _read_sidecar(have[part])
+            meta = metadata[have[part]]
             te = meta.get("EchoTime")
             if te is None:
                 raise DataError(f"{have[part]}: sidecar has no EchoTime (seconds); add it to the JSON")
@@ -264,8 +252,8 @@ def _make_run(sub, ses, acq, run, suffix, echoes: dict) -> GRERun:
                         "increase with the echo number; check the echo-<n> entities and EchoTime")
     first = run_echoes[0].files[parts[0]]
     return GRERun(subject=sub, session=ses, acquisition=acq, run=run, suffix=suffix, parts=parts,
-                  echoes=run_echoes, metadata=_read_sidecar(first),
-                  phase_metadata=_read_sidecar(run_echoes[0].files[parts[1]]))
+                  echoes=run_echoes, metadata=metadata[first],
+                  phase_metadata=metadata[run_echoes[0].files[parts[1]]])
 
 
 def validate_dataset(bids_dir, timeout_s: int = 600) -> None:

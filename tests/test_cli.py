@@ -300,3 +300,15 @@ def test_provenance_stamps_every_sidecar(tmp_path):
     assert t["GeneratedBy"]["Name"] == "qsm-bids" and t["Parameters"] == {"seed": 1} and "a" in t
     assert json.loads((tmp_path / "m.json").read_text())["Parameters"] == {"own": 1}  # the writer's own wins
     assert "GeneratedBy" not in json.loads((tmp_path / "u.json").read_text())  # outside the block
+
+
+def test_sidecars_inherited_from_the_dataset_root(tiny_bids):
+    """BIDS inheritance: fields in a top-level sidecar apply to every subject's files."""
+    for p in (tiny_bids / "sub-01/anat").glob("*.json"):
+        meta = json.loads(p.read_text())
+        meta.pop("MagneticFieldStrength")
+        p.write_text(json.dumps(meta))
+    for part in ("mag", "phase"):
+        (tiny_bids / f"part-{part}_MEGRE.json").write_text(json.dumps({"MagneticFieldStrength": 7.0}))
+    gre = load_gre(discover(tiny_bids, ["01"])[0].gre_runs[0])
+    assert gre.field_strength == 7.0
