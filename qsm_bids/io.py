@@ -20,6 +20,7 @@ __all__ = [
     "atomic_path",
     "provenance",
     "write_json",
+    "write_sidecar",
     "write_text",
     "write_nifti",
     "write_tsv",
@@ -105,7 +106,7 @@ def write_nifti(path, data, affine, header=None, dtype=np.float32, sidecar: dict
 
     path = Path(path)
     if sidecar is not None:
-        write_json(_sidecar_of(path), _stamped(sidecar))
+        write_sidecar(path, sidecar)
     arr = np.asarray(data)
     if dtype is not None:
         arr = arr.astype(dtype, copy=False)
@@ -123,10 +124,15 @@ def write_tsv(path, frame, sidecar: dict | None = None) -> Path:
     """Write a pandas DataFrame as BIDS TSV ("n/a" for missing), atomically."""
     path = Path(path)
     if sidecar is not None:
-        write_json(_sidecar_of(path), _stamped(sidecar))
+        write_sidecar(path, sidecar)
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a", float_format="%.6g")
     return path
+
+
+def write_sidecar(data_path, sidecar: dict) -> Path:
+    """The JSON sidecar of a data file (image, table, transform), with the provenance of the block."""
+    return write_json(_sidecar_of(Path(data_path)), _stamped(sidecar))
 
 
 def _sidecar_of(path: Path) -> Path:

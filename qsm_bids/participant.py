@@ -112,10 +112,9 @@ def participant_paths(output_dir: Path, entities: dict, template: str, atlas: st
     }
 
 
-def _sidecar(cfg, step: str, **extra) -> dict:
-    """Common sidecar content: software, version, every parameter used."""
-    return {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__, "Step": step},
-            "Parameters": cfg.to_dict(), **extra}
+def _sidecar(step: str, **extra) -> dict:
+    """Sidecar content naming the step; every parameter is added by the workflow's provenance block."""
+    return {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__, "Step": step}, **extra}
 
 
 class ParticipantWorkflow:
@@ -183,8 +182,10 @@ class ParticipantWorkflow:
     def run(self) -> dict:
         """Run every step (reusing finished ones); then the QC page. Returns timings."""
         infos = {}
-        for step in self.steps():
-            infos[step.name] = self.runner.run(step)
+        with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__},
+                        Parameters=self.cfg.to_dict()):
+            for step in self.steps():
+                infos[step.name] = self.runner.run(step)
         self._report(infos)
         return dict(self.runner.timings)
 
@@ -215,31 +216,31 @@ class ParticipantWorkflow:
                   "B0Direction": [float(v) for v in gre.b0_dir], "InputNotes": gre.notes,
                   "Sources": [str(p) for p in self.run_.files()]}
         write_nifti(out["magnitude"], result.magnitude[..., 0], aff,
-                    sidecar=_sidecar(self.cfg, "qsm", Description="combined magnitude of the first echo",
+                    sidecar=_sidecar("qsm", Description="combined magnitude of the first echo",
                                      **common))
         write_nifti(out["mask"], result.mask, aff, dtype=np.uint8,
-                    sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
+                    sidecar=_sidecar("qsm", Type="Brain",
                                      Method="user mask" if user_mask else result.parameters.get("mask_method"),
                                      **common))
         # Region values and group coverage use the voxels where the local field was measured: MEDI also
         # fills voxels dropped by the phase-quality check from their neighbours, but those values are
         # extrapolated (on the demo cohort they pull the SN medians down by ~0.05 ppm).
         write_nifti(out["qsm_mask"], result.eroded_mask, aff, dtype=np.uint8,
-                    sidecar=_sidecar(self.cfg, "qsm", Type="Brain",
+                    sidecar=_sidecar("qsm", Type="Brain",
                                      Description="where the local field was measured (brain mask after the "
                                                  "phase-quality check, eroded by the background kernel); "
                                                  "region values and the group coverage use it",
                                      ChiDefinedVoxels=int(result.chi_mask.sum()), **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
-                    sidecar=_sidecar(self.cfg, "qsm", Units="rad", Method="Laplacian (Schofield & Zhu 2003)",
+                    sidecar=_sidecar("qsm", Units="rad", Method="Laplacian (Schofield & Zhu 2003)",
                                      Description="unwrapped phase of each echo (4th dimension)",
                                      **common))
         write_nifti(out["local_field"], result.local_field_ppm, aff,
-                    sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Method=self.cfg.recon.background,
+                    sidecar=_sidecar("qsm", Units="ppm", Method=self.cfg.recon.background,
                                      Description="local field; zero outside the brain mask eroded by the "
                                                  "background-removal kernel", **common))
         write_nifti(out["chi"], result.chi_ppm, aff,
-                    sidecar=_sidecar(self.cfg, "qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
+                    sidecar=_sidecar("qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
                                      Reference=self.cfg.recon.reference,
                                      ReconParameters=result.parameters, Timings=result.timings_s,
                                      FFTCount=result.fft_counts, **common))
@@ -254,7 +255,7 @@ class ParticipantWorkflow:
             template=self.cfg.registration.template,
             resolution_mm=self.cfg.registration.template_resolution_mm,
             preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
-            work_dir=self.work_dir, sidecar=_sidecar(self.cfg, "normalise"))
+            work_dir=self.work_dir, sidecar=_sidecar("normalise"))
         if not self.subject.t1w:
             logger.warning("[%s] no T1w: the GRE magnitude is registered to the template directly", self.prefix)
         return info
@@ -283,14 +284,13 @@ class ParticipantWorkflow:
             logger.warning("[%s] %s", self.prefix, w)
         self.warnings.extend(warnings)
         write_nifti(out["atlas_native"], labels, chi_img.affine, dtype=np.int16,
-                    sidecar=_sidecar(self.cfg, "regions", Description="atlas in native GRE space (nearest)"))
+                    sidecar=_sidecar("regions", Description="atlas in native GRE space (nearest)"))
         write_tsv(out["regions"], frame, sidecar={
             "region": {"Description": "region of the atlas"},
             "hemisphere": {"Description": "L or R"},
             "median_ppm": {"Description": "median susceptibility in the eroded region", "Units": "ppm"},
             "n_voxels": {"Description": "voxels in the eroded region inside the QSM mask"},
-            "GeneratedBy": _sidecar(self.cfg, "regions")["GeneratedBy"],
-            "Parameters": self.cfg.to_dict(),
+            **_sidecar("regions"),
         })
         return {"warnings": warnings}
 
@@ -325,10 +325,8 @@ def run_participant_level(bids_dir, output_dir, cfg, *, participant_labels=None,
                 failures.append((subject.label, code))
             for run in subject.gre_runs:
                 try:
-                    with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__},
-                                    Parameters=cfg.to_dict()):
-                        timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
-                                                      n_cpus=n_cpus, mask_dir=mask_dir).run()
+                    timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
+                                                  n_cpus=n_cpus, mask_dir=mask_dir).run()
                     logger.info("[%s] done (%s)", run.label,
                                 ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
                 except QSMBidsError as exc:

@@ -378,14 +378,6 @@ def atlas_to_native(atlas_img, reference, xfm_gre_t1w, xfm_template_t1w,
 # The participant workflow's entry point
 # ---------------------------------------------------------------------------
 
-def _json_of(path: Path) -> Path:
-    name = Path(path).name
-    for ext in (".nii.gz", ".h5", ".mat"):
-        if name.endswith(ext):
-            return Path(path).with_name(name[: -len(ext)] + ".json")
-    return Path(path).with_suffix(".json")
-
-
 def _write_identity(path: Path) -> None:
     import ants
 
@@ -428,7 +420,7 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
     import nibabel as nib
 
     from .errors import DataError, UsageError
-    from .io import write_json, write_nifti
+    from .io import write_nifti, write_sidecar
 
     if template != TEMPLATE_NAME:
         raise UsageError(f"registration template {template!r} is not available; only {TEMPLATE_NAME} is shipped")
@@ -475,5 +467,5 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
     for key, desc in (("xfm_gre_t1w", "identity (no T1w)" if reg.direct_to_template else "rigid, ANTs affine"),
                       ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
                       ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
-        write_json(_json_of(out[key]), {**info, "Transform": desc})
+        write_sidecar(out[key], {**info, "Transform": desc})
     return {"timings": dict(reg.timings_s), "warnings": warnings, "direct_to_template": reg.direct_to_template}

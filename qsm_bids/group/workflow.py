@@ -169,6 +169,7 @@ class _GroupContext:
         self.n_cpus = n_cpus
         self.mem_gb = mem_gb
         self.output_dir = output_dir
+        self._roi = None  # (result, demographics) once computed
         self.bids_dir = bids_dir
         self.selection = {"participants": list(inputs.participants["participant_id"]),
                           "groups": inputs.participants[cfg.group.group_column].astype(str).tolist()}
@@ -259,21 +260,27 @@ class _GroupContext:
         return {"warnings": list(result.warnings)}
 
     def _roi_result(self, quiet: bool = False):
-        """Region statistics (recomputed for the report: cheap, deterministic, and the step may be reused).
+        """Region statistics and demographics, computed once per run.
 
-        ``quiet`` keeps the recomputation from logging the step's warnings a second time.
+        The report needs the result objects even when the ``regions`` step was reused from an
+        earlier run; then they are recomputed (cheap, deterministic), ``quiet`` keeping the
+        step's warnings from being logged a second time.
         """
+        if self._roi is None:
+            stats_logger = logging.getLogger("qsm_bids.group.roi_stats")
+            previous = stats_logger.level
+            if quiet:
+                stats_logger.setLevel(logging.ERROR)
+            try:
+                self._roi = self._compute_roi()
+            finally:
+                stats_logger.setLevel(previous)
+        return self._roi
+
+    def _compute_roi(self):
         from .demographics import compute_demographics
         from .roi_stats import compute_roi_stats, read_region_tables
 
-        if quiet:
-            stats_logger = logging.getLogger("qsm_bids.group.roi_stats")
-            previous = stats_logger.level
-            stats_logger.setLevel(logging.ERROR)
-            try:
-                return self._roi_result(quiet=False)
-            finally:
-                stats_logger.setLevel(previous)
         g, r = self.cfg.group, self.cfg.roi_stats
         values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
         result = compute_roi_stats(values, self.inputs.participants, group_column=g.group_column,
