@@ -48,7 +48,6 @@ _KEYS = {
     "mask_template": "_space-{tpl}_desc-qsm_mask.nii.gz",
     "regions": "_atlas-{atlas}_stat-median_Chimap.tsv",
     "chi": "_Chimap.nii.gz",
-    "magnitude": "_part-mag_desc-firstecho_MEGRE.nii.gz",
     "xfm_gre_t1w": "_from-GRE_to-T1w_mode-image_xfm.mat",
     "xfm_t1w_template": "_from-T1w_to-{tpl}_mode-image_xfm.h5",
 }
