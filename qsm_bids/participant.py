@@ -17,10 +17,8 @@ share OUTPUT_DIR (cluster job arrays): every file is written atomically and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import platform
 import time
 import traceback
@@ -30,91 +28,25 @@ import numpy as np
 
 from . import __version__
 from .bids import GRERun, SubjectInputs, discover, load_gre, validate_dataset
+from .derivatives import (
+    generated_by,
+    participant_paths,
+    run_log,
+    step_records_dir,
+    write_dataset_description,
+)
 from .errors import DataError, QSMBidsError
-from .io import derivative_path, provenance, write_json, write_nifti, write_text, write_tsv
+from .io import provenance, write_nifti, write_text, write_tsv
 from .steps import Step, StepRunner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_participant_level", "write_dataset_description", "participant_paths", "subject_log"]
-
-
-def _container() -> dict | None:
-    if os.environ.get("QSM_BIDS_CONTAINER"):
-        return {"Type": os.environ["QSM_BIDS_CONTAINER"], "Tag": f"bids/qsm-bids:{__version__}"}
-    if os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER"):
-        return {"Type": "singularity",
-                "URI": os.environ.get("SINGULARITY_CONTAINER") or os.environ.get("APPTAINER_CONTAINER")}
-    return None
-
-
-def write_dataset_description(output_dir: Path, source: Path) -> Path:
-    """The derivative dataset_description.json (same content from every run)."""
-    generated = {"Name": "qsm-bids", "Version": __version__,
-                 "Description": "Whole-brain QSM group study (Acosta-Cabronero et al. 2018 on open tools)",
-                 "CodeURL": "https://github.com/qsm-bids/qsm-bids"}
-    container = _container()
-    if container:
-        generated["Container"] = container
-    desc = {
-        "Name": "qsm-bids derivatives",
-        "BIDSVersion": "1.10.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [generated],
-        "SourceDatasets": [{"URL": Path(source).resolve().as_uri()}],
-    }
-    return write_json(Path(output_dir) / "dataset_description.json", desc)
-
-
-@contextlib.contextmanager
-def subject_log(output_dir: Path, label: str, level: str):
-    """Send every log record of this block to ``logs/<label>_<level>_<time>.log`` too."""
-    logs = Path(output_dir) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = logs / f"{label}_{level}_{stamp}_{os.getpid()}.log"
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()
-
-
-def participant_paths(output_dir: Path, entities: dict, template: str, atlas: str) -> dict:
-    """Every derivative of one GRE run, named in one place."""
-    e = {k: v for k, v in entities.items() if v}
-
-    def p(suffix, ext=".nii.gz", **extra):
-        return derivative_path(output_dir, {**e, **extra}, suffix, ext)
-
-    return {
-        "magnitude": p("MEGRE", part="mag", desc="firstecho"),
-        "mask": p("mask", desc="brain"),
-        "qsm_mask": p("mask", desc="qsm"),
-        "unwrapped_phase": p("phase", desc="unwrapped"),
-        "local_field": p("fieldmap", desc="local"),
-        "chi": p("Chimap"),
-        "xfm_gre_t1w": p("xfm", ".mat", **{"from": "GRE", "to": "T1w", "mode": "image"}),
-        "xfm_t1w_template": p("xfm", ".h5", **{"from": "T1w", "to": template, "mode": "image"}),
-        "xfm_template_t1w": p("xfm", ".h5", **{"from": template, "to": "T1w", "mode": "image"}),
-        "chi_template": p("Chimap", space=template),
-        "t1w_template": p("T1w", space=template, desc="preproc"),
-        "mask_template": p("mask", space=template, desc="qsm"),
-        "atlas_native": p("dseg", atlas=atlas),
-        "regions": p("Chimap", ".tsv", atlas=atlas, stat="median"),
-        "report": Path(output_dir) / (
-            "_".join(f"{k}-{v}" for k, v in e.items()) + ".html"),
-    }
+__all__ = ["run_participant_level", "ParticipantWorkflow"]
 
 
 def _sidecar(step: str, **extra) -> dict:
     """Sidecar content naming the step; every parameter is added by the workflow's provenance block."""
-    return {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__, "Step": step}, **extra}
+    return {"GeneratedBy": generated_by(Step=step), **extra}
 
 
 class ParticipantWorkflow:
@@ -131,7 +63,7 @@ class ParticipantWorkflow:
         self.mask_dir = mask_dir
         self.prefix = run.label
         self.paths = participant_paths(output_dir, run.entities, cfg.registration.template, cfg.atlas.name)
-        self.runner = StepRunner(self.output_dir / "logs" / "steps", self.prefix)
+        self.runner = StepRunner(step_records_dir(self.output_dir), self.prefix)
         self.warnings: list = []
         self._gre = None
 
@@ -182,7 +114,7 @@ class ParticipantWorkflow:
     def run(self) -> dict:
         """Run every step (reusing finished ones); then the QC page. Returns timings."""
         infos = {}
-        with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__},
+        with provenance(GeneratedBy=generated_by(),
                         Parameters=self.cfg.to_dict()):
             for step in self.steps():
                 infos[step.name] = self.runner.run(step)
@@ -318,7 +250,7 @@ def run_participant_level(bids_dir, output_dir, cfg, *, participant_labels=None,
     failures: list = []
     t0 = time.perf_counter()
     for i, subject in enumerate(subjects, 1):
-        with subject_log(output_dir, subject.label, "participant") as log_path:
+        with run_log(output_dir, subject.label, "participant") as log_path:
             logger.info("[%s] subject %d/%d (log: %s)", subject.label, i, len(subjects), log_path.name)
             for code, message in subject.errors:
                 logger.error("[%s] %s", subject.label, message)

@@ -12,7 +12,8 @@ from scipy import ndimage
 
 from qsm_bids.errors import DataError
 from qsm_bids.group.clusters import CLUSTER_COLUMNS, atlas_lookup, cluster_table
-from qsm_bids.group.voxelwise import analysis_mask, run_voxelwise, statmap_name, voxelwise_inference
+from qsm_bids.derivatives import statmap_name
+from qsm_bids.group.voxelwise import analysis_mask, run_voxelwise, voxelwise_inference
 
 SHAPE = (22, 24, 18)
 AFF = np.array([[2.0, 0, 0, -22], [0, 2, 0, -24], [0, 0, 2, -18], [0, 0, 0, 1]])

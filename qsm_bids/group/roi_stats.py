@@ -827,24 +827,25 @@ def write_roi_outputs(out_dir: str | Path, result: RoiStatsResult,
                       demographics_sidecar: dict | None = None) -> list[Path]:
     """Write roi_stats.tsv, correlations.tsv, roi_subgroups.tsv, roi_values.tsv (and
     demographics.tsv when given) with JSON sidecars into ``out_dir`` (OUTPUT_DIR/group)."""
+    from ..derivatives import GROUP_OUTPUTS
     from ..io import write_tsv
 
     out_dir = Path(out_dir)
     lat_alpha = result.parameters.get("laterality_alpha", 0.05)
     continuity = "continuity" in result.parameters.get("group_test", "continuity")
     written = [
-        write_tsv(out_dir / "roi_stats.tsv", result.roi_stats,
+        write_tsv(out_dir / GROUP_OUTPUTS["roi_stats"], result.roi_stats,
                   sidecar=roi_stats_sidecar(result.groups, result.covariates, lat_alpha, continuity)),
-        write_tsv(out_dir / "correlations.tsv", result.correlations,
+        write_tsv(out_dir / GROUP_OUTPUTS["correlations"], result.correlations,
                   sidecar=correlations_sidecar(result.groups)),
-        write_tsv(out_dir / "roi_subgroups.tsv", result.subgroups, sidecar=subgroups_sidecar()),
-        write_tsv(out_dir / "roi_values.tsv", result.values, sidecar=values_sidecar(result.covariates)),
+        write_tsv(out_dir / GROUP_OUTPUTS["roi_subgroups"], result.subgroups, sidecar=subgroups_sidecar()),
+        write_tsv(out_dir / GROUP_OUTPUTS["roi_values"], result.values, sidecar=values_sidecar(result.covariates)),
     ]
     if demographics is not None:
         if demographics_sidecar is None:
             from .demographics import demographics_sidecar as _sidecar
 
             demographics_sidecar = _sidecar(result.groups)
-        written.append(write_tsv(out_dir / "demographics.tsv", demographics,
+        written.append(write_tsv(out_dir / GROUP_OUTPUTS["demographics"], demographics,
                                  sidecar=demographics_sidecar))
     return written

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..derivatives import GROUP_OUTPUTS
 from ..errors import DataError
 from ..io import atomic_path, write_nifti
 
@@ -124,7 +125,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                         "files; at least 2 participants with all three are needed")
     outputs = {k: Path(v) for k, v in outputs.items()}
     out_dir = outputs["template_t1w"].parent
-    subj_dir = out_dir / "studyspace"
+    subj_dir = out_dir / GROUP_OUTPUTS["studyspace"]
     work = Path(tempfile.mkdtemp(prefix="studytemplate_", dir=work_dir))
     try:
         ref = _to_ants(_reference(resolution_mm))
@@ -184,7 +185,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                                     outprefix=str(work / "tomni_"), write_composite_transform=True)
         timings["to_mni_s"] = round(time.perf_counter() - t0, 2)
         xfm_to_mni = _copy(reg["fwdtransforms"], outputs["xfm_study_to_mni"])
-        xfm_from_mni = _copy(reg["invtransforms"], out_dir / f"from-{MNI}_to-study_mode-image_xfm.h5")
+        xfm_from_mni = _copy(reg["invtransforms"], out_dir / GROUP_OUTPUTS["xfm_mni_to_study"].format(template=MNI))
 
         template_nib = _to_nib(template)
         affine = template_nib.affine
@@ -245,8 +246,9 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         # the templates in MNI as well
         warp = MniWarp(xfm_to_mni, xfm_from_mni, resolution_mm)
         written = {k: str(v) for k, v in outputs.items()}
-        for key, name, interp in (("template_t1w", f"tpl-study_space-{MNI}_T1w.nii.gz", "linear"),
-                                  ("template_chi", f"tpl-study_space-{MNI}_desc-mean_Chimap.nii.gz", "linear")):
+        for key, name, interp in (("template_t1w", GROUP_OUTPUTS["template_t1w_mni"].format(template=MNI), "linear"),
+                                  ("template_chi", GROUP_OUTPUTS["template_chi_mni"].format(template=MNI),
+                                   "linear")):
             img = warp.image(nib.load(str(outputs[key])), interp)
             path = out_dir / name
             write_nifti(path, np.asarray(img.dataobj), img.affine, sidecar={**common, "Space": MNI})

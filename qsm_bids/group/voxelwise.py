@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
 from ..errors import DataError
 from ..io import write_nifti, write_tsv
 from .clusters import cluster_table, default_atlas_lookup
@@ -153,13 +154,6 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, group_col
                            n_permutations=int(n_permutations), seconds=seconds)
 
 
-def statmap_name(contrast: str, stat: str, space: str | None = None, desc: str | None = None) -> str:
-    """``[space-<s>_]contrast-<c>[_desc-<d>]_stat-<stat>_statmap.nii.gz``."""
-    parts = ([f"space-{space}"] if space else []) + [f"contrast-{contrast}"]
-    parts += ([f"desc-{desc}"] if desc else []) + [f"stat-{stat}", "statmap.nii.gz"]
-    return "_".join(parts)
-
-
 def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
                     tfce_connectivity: int = 26, to_mni=None, label_lookup="default",
                     parameters: dict | None = None) -> dict:
@@ -194,7 +188,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
         "Parameters": parameters or {},
     }
     written = {}
-    mask_path = out_dir / "desc-analysis_mask.nii.gz"
+    mask_path = out_dir / GROUP_OUTPUTS["analysis_mask"]
     write_nifti(mask_path, result.mask.astype(np.uint8), result.affine, dtype=np.uint8,
                 sidecar={**sidecar_base, "Description": "Analysis mask (participants' coverage)"})
     written["analysis_mask"] = str(mask_path)
@@ -229,7 +223,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
                               connectivity=tfce_connectivity,
                               to_mni_points=None if to_mni is None else to_mni.points,
                               label_lookup=label_lookup)
-        table_path = out_dir / f"contrast-{cname}_desc-clusters_table.tsv"
+        table_path = out_dir / clusters_table_name(cname)
         write_tsv(table_path, table, sidecar={
             **sidecar_base, "Contrast": cname,
             "Description": f"Clusters ({tfce_connectivity}-connected) of voxels with TFCE pfwe < {alpha}; "
@@ -240,7 +234,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
                     cname, int(significant.sum()), len(table), alpha)
         null_columns[f"{cname}_max_t"] = result.null[cname]["max_t"]
         null_columns[f"{cname}_max_tfce"] = result.null[cname]["max_tfce"]
-    null_path = out_dir / "desc-permutation_null.tsv"
+    null_path = out_dir / GROUP_OUTPUTS["permutation_null"]
     frame = pd.DataFrame({"permutation": np.arange(result.n_permutations), **null_columns})
     write_tsv(null_path, frame, sidecar={
         **sidecar_base, "Description": "Maximum t and TFCE over the analysis mask per permutation "

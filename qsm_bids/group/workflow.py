@@ -22,9 +22,19 @@ import pandas as pd
 
 from .. import __version__
 from ..bids import read_participants, strip_prefix
+from ..derivatives import (
+    STUDY_TEMPLATE_KEYS,
+    clusters_table_name,
+    find_participant_derivatives,
+    generated_by,
+    group_paths,
+    run_log,
+    statmap_name,
+    step_records_dir,
+    write_dataset_description,
+)
 from ..errors import DataError, NoInputError
 from ..io import provenance, write_json
-from ..participant import subject_log, write_dataset_description
 from ..steps import Step, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -42,28 +52,9 @@ class GroupInputs:
     warnings: list = field(default_factory=list)
 
 
-_KEYS = {
-    "chi_template": "_space-{tpl}_Chimap.nii.gz",
-    "t1w_template": "_space-{tpl}_desc-preproc_T1w.nii.gz",
-    "mask_template": "_space-{tpl}_desc-qsm_mask.nii.gz",
-    "regions": "_atlas-{atlas}_stat-median_Chimap.tsv",
-    "chi": "_Chimap.nii.gz",
-    "xfm_gre_t1w": "_from-GRE_to-T1w_mode-image_xfm.mat",
-    "xfm_t1w_template": "_from-T1w_to-{tpl}_mode-image_xfm.h5",
-}
+#: Participant derivatives the group level reads, and those without which a participant is excluded.
+_KEYS = ("chi_template", "t1w_template", "mask_template", "regions", "chi", "xfm_gre_t1w", "xfm_t1w_template")
 _REQUIRED = ("chi_template", "t1w_template", "mask_template", "regions")
-
-
-def _find(output_dir: Path, label: str, pattern: str) -> list:
-    hits = []
-    for anat in sorted((output_dir / f"sub-{label}").glob("**/anat")):
-        for path in sorted(anat.glob(f"sub-{label}*{pattern}")):
-            name = path.name
-            # "_Chimap.nii.gz" must not match the space-/atlas- variants
-            if pattern == "_Chimap.nii.gz" and ("_space-" in name or "_atlas-" in name):
-                continue
-            hits.append(path)
-    return hits
 
 
 def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> GroupInputs:
@@ -96,14 +87,9 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
     files: dict = {}
     keep = []
     for label in frame["participant_id"]:
-        found = {}
-        for key, pattern in _KEYS.items():
-            hits = _find(output_dir, label, pattern.format(tpl=cfg.registration.template, atlas=cfg.atlas.name))
-            if len(hits) > 1:
-                warnings.append(f"sub-{label}: {len(hits)} files match *{hits[0].name[len(label) + 4:]}; "
-                                f"using {hits[0].name}")
-            if hits:
-                found[key] = hits[0]
+        found, notes = find_participant_derivatives(output_dir, label, cfg.registration.template,
+                                                    cfg.atlas.name, keys=_KEYS)
+        warnings += notes
         lacking = [k for k in _REQUIRED if k not in found]
         if lacking:
             excluded.append(f"sub-{label}: participant results missing ({', '.join(lacking)}); run the "
@@ -135,7 +121,7 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
                     "dataset is not validated again")
     write_dataset_description(output_dir, bids_dir)
     group_dir = output_dir / "group"
-    with subject_log(output_dir, "group", "group"):
+    with run_log(output_dir, "group", "group"):
         t0 = time.perf_counter()
         inputs = collect_group_inputs(bids_dir, output_dir, cfg, participant_labels)
         g = cfg.group
@@ -143,16 +129,16 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
         logger.info("group level: %s (covariates: %s), %d permutations, template %s",
                     " vs ".join(f"{k} (n={counts.get(k, 0)})" for k in g.groups),
                     ", ".join(g.covariates) or "none", g.n_permutations, g.template)
-        runner = StepRunner(output_dir / "logs" / "steps", "group")
+        runner = StepRunner(step_records_dir(output_dir), "group")
         ctx = _GroupContext(cfg, inputs, group_dir, work_dir=Path(work_dir) if work_dir else group_dir,
                             n_cpus=n_cpus, mem_gb=mem_gb, output_dir=output_dir, bids_dir=bids_dir)
         infos = {}
-        with provenance(GeneratedBy={"Name": "qsm-bids", "Version": __version__, "Level": "group"},
+        with provenance(GeneratedBy=generated_by(Level="group"),
                         Parameters=cfg.to_dict()):
             for step in ctx.steps():
                 infos[step.name] = runner.run(step)
             ctx.report(infos, runner.timings)
-        logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, group_dir / "report.html")
+        logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, ctx.paths["report"])
     return 0
 
 
@@ -172,12 +158,8 @@ class _GroupContext:
         self.bids_dir = bids_dir
         self.selection = {"participants": list(inputs.participants["participant_id"]),
                           "groups": inputs.participants[cfg.group.group_column].astype(str).tolist()}
-        self.template_outputs = {
-            "template_t1w": group_dir / "tpl-study_T1w.nii.gz",
-            "template_chi": group_dir / "tpl-study_desc-mean_Chimap.nii.gz",
-            "template_mask": group_dir / "tpl-study_desc-brain_mask.nii.gz",
-            "xfm_study_to_mni": group_dir / f"from-study_to-{cfg.registration.template}_mode-image_xfm.h5",
-        }
+        self.paths = group_paths(output_dir, cfg.registration.template)
+        self.template_outputs = {k: self.paths[k] for k in STUDY_TEMPLATE_KEYS}
 
     def _files(self, key: str) -> list:
         return [str(self.inputs.files[p][key]) for p in self.selection["participants"]]
@@ -198,14 +180,13 @@ class _GroupContext:
         steps.append(Step(
             "voxelwise", self._files("chi_template") + self._files("mask_template") + tpl_inputs,
             {**base_params, "group": dataclasses.asdict(cfg.group)},
-            {"summary": self.group_dir / "voxelwise.json"}, self._voxelwise,
+            {"summary": self.paths["voxelwise_summary"]}, self._voxelwise,
             "smoothing, GLM, Freedman-Lane permutations, TFCE, FWE"))
         steps.append(Step(
             "regions", self._files("regions") + [str(Path(self.bids_dir) / "participants.tsv")],
             {**base_params, "roi_stats": dataclasses.asdict(cfg.roi_stats),
              "group": {k: getattr(cfg.group, k) for k in ("group_column", "groups", "covariates")}},
-            {"roi_stats": self.group_dir / "roi_stats.tsv", "correlations": self.group_dir / "correlations.tsv",
-             "demographics": self.group_dir / "demographics.tsv"},
+            {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics")},
             self._regions, "region statistics, correlations, demographics"))
         return steps
 
@@ -244,7 +225,7 @@ class _GroupContext:
             chunk_size=g.permutation_chunk_size, tfce_E=g.tfce_E, tfce_H=g.tfce_H,
             tfce_connectivity=g.tfce_connectivity, coverage_fraction=g.coverage_fraction, alpha=g.alpha,
             seed=self.cfg.seed, n_jobs=self.n_cpus, mem_gb=self.mem_gb, parameters=self.cfg.to_dict())
-        write_json(out["summary"], {"GeneratedBy": {"Name": "qsm-bids", "Version": __version__},
+        write_json(out["summary"], {"GeneratedBy": generated_by(),
                                     "Outputs": result})
         return {"outputs": result}
 
@@ -299,10 +280,10 @@ class _GroupContext:
         roi_result, demo = self._roi_result(quiet=True)
         contrasts = []
         for name in contrast_names(g.groups):
-            def f(kind, space=f"space-{tpl}_"):
-                return self.group_dir / f"{space}contrast-{name}_stat-{kind}_statmap.nii.gz"
+            def f(kind):
+                return self.group_dir / statmap_name(name, kind, space=tpl)
 
-            clusters = self.group_dir / f"contrast-{name}_desc-clusters_table.tsv"
+            clusters = self.group_dir / clusters_table_name(name)
             contrasts.append({"name": name, "stat": f("tfce"), "pfwe": f("pfwe"),
                               "clusters": clusters, "stat_label": "TFCE"})
         subjects = [{"participant_id": p, "group": grp, "chimap": self.inputs.files[p]["chi_template"]}
@@ -312,6 +293,6 @@ class _GroupContext:
             warnings += [f"{name}: {w}" for w in (info or {}).get("warnings", [])]
         versions = {"qsm-bids": __version__, **package_versions()}
         write_group_report(
-            self.group_dir / "report.html", groups=g.groups, config=self.cfg.to_dict(), versions=versions,
+            self.paths["report"], groups=g.groups, config=self.cfg.to_dict(), versions=versions,
             roi_result=roi_result, demographics=demo, participants=self.inputs.participants,
             contrasts=contrasts, template=None, subjects=subjects, warnings=warnings, alpha=g.alpha)
