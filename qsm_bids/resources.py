@@ -49,6 +49,8 @@ __all__ = [
     "single_thread_worker",
     "process_memory_bytes",
     "THREAD_ENV_VARS",
+    "set_memory_guard",
+    "memory_guard",
 ]
 
 logger = logging.getLogger(__name__)
@@ -293,5 +295,3 @@ def memory_guard() -> MemoryGuard:
     """The run's guard (a disabled one when ``--mem-gb`` was not given)."""
     return _guard["current"]
 
-
-__all__ += ["set_memory_guard", "memory_guard"]

@@ -35,10 +35,22 @@ Permutation ``k`` is drawn from its own generator,
 permutation. Any split into chunks, run in any process or cluster job, merges
 (by concatenation in ``k`` order) into exactly the result of one run. Memory
 is bounded by the chunk's batch, never by the number of permutations.
+
+Execution
+---------
+``backend="processes"`` (the default) runs the chunks here or in a fork pool
+of ``n_jobs`` workers. ``backend="dask"`` sends them to a ``dask.distributed``
+cluster (:class:`DaskSpec`: a running scheduler's address, an existing client,
+or a ``dask-jobqueue`` cluster such as ``SLURMCluster`` whose workers are
+batch jobs): the model (reduced residuals and design factors) and the
+neighbourhood are scattered to the workers once, each task runs one chunk
+with its per-permutation seeds, and the maxima come back to be merged, so the
+result is bit-identical to one process with the same seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -61,6 +73,8 @@ __all__ = [
     "merge_chunks",
     "fwe_p",
     "permutation_test",
+    "DaskSpec",
+    "dask_client",
 ]
 
 logger = logging.getLogger(__name__)
@@ -408,8 +422,8 @@ def _worker_chunk(start, stop):
     return run_chunk(_WORKER["model"], _WORKER["adjacency"], start, stop, **_WORKER["params"])
 
 
-def _run_chunks(model, adjacency, ranges, params, n_jobs):
-    total = ranges[-1][1] - ranges[0][0] if ranges else 0
+def _run_chunks(model, adjacency, ranges, params, n_jobs, dask=None):
+    total = sum(e - s for s, e in ranges)
     done = 0
     t0 = time.perf_counter()
     results = []
@@ -421,6 +435,9 @@ def _run_chunks(model, adjacency, ranges, params, n_jobs):
         logger.info("permutations %d/%d (%.1f per second, about %.0f s left)",
                     done, total, rate, (total - done) / rate if rate else float("nan"))
 
+    if dask is not None:
+        with dask_client(dask) as client:
+            return _run_chunks_dask(client, model, adjacency, ranges, params, progress)
     if n_jobs <= 1 or len(ranges) == 1:
         for s, e in ranges:
             chunk = run_chunk(model, adjacency, s, e, **params)
@@ -444,10 +461,142 @@ def _run_chunks(model, adjacency, ranges, params, n_jobs):
     return results
 
 
+# --------------------------------------------------------------------------- Dask
+
+
+@dataclass
+class DaskSpec:
+    """Where the permutation chunks go with ``backend="dask"``.
+
+    Exactly one of:
+
+    address : str
+        A running scheduler, e.g. ``tcp://10.0.0.5:8786`` (``dask scheduler``
+        plus ``dask worker`` processes started by the user or the site).
+    client : distributed.Client
+        An existing client (the caller owns it; it is not closed).
+    jobqueue : dict
+        A ``dask-jobqueue`` cluster started for this run and closed after it:
+        ``{"cluster": "SLURMCluster", "n_workers": 4, "options": {...}}`` where
+        ``options`` are the cluster class's keyword arguments (``cores``,
+        ``memory``, ``walltime``, ``queue``, ``job_extra_directives``, ...).
+        ``"local": {...}`` instead of ``jobqueue`` starts a
+        ``distributed.LocalCluster`` with those arguments.
+
+    timeout_s : float
+        How long to wait for the first worker (batch jobs may queue).
+    """
+
+    address: str | None = None
+    client: object = None
+    jobqueue: dict | None = None
+    local: dict | None = None
+    timeout_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, value) -> "DaskSpec":
+        """From a config value: a scheduler address string or a dict of this class's fields."""
+        if isinstance(value, DaskSpec):
+            return value
+        if isinstance(value, str):
+            return cls(address=value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"address", "jobqueue", "local", "timeout_s"}
+            if unknown:
+                raise ValueError(f"unknown dask option(s) {', '.join(sorted(unknown))}; expected address, "
+                                 "jobqueue, local or timeout_s")
+            return cls(**value)
+        raise ValueError(f"dask: expected a scheduler address or a mapping, got {value!r}")
+
+    def describe(self) -> str:
+        if self.client is not None:
+            return "an existing Dask client"
+        if self.address:
+            return f"the Dask scheduler at {self.address}"
+        if self.jobqueue:
+            return (f"a dask-jobqueue {self.jobqueue.get('cluster', 'SLURMCluster')} of "
+                    f"{self.jobqueue.get('n_workers', 1)} worker job(s)")
+        return f"a local Dask cluster ({self.local or {}})"
+
+
+_JOBQUEUE = ("SLURMCluster", "PBSCluster", "SGECluster", "LSFCluster", "OARCluster", "HTCondorCluster",
+             "MoabCluster")
+
+
+@contextlib.contextmanager
+def dask_client(spec: DaskSpec):
+    """A ``distributed.Client`` for ``spec`` (a cluster it starts is closed on exit)."""
+    from distributed import Client, LocalCluster
+
+    spec = DaskSpec.from_config(spec)
+    if spec.client is not None:
+        yield spec.client
+        return
+    n_sources = sum(x is not None and x != {} for x in (spec.address, spec.jobqueue, spec.local))
+    if n_sources > 1:
+        raise ValueError("dask: give one of address, jobqueue or local")
+    cluster = None
+    try:
+        if spec.address:
+            client = Client(spec.address, timeout=spec.timeout_s)
+        else:
+            if spec.jobqueue:
+                import dask_jobqueue
+
+                name = spec.jobqueue.get("cluster", "SLURMCluster")
+                if name not in _JOBQUEUE:
+                    raise ValueError(f"dask jobqueue cluster {name!r} is not one of {', '.join(_JOBQUEUE)}")
+                cluster = getattr(dask_jobqueue, name)(**dict(spec.jobqueue.get("options", {})))
+                n_workers = int(spec.jobqueue.get("n_workers", 1))
+                cluster.scale(n_workers)
+                logger.info("dask-jobqueue: %s submitted %d worker job(s)", name, n_workers)
+            else:
+                cluster = LocalCluster(**dict(spec.local or {}))
+            client = Client(cluster)
+        try:
+            client.wait_for_workers(1, timeout=spec.timeout_s)
+            yield client
+        finally:
+            client.close()
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def _dask_chunk(model, adjacency, start, stop, params):
+    # a worker's threads run several tasks at once: one BLAS thread each, as in the fork pool
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return run_chunk(model, adjacency, start, stop, **params)
+
+
+def _run_chunks_dask(client, model, adjacency, ranges, params, progress):
+    from distributed import as_completed
+
+    n_workers = len(client.scheduler_info().get("workers", {}))
+    logger.info("permutation chunks on Dask (%s, %d worker(s)): sending the data (%.1f MB) once",
+                client.scheduler.address, n_workers, model.residuals.nbytes / 1e6)
+    # broadcast: every worker holds one copy; each task then names it instead of carrying it
+    model_f, adj_f = client.scatter([model, adjacency], broadcast=True, hash=False)
+    futures = [client.submit(_dask_chunk, model_f, adj_f, s, e, params, pure=False,
+                             key=f"qsm-bids-permutations-{s}-{e}-{id(model)}") for s, e in ranges]
+    results = []
+    try:
+        for fut in as_completed(futures):
+            chunk = fut.result()
+            progress(chunk)
+            results.append(chunk)
+    finally:
+        client.cancel([model_f, adj_f, *futures])
+    return sorted(results, key=lambda c: c.start)
+
+
 def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
                      chunk_size: int = 500, seed: int = 0, tfce_E: float = 0.5,
                      tfce_H: float = 2.0, n_jobs: int = 1, chunks=None,
-                     use_tfce: bool = True) -> dict:
+                     use_tfce: bool = True, backend: str = "processes",
+                     dask: "DaskSpec | dict | str | None" = None) -> dict:
     """Freedman-Lane permutation test of contrast ``c`` and of ``-c`` at once.
 
     Parameters
@@ -463,7 +612,11 @@ def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
     seed : int
         Seed of every permutation.
     n_jobs : int
-        Worker processes for the chunks (1 runs them here).
+        Worker processes for the chunks (1 runs them here); ``backend="processes"``.
+    backend : "processes" or "dask"
+        Where the chunks run (see the module docstring).
+    dask : :class:`DaskSpec`, scheduler address or dict
+        The Dask cluster for ``backend="dask"``.
     chunks : list of (start, stop), optional
         Run only these chunks; the result then has ``"null"`` for those only
         and no p-values (merge chunk results with :func:`merge_chunks` and
@@ -478,10 +631,17 @@ def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
     model = FreedmanLane.from_data(Y, X, contrast)
     params = dict(seed=int(seed), E=float(tfce_E), H=float(tfce_H), use_tfce=use_tfce)
     ranges = list(chunks) if chunks is not None else chunk_ranges(n_permutations, chunk_size)
-    logger.info("Freedman-Lane: %d subjects, %d voxels, %d permutations in %d chunk(s), "
-                "%d process(es)", model.n_subjects, model.n_voxels,
-                sum(e - s for s, e in ranges), len(ranges), n_jobs)
-    results = _run_chunks(model, adjacency, ranges, params, int(n_jobs))
+    if backend not in ("processes", "dask"):
+        raise ValueError(f"permutation backend must be 'processes' or 'dask', got {backend!r}")
+    spec = None
+    if backend == "dask":
+        if dask is None:
+            raise ValueError("backend 'dask' needs a scheduler address, a client or a cluster spec")
+        spec = DaskSpec.from_config(dask)
+    logger.info("Freedman-Lane: %d subjects, %d voxels, %d permutations in %d chunk(s), on %s",
+                model.n_subjects, model.n_voxels, sum(e - s for s, e in ranges), len(ranges),
+                spec.describe() if spec else f"{n_jobs} process(es)")
+    results = _run_chunks(model, adjacency, ranges, params, int(n_jobs), dask=spec)
     t_obs = model.t(None)
     tfce_obs = tfce_values(t_obs, adjacency, tfce_E, tfce_H) if use_tfce else np.zeros_like(t_obs)
     out = {"t": t_obs, "tfce": tfce_obs}
