@@ -9,9 +9,12 @@ import pytest
 from scipy import stats
 
 from qsm_bids.group.effects import (
+    EFFECT_SIZE_COLUMNS,
     cohens_d,
     covariate_matrix,
+    effect_size_table,
     effect_sizes,
+    partial_fields,
     partial_spearman,
     rank_biserial,
     region_pair_correlations,
@@ -292,3 +295,22 @@ def test_region_pair_correlations_match_scipy_and_pair_hemispheres():
     assert "partial_rho" not in region_pair_correlations(values, [("putamen", "globus_pallidus")])
     with pytest.raises(ValueError, match="two regions"):
         region_pair_correlations(values, [("putamen",)])
+
+
+def test_effect_size_table_and_partial_fields():
+    rng = np.random.default_rng(6)
+    values = _units(rng, 12)
+    in_a = np.arange(12) < 5
+    table = effect_size_table(values, in_a, ~in_a, n_bootstrap=300, seed=3)
+    assert list(table.columns) == list(EFFECT_SIZE_COLUMNS)
+    assert list(table.index) == list(values.columns)
+    col = ("putamen", "R")
+    e = effect_sizes(values[col][in_a], values[col][~in_a], n_bootstrap=300, seed=3)
+    assert table.loc[col, "cohens_d"] == e.cohens_d
+    assert (table.loc[col, "rank_biserial_ci_low"], table.loc[col, "rank_biserial_ci_high"]) == \
+        e.rank_biserial_ci
+    x, y, z = values[col].to_numpy(), values[("putamen", "L")].to_numpy(), rng.normal(size=(12, 2))
+    f = partial_fields(x, y, z, ["a", "b"])
+    assert f["partial_covariates"] == "a, b" and f["partial_df"] == 8
+    assert f["partial_rho"] == partial_spearman(x, y, z).rho
+    assert np.isnan(partial_fields(x, y, None, [])["partial_rho"])

@@ -33,11 +33,15 @@ import pandas as pd
 from scipy import stats
 
 __all__ = [
+    "EFFECT_SIZE_COLUMNS",
+    "PARTIAL_COLUMNS",
     "Correlation",
     "EffectSizes",
     "cohens_d",
     "covariate_matrix",
+    "effect_size_table",
     "effect_sizes",
+    "partial_fields",
     "partial_spearman",
     "rank_biserial",
     "region_pair_correlations",
@@ -345,3 +349,46 @@ def region_pair_correlations(values: pd.DataFrame, pairs: Sequence[Sequence[str]
                                 "partial_df": part.df})
                 rows.append(row)
     return pd.DataFrame(rows, columns=cols)
+
+
+#: Columns that :func:`effect_size_table` adds next to each rank-sum Z and p.
+EFFECT_SIZE_COLUMNS = ("rank_biserial", "rank_biserial_ci_low", "rank_biserial_ci_high",
+                       "cohens_d", "cohens_d_ci_low", "cohens_d_ci_high")
+
+#: Columns of a partial correlation beside the plain one (see :func:`partial_fields`).
+PARTIAL_COLUMNS = ("partial_covariates", "partial_n", "partial_rho", "partial_rho_squared", "partial_p",
+                   "partial_df")
+
+
+def effect_size_table(values: pd.DataFrame, in_a, in_b, n_bootstrap: int = 2000,
+                      confidence: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """:func:`effect_sizes` of A vs B for every column of ``values``.
+
+    Parameters
+    ----------
+    values : DataFrame
+        Participants x units (e.g. the adjusted region values).
+    in_a, in_b : boolean masks on the rows of ``values``.
+
+    Returns
+    -------
+    DataFrame indexed like ``values.columns`` with :data:`EFFECT_SIZE_COLUMNS`.
+    """
+    a_mask = np.asarray(in_a, dtype=bool)
+    b_mask = np.asarray(in_b, dtype=bool)
+    rows = []
+    for col in values.columns:
+        v = values[col].to_numpy(dtype=float)
+        e = effect_sizes(v[a_mask], v[b_mask], n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+        rows.append((e.rank_biserial, *e.rank_biserial_ci, e.cohens_d, *e.cohens_d_ci))
+    return pd.DataFrame(rows, index=values.columns, columns=list(EFFECT_SIZE_COLUMNS), dtype=float)
+
+
+def partial_fields(x, y, covariates: np.ndarray | None, terms: Sequence[str]) -> dict:
+    """The :data:`PARTIAL_COLUMNS` of one correlation row (NaN without covariates)."""
+    if covariates is None or not len(terms):
+        return {"partial_covariates": "", "partial_n": np.nan, "partial_rho": np.nan,
+                "partial_rho_squared": np.nan, "partial_p": np.nan, "partial_df": np.nan}
+    r = partial_spearman(x, y, covariates)
+    return {"partial_covariates": ", ".join(terms), "partial_n": r.n, "partial_rho": r.rho,
+            "partial_rho_squared": r.rho_squared, "partial_p": r.p, "partial_df": r.df}
