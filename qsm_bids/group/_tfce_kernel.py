@@ -5,14 +5,21 @@ The permutation null distribution needs only each map's maximum TFCE, which
 per-voxel output. The shared library is looked up in this order:
 
 1. ``$QSM_BIDS_TFCE_LIB`` (a path to a built library);
-2. ``_tfce_max*.so`` beside this file (built at install/image time with
-   ``python -m qsm_bids.group._tfce_kernel``);
+2. ``_tfce_max_<source hash>.so`` beside this file (built at install/image
+   time with ``python -P -m qsm_bids.group._tfce_kernel``; without ``-P``, run
+   from a source checkout, ``-m`` imports the checkout in the working folder
+   and the library lands there instead of beside the installed package, which
+   is how the image once shipped without it);
 3. the package cache (``$QSM_BIDS_CACHE``, else ``$XDG_CACHE_HOME/qsm-bids``,
    else ``$TMPDIR/qsm-bids-cache``), compiled there with the system C compiler
    on first use.
 
-When none works the ``tfce`` package (also exact) is used instead; the answer is
-the same, only slower.
+``$QSM_BIDS_TFCE_KERNEL`` chooses: ``package`` (or ``0``/``off``) uses the
+``tfce`` package (also exact, about 4x slower); ``compiled`` requires the
+library and makes its absence an error (exit 1) -- the container image sets
+this, because there the library is part of the image and a missing one means
+a broken build, not a machine without a compiler. Unset: use the library when
+it can be found or built, else warn and use the package.
 """
 
 from __future__ import annotations
@@ -29,10 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import QSMBidsError
+
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_tfce_max.c")
 _LIB = None
+_LIB_PATH: Path | None = None
 _TRIED = False
 
 
@@ -92,18 +102,34 @@ def _cache_dir() -> Path:
     return cache_dir()
 
 
+def _mode() -> str:
+    mode = os.environ.get("QSM_BIDS_TFCE_KERNEL", "").strip().lower()
+    if mode in ("0", "off", "package"):
+        return "package"
+    if mode in ("compiled", "required", "1", "on"):
+        return "compiled"
+    return "auto"
+
+
 def get_lib():
-    """The loaded library, or None when it cannot be found or built."""
-    global _LIB, _TRIED
+    """The loaded library, or None when the ``tfce`` package is to be used.
+
+    Raises :class:`~qsm_bids.errors.QSMBidsError` when ``$QSM_BIDS_TFCE_KERNEL``
+    is ``compiled`` and no library can be loaded.
+    """
+    global _LIB, _LIB_PATH, _TRIED
     if _TRIED:
         return _LIB
     _TRIED = True
-    if os.environ.get("QSM_BIDS_TFCE_KERNEL", "").lower() in ("0", "off", "package"):
+    mode = _mode()
+    if mode == "package":
+        logger.info("TFCE max kernel: the tfce package ($QSM_BIDS_TFCE_KERNEL=package)")
         return None
+    reasons = []
     try:
         candidates = list(_candidates())
     except OSError as exc:  # the C source is not installed
-        logger.debug("TFCE max kernel source unavailable: %s", exc)
+        reasons.append(f"source {_SOURCE}: {exc}")
         candidates = []
     for path, may_build in candidates:
         try:
@@ -111,12 +137,27 @@ def get_lib():
                 build(path)
             if path.exists():
                 _LIB = _load(path)
-                logger.debug("TFCE max kernel loaded from %s", path)
+                _LIB_PATH = path
+                logger.info("TFCE max kernel: compiled exact kernel %s", path)
                 return _LIB
+            reasons.append(f"{path}: not found")
         except (OSError, subprocess.CalledProcessError) as exc:
-            logger.debug("TFCE max kernel at %s unusable: %s", path, exc)
-    logger.info("compiled TFCE max kernel unavailable; using the tfce package (exact, slower)")
+            reasons.append(f"{path}: {exc}")
+    if mode == "compiled":
+        raise QSMBidsError(
+            "the compiled TFCE max kernel is required ($QSM_BIDS_TFCE_KERNEL=compiled) but none "
+            f"loads ({'; '.join(reasons) or 'no candidate'}); rebuild the image, or set "
+            "QSM_BIDS_TFCE_KERNEL=package to use the tfce package (exact, about 4x slower)")
+    logger.warning("compiled TFCE max kernel unavailable (%s); using the tfce package (exact, about "
+                   "4x slower): build it with python -P -m qsm_bids.group._tfce_kernel",
+                   "; ".join(reasons) or "no candidate")
     return None
+
+
+def kernel_used() -> str:
+    """What computes the max TFCE, for logs and provenance: the library path or ``tfce package``."""
+    get_lib()
+    return str(_LIB_PATH) if _LIB is not None else "tfce package"
 
 
 def available() -> bool:
@@ -152,7 +193,32 @@ def tfce_max(stats: np.ndarray, neighbourhood, E: float, H: float):
     return max_pos, max_neg
 
 
-if __name__ == "__main__":  # build beside the package: python -m qsm_bids.group._tfce_kernel
-    out = build(_SOURCE.parent / f"_tfce_max_{_source_tag()}.so")
-    print(out)
+def _self_check() -> Path:
+    """Load the library beside this file (no cache, no compiler) and compare it with the package."""
+    global _LIB, _LIB_PATH, _TRIED
+    here = _SOURCE.parent / f"_tfce_max_{_source_tag()}.so"
+    if not here.exists():
+        raise SystemExit(f"no compiled TFCE max kernel at {here}")
+    _LIB, _LIB_PATH, _TRIED = _load(here), here, True
+    from .permutation import tfce_values, voxel_adjacency
+
+    rng = np.random.default_rng(0)
+    mask = np.ones((9, 8, 7), bool)
+    adj = voxel_adjacency(mask, 26)
+    maps = rng.standard_normal((int(mask.sum()), 3)).astype(np.float32)
+    mp, mn = tfce_max(maps, adj, 0.5, 2.0)
+    ref = tfce_values(maps, adj)
+    if not (np.allclose(mp, np.maximum(ref.max(axis=0), 0), rtol=1e-5)
+            and np.allclose(mn, np.maximum(-ref.min(axis=0), 0), rtol=1e-5)):
+        raise SystemExit(f"the compiled TFCE max kernel {here} disagrees with the tfce package")
+    return here
+
+
+if __name__ == "__main__":
+    # python -P -m qsm_bids.group._tfce_kernel          build beside the installed package
+    # python -P -m qsm_bids.group._tfce_kernel --check  load that library and compare with tfce
+    if sys.argv[1:] == ["--check"]:
+        print(_self_check())
+    else:
+        print(build(_SOURCE.parent / f"_tfce_max_{_source_tag()}.so"))
     sys.exit(0)
