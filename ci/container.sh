@@ -18,7 +18,8 @@
 # Settings (environment): QSM_CI_WORK (/var/tmp/qsm-podman), QSM_CI_IMAGE (localhost/qsm-bids:ci),
 # QSM_CI_BUILD_CA (/etc/ssl/certs/ca-certificates.crt; empty: mount none), QSM_CI_MIRROR
 # (http://deb.debian.org/debian), QSM_CI_PERMUTATIONS (100), QSM_CI_KEEP_RUN (0: the run folder
-# is removed on success and kept on failure; 1: always kept).
+# is removed on success and kept on failure; 1: always kept), QSM_CI_ENGINE (podman; docker: use
+# an existing Docker daemon, no setup, as on CircleCI). test needs root (it chowns to a random uid).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +30,7 @@ CA=${QSM_CI_BUILD_CA-/etc/ssl/certs/ca-certificates.crt}
 MIRROR=${QSM_CI_MIRROR:-http://deb.debian.org/debian}
 N_PERM=${QSM_CI_PERMUTATIONS:-100}
 KEEP_RUN=${QSM_CI_KEEP_RUN:-0}
+ENGINE=${QSM_CI_ENGINE:-podman}
 PACKAGES=(podman runc debootstrap uidmap fuse-overlayfs slirp4netns)
 
 export CONTAINERS_CONF=$WORK/conf/containers.conf
@@ -41,11 +43,12 @@ FIGURES=()
 say() { printf 'container.sh: %s\n' "$*" >&2; }
 die() { say "FAIL: $*"; exit 1; }
 figure() { FIGURES+=("$1"); say "$1"; }
-pm() { podman "$@"; }
+pm() { "$ENGINE" "$@"; }
+have_image() { pm image inspect "$1" > /dev/null 2>&1; }
 
 on_exit() {
     local rc=$?
-    for c in "${CONTAINERS[@]}"; do pm rm -f -i "$c" >/dev/null 2>&1 || true; done
+    for c in "${CONTAINERS[@]}"; do pm rm -f "$c" >/dev/null 2>&1 || true; done
     if [[ -n $RUN_DIR && -d $RUN_DIR ]]; then
         if [[ $rc -eq 0 && $KEEP_RUN != 1 ]]; then rm -rf "$RUN_DIR"; else say "run folder kept: $RUN_DIR"; fi
     fi
@@ -64,8 +67,8 @@ setup() {
     if ((${#missing[@]})); then
         [[ $(id -u) == 0 ]] || die "podman is missing: apt-get install ${missing[*]} (as root), then rerun"
         say "installing ${missing[*]}"
-        apt-get update -q
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+        { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+            "${missing[@]}"; } > "$WORK/apt.log" 2>&1 || die "apt-get failed: see $WORK/apt.log"
         printf '%s\n' "${missing[@]}" >> "$WORK/installed-packages"
     fi
     # crun fails on this host's cgroup layout and the sandbox cannot raise rlimits: runc, fixed ulimits.
@@ -85,7 +88,7 @@ runroot = "$WORK/runroot"
 [storage.options.overlay]
 mount_program = "/usr/bin/fuse-overlayfs"
 EOF
-    if ! pm image exists "$BASE"; then
+    if ! have_image "$BASE"; then
         local rootfs=$WORK/rootfs
         rm -rf "$rootfs"
         say "making $BASE with debootstrap (minbase) from $MIRROR"
@@ -109,6 +112,7 @@ EOF
 # --------------------------------------------------------------------------- build
 build() {
     local t=$SECONDS mounts=()
+    [[ $ENGINE == podman ]] || die "build: podman only (with Docker: docker build -t $IMAGE .)"
     if [[ -n $CA && -s $CA ]]; then
         # A side path, not the image's own bundle (ca-certificates' post-install rewrites that one).
         printf '[global]\ncert = /run/qsm-ci/host-ca.crt\n' > "$WORK/conf/pip.conf"
@@ -129,7 +133,7 @@ build() {
 # --------------------------------------------------------------------------- test
 test_image() {
     local t uid gid
-    pm image exists "$IMAGE" || die "no image $IMAGE: run ci/container.sh build"
+    have_image "$IMAGE" || die "no image $IMAGE: run ci/container.sh build"
     mkdir -p "$WORK"
     RUN_DIR=$(mktemp -d "$WORK/run.XXXXXX")
     chmod 755 "$RUN_DIR"
@@ -143,8 +147,9 @@ test_image() {
     chown -R "$uid:$gid" "$data" "$out" "$home"
     touch "$RUN_DIR/start"
 
-    local base=(run --rm --read-only --read-only-tmpfs=false --tmpfs /tmp:rw,mode=1777 --network none
-                --user "$uid:$gid")
+    local base=(run --rm --read-only --tmpfs /tmp:rw,mode=1777 --network none --user "$uid:$gid")
+    # podman adds writable /run and /var/tmp to --read-only unless told not to; Docker does not
+    [[ $ENGINE == podman ]] && base+=(--read-only-tmpfs=false)
     local docker=("${base[@]}")
     # Apptainer's way: HOME bound read-only and set, nothing of the host's environment, cwd in HOME.
     local apptainer=("${base[@]}" -v "$home:/home/qsmci:ro" -e HOME=/home/qsmci -w /home/qsmci)
@@ -272,7 +277,7 @@ case "${1:-all}" in
     all) setup; build; t0_test=$SECONDS; test_image ;;
     setup) setup ;;
     build) setup; build ;;
-    test) [[ -f $CONTAINERS_CONF ]] || setup; test_image ;;
+    test) [[ $ENGINE != podman || -f $CONTAINERS_CONF ]] || setup; test_image ;;
     clean) clean; exit 0 ;;
     *) die "usage: ci/container.sh [all|setup|build|test|clean]" ;;
 esac
