@@ -63,7 +63,13 @@ def main():
     from qsm_bids.group import _tfce_kernel
     from qsm_bids.group.glm import design_matrix
     from qsm_bids.group.permutation import (
-        FreedmanLane, chunk_ranges, run_chunk, tfce_values, voxel_adjacency, _run_chunks)
+        FreedmanLane,
+        _run_chunks,
+        chunk_ranges,
+        run_chunk,
+        tfce_values,
+        voxel_adjacency,
+    )
 
     print(f"machine: {os.cpu_count()} CPUs visible; load average {os.getloadavg()[0]:.2f}")
     mask_img, mask, Y, group, age, smooth_s = make_data(args.n_a, args.n_b, args.seed)

@@ -29,6 +29,7 @@ import tracemalloc
 
 import numpy as np
 
+from qsm_bids.config import ReconConfig
 from qsm_bids.recon import fft
 from qsm_bids.recon.background import erode_by_sphere
 from qsm_bids.recon.pipeline import reconstruct
@@ -55,7 +56,11 @@ def load_subject(snr, seed, own_phantom=False, echo_times=(0.020,)):
                     b0_dir=ph.b0_dir, chi_ppm=ph.chi_ppm, brain_mask=ph.brain, labels=labels,
                     label_index={n: [i for i, m in table if m == n] for _, n in table},
                     source="qsm_bids.recon.phantom.head_phantom")
-    from qsm_bids.simulate.subject import PAPER_MATRIX, PAPER_VOXEL_SIZE, simulate_subject
+    from qsm_bids.simulate.subject import (
+        PAPER_MATRIX,
+        PAPER_VOXEL_SIZE,
+        simulate_subject,
+    )
 
     s = simulate_subject(seed=seed, snr=snr, voxel_size=PAPER_VOXEL_SIZE, matrix=PAPER_MATRIX,
                          echo_times=echo_times, with_t1w=False)
@@ -93,7 +98,7 @@ def scores(result, subj):
 
 def run_once(subj, **params):
     return reconstruct(subj["magnitude"], subj["phase"], subj["echo_times"], subj["voxel_size"],
-                       subj["b0_dir"], subj["field_strength"], **params)
+                       subj["b0_dir"], subj["field_strength"], ReconConfig(**params))
 
 
 def speed(args):

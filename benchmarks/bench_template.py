@@ -8,13 +8,22 @@ measured time per registration and per map warp.
     .venv/bin/python benchmarks/bench_template.py [--n 4]
 """
 import argparse
-import numpy as np, nibabel as nib, time, tempfile, logging, os
+import logging
+import os
+import tempfile
+import time
 from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
 from scipy.ndimage import gaussian_filter, map_coordinates
-from qsm_bids.registration import brain_template
+
 from qsm_bids.group.template import build_study_template
+from qsm_bids.registration import brain_template
+
 ap = argparse.ArgumentParser(); ap.add_argument('--n', type=int, default=4); n = ap.parse_args().n
 res = 2.0
 ref = brain_template(res); d = ref.get_fdata()

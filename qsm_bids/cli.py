@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, choices, load_config
 from .errors import NoInputError, OutputError, QSMBidsError, UsageError
 
 logger = logging.getLogger("qsm_bids")
@@ -53,7 +53,11 @@ def _positive_float(text):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to document the options in the README)."""
+    """The argument parser (also used to document the options in the README).
+
+    Choices come from the ``Literal`` types of :mod:`qsm_bids.config` and the defaults shown from ``Config()``.
+    """
+    d = Config()
     p = _Parser(
         prog="qsm-bids",
         description="Whole-brain quantitative susceptibility mapping (QSM) group study of a BIDS dataset "
@@ -81,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads for FFTs, ANTs and permutations (default: all available)")
     g.add_argument("--mem-gb", type=_positive_float, default=None,
                    help="memory available, GB; bounds the permutation chunk size")
-    g.add_argument("--seed", type=int, default=None, help="random seed (registration, permutations); default 0")
+    g.add_argument("--seed", type=int, default=None,
+                   help=f"random seed (registration, permutations); default {d.seed}")
     g.add_argument("--config", type=Path, default=None,
                    help="YAML or JSON file overriding any parameter (sections: inputs, recon, registration, "
                         "atlas, group, roi_stats); see the README for every key")
@@ -92,34 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("participant level")
     g.add_argument("--field-strength", type=_positive_float, default=None, metavar="TESLA",
                    help="B0 in tesla when sidecars lack MagneticFieldStrength")
-    g.add_argument("--phase-units", choices=["rad", "arbitrary"], default=None,
+    g.add_argument("--phase-units", choices=choices("inputs", "phase_units"), default=None,
                    help="override the phase sidecar's Units (default: read it, or infer from the range)")
     g.add_argument("--mask-dir", type=Path, default=None,
                    help="folder with user brain masks on the GRE grid named "
                         "sub-<l>[_ses-<s>]_desc-brain_mask.nii[.gz] (default: computed)")
-    g.add_argument("--background", choices=["sharp", "vsharp", "pdf"], default=None,
-                   help="background field removal (paper: sharp, 5 mm)")
-    g.add_argument("--inversion", choices=["medi", "tkd", "tikhonov"], default=None,
-                   help="dipole inversion (paper: medi, lambda 1000)")
-    g.add_argument("--reference", choices=["none", "csf", "brain"], default=None,
-                   help="QSM referencing (paper: none)")
-    g.add_argument("--registration", choices=["fast", "standard"], default=None,
-                   help="registration quality preset (default: standard)")
+    g.add_argument("--background", choices=choices("recon", "background"), default=None,
+                   help=f"background field removal (default, the paper's: {d.recon.background}, "
+                        f"{d.recon.sharp_radius_mm:g} mm)")
+    g.add_argument("--inversion", choices=choices("recon", "inversion"), default=None,
+                   help=f"dipole inversion (default, the paper's: {d.recon.inversion}, lambda "
+                        f"{d.recon.medi_lambda:g})")
+    g.add_argument("--reference", choices=choices("recon", "reference"), default=None,
+                   help=f"QSM referencing (default, the paper's: {d.recon.reference})")
+    g.add_argument("--registration", choices=choices("registration", "preset"), default=None,
+                   help=f"registration quality preset (default: {d.registration.preset})")
     g.add_argument("--atlas", type=Path, default=None,
                    help="user atlas (integer labels) in the template space, with --atlas-labels")
     g.add_argument("--atlas-labels", type=Path, default=None,
                    help="TSV with columns index, region, hemisphere (L/R) for --atlas")
 
     g = p.add_argument_group("group level")
-    g.add_argument("--group-column", default=None, help="participants.tsv column with the groups (default: group)")
+    g.add_argument("--group-column", default=None,
+                   help=f"participants.tsv column with the groups (default: {d.group.group_column})")
     g.add_argument("--groups", nargs=2, metavar=("A", "B"), default=None,
-                   help="the two levels compared; A is the patient side (default: ALS control)")
+                   help=f"the two levels compared; A is the patient side (default: {' '.join(d.group.groups)})")
     g.add_argument("--covariates", nargs="*", default=None, metavar="COLUMN",
-                   help="nuisance covariates from participants.tsv (default: age)")
+                   help=f"nuisance covariates from participants.tsv (default: {' '.join(d.group.covariates) or 'none'})")
     g.add_argument("--n-permutations", type=_positive_int, default=None,
-                   help="permutations for TFCE inference (default: 20000)")
-    g.add_argument("--template", choices=["study", "mni"], default=None,
-                   help="study: build a study template from the T1w images; mni: work in MNI space")
+                   help=f"permutations for TFCE inference (default: {d.group.n_permutations})")
+    g.add_argument("--template", choices=choices("group", "template"), default=None,
+                   help="study: build a study template from the T1w images; mni: work in MNI space "
+                        f"(default: {d.group.template})")
     return p
 
 

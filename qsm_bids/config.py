@@ -14,6 +14,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 __all__ = [
     "ConfigError",
@@ -32,6 +33,19 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid (usage error, exit 64)."""
 
 
+# The legal values of every choice parameter: read by Config.validate, the command line and the method
+# tables of qsm_bids.recon.pipeline (a new method is one value here plus one table entry there).
+PhaseUnits = Literal["rad", "arbitrary"]
+MaskMethod = Literal["auto", "magnitude"]
+EchoCombination = Literal["weighted_fit", "average"]
+BackgroundMethod = Literal["sharp", "vsharp", "pdf"]
+InversionMethod = Literal["medi", "tkd", "tikhonov"]
+ReferenceMethod = Literal["none", "csf", "brain"]
+RegistrationPreset = Literal["fast", "standard"]
+GroupTemplate = Literal["study", "mni"]
+Connectivity = Literal[6, 18, 26]
+
+
 @dataclass
 class InputConfig:
     """How the GRE inputs are read."""
@@ -39,7 +53,7 @@ class InputConfig:
     #: B0 in tesla when the sidecars lack ``MagneticFieldStrength`` (None: required).
     field_strength: float | None = None
     #: Force the phase units ("rad" or "arbitrary"); None reads ``Units`` or infers.
-    phase_units: str | None = None
+    phase_units: PhaseUnits | None = None
 
 
 @dataclass
@@ -51,7 +65,7 @@ class ReconConfig:
     #: Smoothing kernel (mm, box width) of the coil covariance for the adaptive combination.
     coil_smoothing_mm: float = 6.0
     #: Brain mask: "auto" (magnitude, refined with T1w when present) or "magnitude".
-    mask_method: str = "auto"
+    mask_method: MaskMethod = "auto"
     #: Fraction of the robust magnitude range used as the initial signal threshold.
     mask_threshold: float = 0.15
     #: Drop mask voxels whose phase disagrees with their neighbours above this (0 disables).
@@ -61,11 +75,11 @@ class ReconConfig:
     #: Phase unwrapping: "laplacian" (Schofield & Zhu 2003).
     unwrap: str = "laplacian"
     #: Multi-echo field estimate: "weighted_fit" (magnitude^2-weighted fit over TE through zero).
-    echo_combination: str = "weighted_fit"
+    echo_combination: EchoCombination = "weighted_fit"
     #: Remove the phase at TE = 0 of already-combined multi-echo data before the fit.
     remove_phase_offset_multiecho: bool = True
     #: Background removal: "sharp" (paper), "vsharp" or "pdf".
-    background: str = "sharp"
+    background: BackgroundMethod = "sharp"
     #: SHARP spherical kernel radius in mm (paper: 5 mm).
     sharp_radius_mm: float = 5.0
     #: SHARP truncation threshold of the deconvolution.
@@ -77,7 +91,7 @@ class ReconConfig:
     #: PDF: relative tolerance of the conjugate gradient.
     pdf_tol: float = 0.01
     #: Dipole inversion: "medi" (paper), "tkd" or "tikhonov".
-    inversion: str = "medi"
+    inversion: InversionMethod = "medi"
     #: MEDI regularisation weight on the MEDI toolbox scaling (paper: 1000).
     medi_lambda: float = 1000.0
     #: MEDI gradient mask: fraction of voxels (over the 3 directions) counted as edges-free.
@@ -101,7 +115,7 @@ class ReconConfig:
     #: Closed-form Tikhonov (L2 gradient) regularisation weight.
     tikhonov_lambda: float = 0.05
     #: QSM referencing: "none" (paper), "csf" or "brain".
-    reference: str = "none"
+    reference: ReferenceMethod = "none"
 
 
 @dataclass
@@ -109,7 +123,7 @@ class RegistrationConfig:
     """Participant step 6: ANTs normalisation."""
 
     #: Quality preset: "fast" or "standard".
-    preset: str = "standard"
+    preset: RegistrationPreset = "standard"
     #: Template name in derivative file names (nilearn's MNI152 2009 sym).
     template: str = "MNI152NLin2009aSym"
     #: Resolution (mm) of the template grid that maps are written on.
@@ -143,7 +157,7 @@ class GroupConfig:
     #: Nuisance covariates (participants.tsv columns) in the GLM and the region adjustment.
     covariates: tuple[str, ...] = ("age",)
     #: "study" (ANTs template from the participants' T1w) or "mni".
-    template: str = "study"
+    template: GroupTemplate = "study"
     #: Iterations of the study template construction.
     template_iterations: int = 3
     #: Resolution (mm) of the study template and the voxelwise analysis.
@@ -161,7 +175,7 @@ class GroupConfig:
     #: TFCE height exponent H.
     tfce_H: float = 2.0
     #: Voxel connectivity for TFCE (26 as in randomise -T; 6 or 18 possible).
-    tfce_connectivity: int = 26
+    tfce_connectivity: Connectivity = 26
     #: FWE-corrected significance level for clusters and the report.
     alpha: float = 0.05
 
@@ -229,23 +243,13 @@ class Config:
 
     def validate(self) -> None:
         """Check choices and ranges; raise ConfigError naming the parameter."""
-        choices = {
-            "recon.coil_combination": (self.recon.coil_combination, {"adaptive"}),
-            "recon.mask_method": (self.recon.mask_method, {"auto", "magnitude"}),
-            "recon.unwrap": (self.recon.unwrap, {"laplacian"}),
-            "recon.echo_combination": (self.recon.echo_combination, {"weighted_fit", "average"}),
-            "recon.background": (self.recon.background, {"sharp", "vsharp", "pdf"}),
-            "recon.inversion": (self.recon.inversion, {"medi", "tkd", "tikhonov"}),
-            "recon.reference": (self.recon.reference, {"none", "csf", "brain"}),
-            "registration.preset": (self.registration.preset, {"fast", "standard"}),
-            "group.template": (self.group.template, {"study", "mni"}),
-            "group.tfce_connectivity": (self.group.tfce_connectivity, {6, 18, 26}),
-        }
-        if self.inputs.phase_units is not None:
-            choices["inputs.phase_units"] = (self.inputs.phase_units, {"rad", "arbitrary"})
-        for name, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ConfigError(f"{name}={value!r} is not one of {sorted(allowed, key=str)}")
+        for section in _SECTIONS:
+            obj = getattr(self, section)
+            for name, hint in typing.get_type_hints(type(obj)).items():
+                allowed = literal_choices(hint)
+                value = getattr(obj, name)
+                if allowed and value is not None and value not in allowed:
+                    raise ConfigError(f"{section}.{name}={value!r} is not one of {sorted(allowed, key=str)}")
         positive = {
             "recon.sharp_radius_mm": self.recon.sharp_radius_mm,
             "recon.medi_lambda": self.recon.medi_lambda,
@@ -268,6 +272,22 @@ class Config:
 
 
 _SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats")
+_SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTIONS}
+
+
+def literal_choices(hint) -> tuple:
+    """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation; () for other types."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return tuple(v for a in typing.get_args(hint) for v in literal_choices(a))
+    return ()
+
+
+def choices(section: str, name: str) -> list:
+    """The legal values of a choice parameter, e.g. ``choices("recon", "background")`` (for argparse)."""
+    hints = typing.get_type_hints(_SECTION_TYPES[section])
+    return list(literal_choices(hints[name]))
 
 
 def _coerce(hint, value, name, source):
@@ -280,6 +300,9 @@ def _coerce(hint, value, name, source):
                 return None
             inner = [a for a in args if a is not type(None)][0]
             return _coerce(inner, value, name, source)
+        if origin is Literal:
+            kinds = {type(a) for a in args}
+            return _coerce(kinds.pop() if len(kinds) == 1 else str, value, name, source)
         if origin is tuple:
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
                 value = [value]

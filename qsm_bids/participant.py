@@ -140,9 +140,8 @@ class ParticipantWorkflow:
                     ",".join(f"{te * 1e3:g}" for te in gre.echo_times), gre.field_strength,
                     "x".join(f"{v:g}" for v in gre.voxel_size),
                     f", {gre.magnitude.shape[4]} coils" if gre.coil_resolved else "")
-        recon_params = dataclasses.asdict(self.cfg.recon)
         result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
-                             gre.field_strength, mask=mask, **recon_params)
+                             gre.field_strength, self.cfg.recon, mask=mask)
         aff = gre.affine
         common = {"EchoTime": gre.echo_times, "MagneticFieldStrength": gre.field_strength,
                   "B0Direction": [float(v) for v in gre.b0_dir], "InputNotes": gre.notes,

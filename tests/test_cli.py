@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_gre_subject, write_image
 
 from qsm_bids import __version__
 from qsm_bids.bids import discover, load_gre, phase_to_radians, strip_prefix
 from qsm_bids.cli import build_parser, main
 from qsm_bids.config import Config, ConfigError, load_config
 from qsm_bids.errors import DataError
-
-from conftest import make_gre_subject, write_image
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -7,7 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from qsm_bids.group.demographics import compute_demographics, demographics_sidecar, format_mean_sd_range
+from qsm_bids.group.demographics import (
+    compute_demographics,
+    demographics_sidecar,
+    format_mean_sd_range,
+)
 
 
 def _participants(seed=0):

@@ -10,9 +10,9 @@ from scipy import ndimage
 from qsm_bids.group import _tfce_kernel
 from qsm_bids.group.glm import design_matrix, ols_t
 from qsm_bids.group.permutation import (
+    NullChunk,
     chunk_ranges,
     fwe_p,
-    NullChunk,
     merge_chunks,
     permutation_for,
     permutation_test,

@@ -15,13 +15,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from browser import NO_CHROMIUM, chromium, open_in_chromium
 
 from qsm_bids.config import Config
 from qsm_bids.group.demographics import compute_demographics
 from qsm_bids.group.roi_stats import compute_roi_stats
-from qsm_bids.report.group import methods_paragraph, render_group_report, write_group_report
-
-from browser import NO_CHROMIUM, chromium, open_in_chromium
+from qsm_bids.report.group import (
+    methods_paragraph,
+    render_group_report,
+    write_group_report,
+)
 
 EVIL = "<b>x</b>"
 

@@ -11,7 +11,12 @@ from scipy import ndimage
 
 pytest.importorskip("ants")
 
-from qsm_bids.group.template import build_study_template, study_space_maps, subject_label  # noqa: E402
+from qsm_bids.config import GroupConfig
+from qsm_bids.group.template import (  # noqa: E402
+    build_study_template,
+    study_space_maps,
+    subject_label,
+)
 from qsm_bids.registration import brain_template  # noqa: E402
 
 RES = 4.0
@@ -94,9 +99,10 @@ def test_run_voxelwise_in_the_study_template_writes_mni_maps(cohort, tmp_path):
     from qsm_bids.group.voxelwise import run_voxelwise
 
     design = pd.DataFrame({"dx": ["P", "P", "C", "C"], "age": [60.0, 70.0, 65.0, 55.0]})
-    out = run_voxelwise(cohort["chi"], cohort["masks"], design, "dx", ("P", "C"), (), tmp_path,
-                        study_template=cohort["out"], smoothing_sigma_mm=4.0, n_permutations=12,
-                        chunk_size=5, seed=1, label_lookup=None)
+    params = GroupConfig(group_column="dx", groups=("P", "C"), covariates=(), smoothing_sigma_mm=4.0,
+                         n_permutations=12, permutation_chunk_size=5)
+    out = run_voxelwise(cohort["chi"], cohort["masks"], design, params, tmp_path,
+                        study_template=cohort["out"], seed=1, label_lookup=None)
     t_study = nib.load(out["PgtC_t"])
     t_mni = nib.load(out["PgtC_t_mni"])
     assert t_study.shape == nib.load(cohort["out"]["template_t1w"]).shape

@@ -10,12 +10,17 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
+from qsm_bids.config import GroupConfig
+from qsm_bids.derivatives import statmap_name
 from qsm_bids.errors import DataError
 from qsm_bids.group.clusters import CLUSTER_COLUMNS, atlas_lookup, cluster_table
-from qsm_bids.derivatives import statmap_name
 from qsm_bids.group.voxelwise import analysis_mask, run_voxelwise, voxelwise_inference
 
 SHAPE = (22, 24, 18)
+
+def _params(**kw):
+    return GroupConfig(group_column="status", groups=("PD", "HC"), covariates=("age",), **kw)
+
 AFF = np.array([[2.0, 0, 0, -22], [0, 2, 0, -24], [0, 0, 2, -18], [0, 0, 0, 1]])
 UP = (slice(4, 8), slice(5, 9), slice(5, 9))      # patients higher here
 DOWN = (slice(14, 18), slice(14, 18), slice(9, 13))  # patients lower here
@@ -50,8 +55,7 @@ def _near(region, margin=4):
 
 def test_planted_effects_found_in_the_right_direction_and_nowhere_else():
     frame, chis, masks = _cohort()
-    res = voxelwise_inference(chis, masks, frame, "status", ("PD", "HC"), ("age",), n_permutations=100,
-                              chunk_size=40, seed=1)
+    res = voxelwise_inference(chis, masks, frame, _params(n_permutations=100, permutation_chunk_size=40), seed=1)
     up, down = res.contrasts["PDgtHC"], res.contrasts["HCgtPD"]
     sig_up, sig_down = up["pfwe"] < 0.05, down["pfwe"] < 0.05
     # most of each planted box is found; nothing beyond the smoothing kernel's reach (8 mm)
@@ -83,10 +87,10 @@ def test_run_voxelwise_writes_everything_and_is_reproducible(tmp_path):
         nib.save(m, mask_paths[-1])
     labels = nib.Nifti1Image(np.where(_near(UP, 0), 3, 0).astype(np.int16), AFF)
     lookup = atlas_lookup(labels, pd.DataFrame({"index": [3], "region": ["putamen"], "hemisphere": ["L"]}))
-    kw = dict(n_permutations=60, chunk_size=25, seed=5, n_jobs=1, label_lookup=lookup,
-              parameters={"group": {"n_permutations": 60}})
-    out1 = run_voxelwise(chi_paths, mask_paths, frame, "status", ("PD", "HC"), ("age",), tmp_path / "g1", **kw)
-    out2 = run_voxelwise(chi_paths, mask_paths, frame, "status", ("PD", "HC"), ("age",), tmp_path / "g2", **kw)
+    kw = dict(seed=5, n_jobs=1, label_lookup=lookup, parameters={"group": {"n_permutations": 60}})
+    params = _params(n_permutations=60, permutation_chunk_size=25)
+    out1 = run_voxelwise(chi_paths, mask_paths, frame, params, tmp_path / "g1", **kw)
+    out2 = run_voxelwise(chi_paths, mask_paths, frame, params, tmp_path / "g2", **kw)
     for contrast in ("PDgtHC", "HCgtPD"):
         for stat in ("t", "tfce", "pfwe"):
             for space in (None, "MNI152NLin2009aSym"):
@@ -130,4 +134,4 @@ def test_mismatched_grids_are_a_data_error():
     frame, chis, masks = _cohort()
     chis[3] = nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), AFF)
     with pytest.raises(DataError, match="common grid"):
-        voxelwise_inference(chis, masks, frame, "status", ("PD", "HC"), ("age",), n_permutations=10)
+        voxelwise_inference(chis, masks, frame, _params(n_permutations=10))

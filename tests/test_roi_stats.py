@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from qsm_bids.config import GroupConfig
 from qsm_bids.errors import DataError
 from qsm_bids.group.roi_stats import (
     combine_hemispheres,
@@ -19,7 +20,6 @@ from qsm_bids.group.roi_stats import (
     significance_marks,
     write_roi_outputs,
 )
-
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -258,7 +258,7 @@ def test_dti_correlations_and_labels_without_prefix():
 def test_bad_inputs_raise_data_error():
     parts, vals = _cohort()
     with pytest.raises(DataError, match="covariate"):
-        compute_roi_stats(vals, parts, covariates=("height",))
+        compute_roi_stats(vals, parts, GroupConfig(covariates=("height",)))
     with pytest.raises(DataError, match="group 'control'"):
         compute_roi_stats(vals, parts.assign(group=["ALS"] * 21 + ["control"]))
     with pytest.raises(DataError, match="median_ppm"):

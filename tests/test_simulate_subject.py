@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qsm_bids.simulate import cohort, forward as fw
-from qsm_bids.simulate.subject import Pose, _template_coords, sample_pose, simulate_subject
+from qsm_bids.simulate import cohort
+from qsm_bids.simulate import forward as fw
+from qsm_bids.simulate.subject import (
+    Pose,
+    _template_coords,
+    sample_pose,
+    simulate_subject,
+)
 
 SMALL = dict(voxel_size=(4.0, 4.0, 4.0), matrix=(48, 56, 40), oversample=(2, 2, 2), t1w_matrix=(96, 112, 96))
 

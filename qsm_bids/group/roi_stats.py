@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..config import GroupConfig, RoiStatsConfig
 from ..errors import DataError
 from .glm import covariate_columns
 
@@ -395,15 +396,10 @@ def _numeric_clinical_columns(participants: pd.DataFrame, exclude: set[str]) -> 
 def compute_roi_stats(
     values: pd.DataFrame,
     participants: pd.DataFrame,
+    group: GroupConfig | None = None,
+    params: RoiStatsConfig | None = None,
     *,
-    group_column: str = "group",
-    groups: Sequence[str] = ("ALS", "control"),
-    covariates: Sequence[str] = ("age",),
-    laterality_alpha: float = 0.05,
-    clinical_columns: Sequence[str] = (),
-    subgroup_columns: Sequence[str] = ("onset", "sex"),
     dti: pd.DataFrame | None = None,
-    continuity: bool = True,
     min_voxels: int | None = None,
 ) -> RoiStatsResult:
     """Run the paper's region analysis.
@@ -416,17 +412,17 @@ def compute_roi_stats(
     participants : DataFrame
         participants.tsv: participant_id, the group column, covariates and
         clinical columns.
-    group_column, groups : the column and its two levels (first = patient side).
-    covariates : participants' columns used for the covariance-method adjustment.
-    laterality_alpha : regions with laterality p below this keep L and R apart.
-    clinical_columns : columns correlated with QSM in the first group; empty =
-        every numeric column that is not the group, a covariate or a subgroup column.
-    subgroup_columns : categorical columns for subgroup comparisons when present.
+    group : ``Config.group`` (None: the defaults): ``group_column`` and its two ``groups`` (first = patient
+        side), ``covariates`` (participants' columns of the covariance-method adjustment).
+    params : ``Config.roi_stats`` (None: the defaults): ``laterality_alpha`` (regions with laterality p
+        below it keep L and R apart), ``clinical_columns`` (correlated with QSM in the first group; empty =
+        every numeric column that is not the group, a covariate or a subgroup column),
+        ``subgroup_columns`` (categorical columns for subgroup comparisons when present),
+        ``rank_sum_continuity`` (continuity correction of the rank-sum Z).
     dti : DataFrame, optional
         Long table participant_id, region, hemisphere, metric, value (e.g. FA,
         MD, RD, AD of the corticospinal tract); correlated with the adjusted
         QSM of the same region in each group.
-    continuity : continuity correction of the rank-sum Z.
     min_voxels : when given and ``values`` has ``n_voxels``, a region value from
         fewer voxels is treated as missing (with a warning).
 
@@ -434,7 +430,12 @@ def compute_roi_stats(
     -------
     RoiStatsResult
     """
-    groups = tuple(str(g) for g in groups)
+    group = group if group is not None else GroupConfig()
+    params = params if params is not None else RoiStatsConfig()
+    group_column, covariates = group.group_column, tuple(group.covariates)
+    laterality_alpha, continuity = params.laterality_alpha, params.rank_sum_continuity
+    clinical_columns, subgroup_columns = tuple(params.clinical_columns), tuple(params.subgroup_columns)
+    groups = tuple(str(g) for g in group.groups)
     if len(groups) != 2 or groups[0] == groups[1]:
         raise DataError(f"two different group levels are needed, got {groups!r}")
     group_a, group_b = groups
@@ -611,7 +612,7 @@ def compute_roi_stats(
     subgroups = _subgroup_tables(adjusted, parts.loc[keep], subgroup_columns, group_column,
                                  group_a, group_b, continuity)
 
-    params = {"group_column": group_column, "groups": list(groups), "covariates": list(covariates),
+    record = {"group_column": group_column, "groups": list(groups), "covariates": list(covariates),
               "covariate_terms": cov_names, "laterality_alpha": laterality_alpha,
               "laterality_test": f"Wilcoxon signed-rank, left vs right, in {group_a}",
               "adjustment": f"covariance method: OLS slope(s) on {', '.join(cov_names) or 'none'} in "
@@ -629,7 +630,7 @@ def compute_roi_stats(
                 len(roi_stats), int(in_a.sum()), group_a, int(in_b.sum()), group_b, len(correlations))
     return RoiStatsResult(roi_stats=roi_stats, correlations=correlations, subgroups=subgroups,
                           values=values_long, warnings=messages, groups=(group_a, group_b),
-                          covariates=tuple(cov_names), parameters=params)
+                          covariates=tuple(cov_names), parameters=record)
 
 
 def _corr_row(analysis, group, unit, variable, variable_hemisphere, n, rho, p) -> dict:

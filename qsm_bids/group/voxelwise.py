@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..config import GroupConfig
 from ..derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
 from ..errors import DataError
 from ..io import write_nifti, write_tsv
@@ -68,11 +69,8 @@ def _check_grid(images, names):
                             "all maps must be on one common grid (rerun the participant level)")
 
 
-def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, group_column: str, groups,
-                        covariates=(), *, smoothing_sigma_mm: float = 3.0, n_permutations: int = 20000,
-                        chunk_size: int = 500, tfce_E: float = 0.5, tfce_H: float = 2.0,
-                        tfce_connectivity: int = 26, coverage_fraction: float = 1.0, seed: int = 0,
-                        n_jobs: int = 1, names=None) -> VoxelwiseResult:
+def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: GroupConfig | None = None, *,
+                        seed: int = 0, n_jobs: int = 1, names=None) -> VoxelwiseResult:
     """Both contrasts of a two-group comparison at every voxel.
 
     Parameters
@@ -81,16 +79,21 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, group_col
         Susceptibility maps (ppm) and the participants' brain masks, all on
         one grid (template space).
     design : pandas.DataFrame
-        Rows in image order with ``group_column`` and ``covariates``.
-    groups : two levels, the patient side first; contrasts ``<A>gt<B>`` and ``<B>gt<A>``.
-    smoothing_sigma_mm : Gaussian sigma of the boundary-compensated smoothing.
-    n_permutations : total permutations, the observed labelling included.
-    chunk_size : permutations per chunk (memory bound, unit of parallel work).
-    tfce_E, tfce_H, tfce_connectivity : TFCE parameters (randomise -T: 0.5, 2, 26).
-    coverage_fraction : fraction of masks that must cover a voxel to analyse it.
+        Rows in image order with ``params.group_column`` and ``params.covariates``.
+    params : ``Config.group`` (None: the defaults). ``groups``: two levels, the patient side first;
+        contrasts ``<A>gt<B>`` and ``<B>gt<A>``. ``smoothing_sigma_mm``: Gaussian sigma of the
+        boundary-compensated smoothing. ``n_permutations``: total permutations, the observed labelling
+        included. ``permutation_chunk_size``: permutations per chunk (memory bound, unit of parallel
+        work). ``tfce_E``, ``tfce_H``, ``tfce_connectivity``: TFCE parameters (randomise -T: 0.5, 2, 26).
+        ``coverage_fraction``: fraction of masks that must cover a voxel to analyse it.
     seed : permutation seed (identical results for identical seed).
     n_jobs : worker processes for the permutation chunks.
     """
+    p = params if params is not None else GroupConfig()
+    group_column, groups, covariates = p.group_column, p.groups, p.covariates
+    smoothing_sigma_mm, n_permutations, chunk_size = p.smoothing_sigma_mm, p.n_permutations, p.permutation_chunk_size
+    tfce_E, tfce_H, tfce_connectivity = p.tfce_E, p.tfce_H, p.tfce_connectivity
+    coverage_fraction = p.coverage_fraction
     t0 = time.perf_counter()
     names = list(names) if names is not None else [f"image {i}" for i in range(len(chi_images))]
     if len(chi_images) != len(design) or len(mask_images) != len(design):
@@ -243,11 +246,8 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     return written
 
 
-def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, group_column: str, groups,
-                  covariates=(), out_dir=".", study_template=None, *, smoothing_sigma_mm: float = 3.0,
-                  n_permutations: int = 20000, chunk_size: int = 500, tfce_E: float = 0.5,
-                  tfce_H: float = 2.0, tfce_connectivity: int = 26, coverage_fraction: float = 1.0,
-                  alpha: float = 0.05, seed: int = 0, n_jobs: int = 1, mem_gb=None,
+def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, params: GroupConfig | None = None,
+                  out_dir=".", study_template=None, *, seed: int = 0, n_jobs: int = 1, mem_gb=None,
                   parameters: dict | None = None, label_lookup="default") -> dict:
     """File-level entry point of the group workflow's voxelwise step.
 
@@ -255,12 +255,13 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, group_column: str
     ----------
     chi_paths, mask_paths : template-space (MNI) Chimap and brain-mask files, one
         per row of ``design``.
+    params : ``Config.group`` (see :func:`voxelwise_inference`; ``alpha`` sets the cluster tables).
     study_template : dict or None
         The template step's outputs (``template_t1w``, ``xfm_study_to_mni``, ...).
         When given, each participant's map is taken into the study template
         (see :func:`qsm_bids.group.template.study_space_maps`) and results are
         warped back to MNI; None analyses in MNI space.
-    Other parameters: see :func:`voxelwise_inference` (config ``group`` names).
+    parameters : the whole configuration, for the sidecars.
 
     Returns
     -------
@@ -268,8 +269,9 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, group_column: str
     """
     import nibabel as nib
 
-    chi_paths = [str(p) for p in chi_paths]
-    mask_paths = [str(p) for p in mask_paths]
+    p = params if params is not None else GroupConfig()
+    chi_paths = [str(x) for x in chi_paths]
+    mask_paths = [str(x) for x in mask_paths]
     n_jobs = max(1, int(n_jobs or 1))
     to_mni = None
     if study_template is not None:
@@ -277,27 +279,22 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, group_column: str
 
         chi_images, mask_images, to_mni = study_space_maps(study_template, chi_paths, mask_paths)
     else:
-        chi_images = [nib.load(p) for p in chi_paths]
-        mask_images = [nib.load(p) for p in mask_paths]
+        chi_images = [nib.load(x) for x in chi_paths]
+        mask_images = [nib.load(x) for x in mask_paths]
     if mem_gb:
         logger.debug("memory limit %.1f GB (voxelwise needs about %.2f GB)", float(mem_gb),
                      len(chi_paths) * np.prod(chi_images[0].shape[:3]) * 4 * 3 / 1e9)
-    result = voxelwise_inference(
-        chi_images, mask_images, design, group_column, groups, covariates,
-        smoothing_sigma_mm=smoothing_sigma_mm, n_permutations=n_permutations, chunk_size=chunk_size,
-        tfce_E=tfce_E, tfce_H=tfce_H, tfce_connectivity=tfce_connectivity,
-        coverage_fraction=coverage_fraction, seed=seed, n_jobs=n_jobs, names=chi_paths)
-    params = dict(parameters or {})
+    result = voxelwise_inference(chi_images, mask_images, design, p, seed=seed, n_jobs=n_jobs, names=chi_paths)
     voxelwise_params = {
-        "smoothing_sigma_mm": smoothing_sigma_mm, "n_permutations": n_permutations,
-        "permutation_chunk_size": chunk_size, "tfce_E": tfce_E, "tfce_H": tfce_H,
-        "tfce_connectivity": tfce_connectivity, "coverage_fraction": coverage_fraction,
-        "alpha": alpha, "seed": seed, "group_column": group_column, "groups": list(groups),
-        "covariates": list(covariates), "space": "study" if study_template is not None else MNI_SPACE,
+        "smoothing_sigma_mm": p.smoothing_sigma_mm, "n_permutations": p.n_permutations,
+        "permutation_chunk_size": p.permutation_chunk_size, "tfce_E": p.tfce_E, "tfce_H": p.tfce_H,
+        "tfce_connectivity": p.tfce_connectivity, "coverage_fraction": p.coverage_fraction,
+        "alpha": p.alpha, "seed": seed, "group_column": p.group_column, "groups": list(p.groups),
+        "covariates": list(p.covariates), "space": "study" if study_template is not None else MNI_SPACE,
         "tfce": "exact (max-tree), two-sided", "permutation_scheme": "Freedman-Lane",
     }
-    written = write_voxelwise(result, out_dir, alpha=alpha, tfce_connectivity=tfce_connectivity,
+    written = write_voxelwise(result, out_dir, alpha=p.alpha, tfce_connectivity=p.tfce_connectivity,
                               to_mni=to_mni, label_lookup=label_lookup,
-                              parameters={"voxelwise": voxelwise_params, "config": params})
+                              parameters={"voxelwise": voxelwise_params, "config": dict(parameters or {})})
     written["timings_s"] = {k: round(float(v), 2) for k, v in result.seconds.items()}
     return written

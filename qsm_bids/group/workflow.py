@@ -218,13 +218,9 @@ class _GroupContext:
         study = g.template == "study"
         result = run_voxelwise(
             chi_paths=self._files("chi_template"), mask_paths=self._files("mask_template"),
-            design=self.inputs.participants, group_column=g.group_column, groups=g.groups,
-            covariates=g.covariates, out_dir=self.group_dir,
-            study_template=self.template_outputs if study else None,
-            smoothing_sigma_mm=g.smoothing_sigma_mm, n_permutations=g.n_permutations,
-            chunk_size=g.permutation_chunk_size, tfce_E=g.tfce_E, tfce_H=g.tfce_H,
-            tfce_connectivity=g.tfce_connectivity, coverage_fraction=g.coverage_fraction, alpha=g.alpha,
-            seed=self.cfg.seed, n_jobs=self.n_cpus, mem_gb=self.mem_gb, parameters=self.cfg.to_dict())
+            design=self.inputs.participants, params=g, out_dir=self.group_dir,
+            study_template=self.template_outputs if study else None, seed=self.cfg.seed, n_jobs=self.n_cpus,
+            mem_gb=self.mem_gb, parameters=self.cfg.to_dict())
         write_json(out["summary"], {"GeneratedBy": generated_by(),
                                     "Outputs": result})
         return {"outputs": result}
@@ -263,10 +259,7 @@ class _GroupContext:
 
         g, r = self.cfg.group, self.cfg.roi_stats
         values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
-        result = compute_roi_stats(values, self.inputs.participants, group_column=g.group_column,
-                                   groups=g.groups, covariates=g.covariates, laterality_alpha=r.laterality_alpha,
-                                   clinical_columns=r.clinical_columns, subgroup_columns=r.subgroup_columns,
-                                   continuity=r.rank_sum_continuity, min_voxels=self.cfg.atlas.min_voxels)
+        result = compute_roi_stats(values, self.inputs.participants, g, r, min_voxels=self.cfg.atlas.min_voxels)
         demo = compute_demographics(self.inputs.participants, group_column=g.group_column, groups=g.groups,
                                     yates=r.chi_square_yates, include=result.values["participant_id"].unique())
         return result, demo

@@ -2,8 +2,7 @@
 
 :func:`reconstruct` takes the GRE magnitude and phase (already read and in
 radians), the echo times, the voxel size, the B0 direction in voxel axes and
-the field strength, and the parameters of :class:`qsm_bids.config.ReconConfig`
-by the same names (call it with ``**dataclasses.asdict(cfg.recon)``). It
+the field strength, and a :class:`qsm_bids.config.ReconConfig` (``cfg.recon``). It
 validates the input (raising :class:`qsm_bids.errors.DataError` with one
 line), runs coil combination, masking, Laplacian unwrapping, the echo fit,
 background removal, dipole inversion and the optional referencing, and
@@ -17,12 +16,15 @@ are put back on the full grid at the end (zero outside the box).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..config import ReconConfig
 from ..errors import DataError
 from . import fft
 from ._ops import crop_box
@@ -35,7 +37,8 @@ from .mask import brain_mask, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import laplacian_unwrap
 
-__all__ = ["ReconResult", "reconstruct", "MIN_MASK_VOXELS"]
+__all__ = ["ReconResult", "reconstruct", "MIN_MASK_VOXELS", "BACKGROUND_METHODS", "INVERSION_METHODS",
+           "BackgroundMethod", "InversionMethod"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +124,119 @@ def _check_inputs(magnitude, phase, te, voxel_size, field_strength_t):
                         "arbitrary)")
 
 
-def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_strength_t, *,
-                coil_combination="adaptive", coil_smoothing_mm=6.0, mask_method="auto",
-                mask_threshold=0.15, unwrap="laplacian", echo_combination="weighted_fit",
-                background="sharp", sharp_radius_mm=5.0, sharp_threshold=0.05,
-                vsharp_radii_mm=(12.0, 10.0, 8.0, 6.0, 4.0, 2.0), pdf_max_iter=100, pdf_tol=0.01,
-                inversion="medi", medi_lambda=1000.0, medi_percentage=0.9, medi_max_iter=10,
-                medi_tol_norm_ratio=0.1, medi_cg_max_iter=100, medi_cg_tol=0.01, medi_beta=1e-6,
-                medi_merit=False, medi_smv=True, tkd_threshold=0.19, tikhonov_lambda=0.05, reference="none",
-                remove_phase_offset_multiecho=True, mask_erode_mm=1.0, mask_phase_quality=0.5,
-                mask=None, t1w_mask=None, progress=None) -> ReconResult:
+@dataclass(frozen=True)
+class BackgroundMethod:
+    """A background-field removal method of :data:`BACKGROUND_METHODS`.
+
+    ``remove(field, inp)`` returns ``(local_field_ppm, eroded_mask)`` on the cropped grid; ``margin_mm(p)``
+    is its largest kernel radius (the crop margin); ``chi_erosion_mm(p)`` the sphere radius by which MEDI's
+    output region is eroded (None: not eroded); ``smv`` whether MEDI may invert the SMV-filtered total
+    field instead (the MEDI toolbox's 'smv' option, with ``p.sharp_radius_mm``).
+    """
+
+    remove: Callable
+    margin_mm: Callable
+    chi_erosion_mm: Callable
+    smv: bool = False
+
+
+@dataclass(frozen=True)
+class InversionMethod:
+    """A dipole inversion of :data:`INVERSION_METHODS`.
+
+    ``region(inp)`` is where chi is returned (computed outside the timed step); ``invert(inp, region)``
+    returns chi on the cropped grid.
+    """
+
+    invert: Callable
+    region: Callable
+
+
+@dataclass
+class _Inputs:
+    """What the background-removal and inversion methods see (cropped to the mask's box)."""
+
+    p: ReconConfig
+    voxel_size: tuple
+    b0: np.ndarray
+    te: np.ndarray
+    field_strength_t: float
+    fit_weights: np.ndarray
+    magnitude_rss: np.ndarray
+    brain: np.ndarray       # the brain mask
+    trusted: np.ndarray     # the brain mask without incoherent-phase voxels
+    total: np.ndarray | None = None
+    local: np.ndarray | None = None
+    eroded: np.ndarray | None = None
+    progress: Callable | None = None
+    stats: dict = field(default_factory=dict)
+
+
+def _pdf(total, inp: _Inputs):
+    p = inp.p
+    weight = 1.0 / field_noise_std(inp.fit_weights, inp.te)
+    return pdf(total, inp.trusted, inp.voxel_size, inp.b0, weight, p.pdf_max_iter, p.pdf_tol)
+
+
+#: Background removal: config name (``ReconConfig.background``) -> method.
+BACKGROUND_METHODS: dict[str, BackgroundMethod] = {
+    "sharp": BackgroundMethod(
+        remove=lambda total, inp: sharp(total, inp.trusted, inp.voxel_size, inp.p.sharp_radius_mm,
+                                        inp.p.sharp_threshold),
+        margin_mm=lambda p: p.sharp_radius_mm, chi_erosion_mm=lambda p: p.sharp_radius_mm, smv=True),
+    "vsharp": BackgroundMethod(
+        remove=lambda total, inp: vsharp(total, inp.trusted, inp.voxel_size, inp.p.vsharp_radii_mm,
+                                         inp.p.sharp_threshold),
+        margin_mm=lambda p: max(p.vsharp_radii_mm), chi_erosion_mm=lambda p: min(p.vsharp_radii_mm)),
+    "pdf": BackgroundMethod(remove=_pdf, margin_mm=lambda p: 0.0, chi_erosion_mm=lambda p: None),
+}
+
+
+def _medi_region(inp: _Inputs):
+    # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their neighbours, so chi
+    # is returned on the whole mask eroded by the background kernel
+    radius = BACKGROUND_METHODS[inp.p.background].chi_erosion_mm(inp.p)
+    if radius is None:
+        return inp.brain
+    return erode_by_sphere(inp.brain, inp.voxel_size, radius) | inp.eroded
+
+
+def _medi(inp: _Inputs, region):
+    p = inp.p
+    delta_te = float(inp.te[1] - inp.te[0]) if inp.te.size > 1 else float(inp.te[0])
+    noise = field_noise_std(inp.fit_weights, inp.te)
+    use_smv = bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv
+    return medi(
+        inp.total if use_smv else inp.local, inp.magnitude_rss, inp.trusted if use_smv else inp.eroded,
+        inp.voxel_size, inp.b0, smv_radius_mm=p.sharp_radius_mm if use_smv else None,
+        field_strength_t=inp.field_strength_t, delta_te_s=delta_te, noise_std=noise, lam=p.medi_lambda,
+        percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
+        cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
+        output_mask=region, progress=inp.progress, stats=inp.stats)
+
+
+#: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
+INVERSION_METHODS: dict[str, InversionMethod] = {
+    "medi": InversionMethod(invert=_medi, region=_medi_region),
+    "tkd": InversionMethod(
+        invert=lambda inp, region: tkd(inp.local, inp.eroded, inp.voxel_size, inp.b0, inp.p.tkd_threshold),
+        region=lambda inp: inp.eroded),
+    "tikhonov": InversionMethod(
+        invert=lambda inp, region: tikhonov(inp.local, inp.eroded, inp.voxel_size, inp.b0,
+                                            inp.p.tikhonov_lambda),
+        region=lambda inp: inp.eroded),
+}
+
+
+def _method(table: dict, kind: str, name: str):
+    try:
+        return table[name]
+    except KeyError:
+        raise ValueError(f"unknown {kind} {name!r} (known: {', '.join(table)})") from None
+
+
+def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_strength_t,
+                params: ReconConfig | None = None, *, mask=None, t1w_mask=None, progress=None) -> ReconResult:
     """Run steps 1-5 (coils, mask, unwrapping, background removal, inversion).
 
     Parameters
@@ -145,32 +251,18 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         B0 in voxel axes (:func:`qsm_bids.recon.dipole.b0_direction_from_affine`).
     field_strength_t : float
         B0 in tesla.
-    coil_combination ... reference
-        As :class:`qsm_bids.config.ReconConfig` (same names and meanings).
-    medi_merit : bool
-        MERIT model-error reweighting in MEDI (not in the paper; default off).
-    medi_smv : bool
-        With ``background="sharp"``: invert inside MEDI as the toolbox's
-        ``'smv'`` option does (the total field high-passed by the SHARP sphere,
-        kernel ``(1 - S) D``, mask eroded by the sphere) instead of the
-        truncated SHARP deconvolution, which loses the low spatial
-        frequencies (deep-grey nuclei contrast). ``local_field_ppm`` is the
-        SHARP result either way.
-    remove_phase_offset_multiecho : bool
-        Remove the TE = 0 phase of combined multi-echo data before the fit
-        through zero (coil-resolved data have it removed per coil).
-    mask_erode_mm : float
-        Final erosion of the automatic mask (mm).
-    mask_phase_quality : float
-        Automatic mask only: drop voxels whose phase coherence with their
-        neighbours (first echo) is below this (0 disables); for multi-echo
-        data, echoes whose coherence is below it get zero weight in the fit
-        at that voxel.
+    params : ReconConfig
+        Every reconstruction parameter (None: the defaults). ``background`` and ``inversion`` name
+        entries of :data:`BACKGROUND_METHODS` and :data:`INVERSION_METHODS`. With ``background="sharp"``
+        and ``medi_smv``, MEDI inverts the total field high-passed by the SHARP sphere (kernel
+        ``(1 - S) D``, as the MEDI toolbox's ``'smv'`` option) instead of the truncated SHARP
+        deconvolution, which loses the low spatial frequencies (deep-grey nuclei contrast);
+        ``local_field_ppm`` is the SHARP result either way.
     mask : bool ndarray or None
         A user brain mask on the GRE grid (skips the automatic mask).
     t1w_mask : bool ndarray or None
-        A T1w brain mask resampled to the GRE grid (used when
-        ``mask_method == "auto"``).
+        A T1w brain mask resampled to the GRE grid; intersected with the magnitude mask when
+        ``params.mask_method == "auto"``.
     progress : callable or None
         ``progress(step_name, fraction_done)``.
 
@@ -178,6 +270,9 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     -------
     ReconResult
     """
+    p = params if params is not None else ReconConfig()
+    background = _method(BACKGROUND_METHODS, "background method", p.background)
+    inversion = _method(INVERSION_METHODS, "inversion", p.inversion)
     t_all = time.perf_counter()
     magnitude = np.nan_to_num(np.asarray(magnitude, dtype=np.float32))
     phase = np.nan_to_num(np.asarray(phase, dtype=np.float32))
@@ -207,20 +302,20 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     # 1. coil combination / phase offset
     if magnitude.ndim == 5:
-        if coil_combination != "adaptive":
-            raise ValueError(f"unknown coil combination {coil_combination!r}")
+        if p.coil_combination != "adaptive":
+            raise ValueError(f"unknown coil combination {p.coil_combination!r}")
         cplx = magnitude * np.exp(1j * phase).astype(np.complex64)
         del magnitude, phase
         mag, ph = run("coil_combination", lambda: adaptive_combine(cplx, te, voxel_size,
-                                                                   coil_smoothing_mm))
+                                                                   p.coil_smoothing_mm))
         del cplx
     else:
         mag = magnitude if magnitude.ndim == 4 else magnitude[..., None]
         ph = phase if phase.ndim == 4 else phase[..., None]
-        if mag.shape[3] >= 2 and remove_phase_offset_multiecho:
+        if mag.shape[3] >= 2 and p.remove_phase_offset_multiecho:
             def offset():
                 c = mag * np.exp(1j * ph).astype(np.complex64)
-                c, _ = remove_phase_offset(c, te, voxel_size, coil_smoothing_mm)
+                c, _ = remove_phase_offset(c, te, voxel_size, p.coil_smoothing_mm)
                 return np.angle(c).astype(np.float32)
             ph = run("coil_combination", offset)
         else:
@@ -236,30 +331,29 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
             raise DataError(f"brain mask shape {brain.shape} differs from the GRE grid {shape}")
         timings["mask"], counts["mask"] = 0.0, 0
     else:
-        if mask_method not in ("auto", "magnitude"):
-            raise ValueError(f"unknown mask method {mask_method!r}")
-        t1 = t1w_mask if mask_method == "auto" else None
+        if p.mask_method not in ("auto", "magnitude"):
+            raise ValueError(f"unknown mask method {p.mask_method!r}")
+        t1 = t1w_mask if p.mask_method == "auto" else None
         if t1 is not None and np.shape(t1) != shape:
             raise DataError(f"T1w brain mask shape {np.shape(t1)} differs from the GRE grid {shape}; "
                             "resample it to the GRE grid first")
-        brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=mask_threshold,
-                                               erode_mm=mask_erode_mm, t1w_mask=t1))
+        brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=p.mask_threshold,
+                                               erode_mm=p.mask_erode_mm, t1w_mask=t1))
     # voxels with trusted phase (the mask without incoherent-phase voxels); the user mask as is
     if mask is not None:
         trusted = brain
     else:
         t0 = time.perf_counter()
-        trusted = refine_with_phase(brain, ph[..., 0], voxel_size, mask_phase_quality)
+        trusted = refine_with_phase(brain, ph[..., 0], voxel_size, p.mask_phase_quality)
         timings["mask"] += time.perf_counter() - t0
     n_mask = int(brain.sum())
     if n_mask < MIN_MASK_VOXELS:
         raise DataError(f"brain mask has {n_mask} voxels (fewer than {MIN_MASK_VOXELS}): the "
                         "magnitude has too little signal or the given mask is empty")
 
-    # crop to the mask's bounding box
-    margin_mm = max(10.0, float(sharp_radius_mm) + 2 * max(voxel_size))
-    if background == "vsharp":
-        margin_mm = max(margin_mm, max(vsharp_radii_mm) + 2 * max(voxel_size))
+    # crop to the mask's bounding box (the SHARP radius always counts: it sets the MEDI 'smv' sphere)
+    margin_mm = max(10.0, float(p.sharp_radius_mm) + 2 * max(voxel_size),
+                    float(background.margin_mm(p)) + 2 * max(voxel_size))
     box = crop_box(brain, [int(np.ceil(margin_mm / d)) for d in voxel_size])
     bmask = trusted[box]
     bbrain = brain[box]
@@ -267,74 +361,41 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     bmag_rss = mag_rss[box]
 
     # 3. unwrapping
-    if unwrap != "laplacian":
-        raise ValueError(f"unknown unwrapping {unwrap!r}")
+    if p.unwrap != "laplacian":
+        raise ValueError(f"unknown unwrapping {p.unwrap!r}")
     unwrapped = run("unwrap", lambda: laplacian_unwrap(ph[box], voxel_size))
     unwrapped *= bmask[..., None]
 
     # multi-echo fit -> total field in ppm
     fit_weights = bmag
-    if bmag.shape[3] > 1 and mask_phase_quality and mask_phase_quality > 0:
-        good = np.stack([phase_coherence(ph[box][..., e]) > mask_phase_quality
+    if bmag.shape[3] > 1 and p.mask_phase_quality and p.mask_phase_quality > 0:
+        good = np.stack([phase_coherence(ph[box][..., e]) > p.mask_phase_quality
                          for e in range(bmag.shape[3])], axis=-1)
         good[..., 0] = True  # the first echo always counts (the mask is built on it)
         fit_weights = bmag * good
 
     def echo_fit():
-        return fit_field(unwrapped, fit_weights, te, field_strength_t, echo_combination) * bmask
+        return fit_field(unwrapped, fit_weights, te, field_strength_t, p.echo_combination) * bmask
 
     total = run("echo_fit", echo_fit)
+    inp = _Inputs(p=p, voxel_size=voxel_size, b0=b0, te=te, field_strength_t=field_strength_t,
+                  fit_weights=fit_weights, magnitude_rss=bmag_rss, brain=bbrain, trusted=bmask, total=total,
+                  progress=lambda i, n: report("inversion", i / n))
 
     # 4. background removal
-    if background == "sharp":
-        local, eroded = run("background", lambda: sharp(total, bmask, voxel_size, sharp_radius_mm,
-                                                         sharp_threshold))
-    elif background == "vsharp":
-        local, eroded = run("background", lambda: vsharp(total, bmask, voxel_size, vsharp_radii_mm,
-                                                          sharp_threshold))
-    elif background == "pdf":
-        weight = 1.0 / field_noise_std(fit_weights, te)
-        local, eroded = run("background", lambda: pdf(total, bmask, voxel_size, b0, weight,
-                                                       pdf_max_iter, pdf_tol))
-    else:
-        raise ValueError(f"unknown background method {background!r}")
+    local, eroded = run("background", lambda: background.remove(total, inp))
+    inp.local, inp.eroded = local, eroded
     n_eroded = int(eroded.sum())
     if n_eroded < MIN_MASK_VOXELS:
-        raise DataError(f"brain mask eroded by the {sharp_radius_mm} mm background kernel has "
+        raise DataError(f"brain mask eroded by the {p.sharp_radius_mm} mm background kernel has "
                         f"{n_eroded} voxels: the mask ({n_mask} voxels) is too small for the kernel")
 
     # 5. inversion
     delta_te = float(te[1] - te[0]) if te.size > 1 else float(te[0])
-    medi_stats = {}
-    if inversion == "medi":
-        noise = field_noise_std(fit_weights, te)
-        use_smv = bool(medi_smv) and background == "sharp"
-        # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their
-        # neighbours, so chi is returned on the whole mask eroded by the sphere
-        if background == "sharp":
-            chi_region = erode_by_sphere(bbrain, voxel_size, sharp_radius_mm) | eroded
-        elif background == "vsharp":
-            chi_region = erode_by_sphere(bbrain, voxel_size, min(vsharp_radii_mm)) | eroded
-        else:
-            chi_region = bbrain
-        chi = run("inversion", lambda: medi(
-            total if use_smv else local, bmag_rss, bmask if use_smv else eroded, voxel_size, b0,
-            smv_radius_mm=sharp_radius_mm if use_smv else None, field_strength_t=field_strength_t,
-            delta_te_s=delta_te, noise_std=noise, lam=medi_lambda, percentage=medi_percentage,
-            max_iter=medi_max_iter, tol_norm_ratio=medi_tol_norm_ratio,
-            cg_max_iter=medi_cg_max_iter, cg_tol=medi_cg_tol, beta=medi_beta, merit=medi_merit,
-            output_mask=chi_region, progress=lambda i, n: report("inversion", i / n),
-            stats=medi_stats))
-    elif inversion == "tkd":
-        chi_region = eroded
-        chi = run("inversion", lambda: tkd(local, eroded, voxel_size, b0, tkd_threshold))
-    elif inversion == "tikhonov":
-        chi_region = eroded
-        chi = run("inversion", lambda: tikhonov(local, eroded, voxel_size, b0, tikhonov_lambda))
-    else:
-        raise ValueError(f"unknown inversion {inversion!r}")
+    chi_region = inversion.region(inp)
+    chi = run("inversion", lambda: inversion.invert(inp, chi_region))
     chi = chi * chi_region
-    chi, ref_value = run("reference", lambda: apply_reference(chi, chi_region, reference, bmag_rss,
+    chi, ref_value = run("reference", lambda: apply_reference(chi, chi_region, p.reference, bmag_rss,
                                                               voxel_size))
 
     def full(a, dtype):
@@ -344,23 +405,15 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     timings["total"] = time.perf_counter() - t_all
     counts["total"] = sum(v for k, v in counts.items())
-    params = dict(
-        coil_combination=coil_combination, coil_smoothing_mm=coil_smoothing_mm,
-        mask_method="user" if mask is not None else mask_method, mask_threshold=mask_threshold,
-        mask_erode_mm=mask_erode_mm, mask_phase_quality=mask_phase_quality, unwrap=unwrap, echo_combination=echo_combination,
-        remove_phase_offset_multiecho=remove_phase_offset_multiecho, background=background,
-        sharp_radius_mm=sharp_radius_mm, sharp_threshold=sharp_threshold,
-        vsharp_radii_mm=list(vsharp_radii_mm), pdf_max_iter=pdf_max_iter, pdf_tol=pdf_tol,
-        inversion=inversion, medi_lambda=medi_lambda, medi_percentage=medi_percentage,
-        medi_max_iter=medi_max_iter, medi_tol_norm_ratio=medi_tol_norm_ratio,
-        medi_cg_max_iter=medi_cg_max_iter, medi_cg_tol=medi_cg_tol, medi_beta=medi_beta,
-        medi_merit=medi_merit, medi_smv=medi_smv, tkd_threshold=tkd_threshold, tikhonov_lambda=tikhonov_lambda,
-        reference=reference, reference_value_ppm=ref_value,
+    params_used = {**dataclasses.asdict(p), "mask_method": "user" if mask is not None else p.mask_method,
+                   "vsharp_radii_mm": list(p.vsharp_radii_mm)}
+    params_used.update(
+        reference_value_ppm=ref_value,
         echo_times_s=te.tolist(), voxel_size_mm=list(voxel_size), b0_dir=b0.tolist(),
         field_strength_t=field_strength_t, medi_delta_te_s=delta_te,
         gyromagnetic_ratio_hz_per_t=GAMMA_HZ_PER_T,
-        medi_outer_iterations=medi_stats.get("outer_iterations"),
-        medi_cg_iterations=medi_stats.get("cg_iterations"),
+        medi_outer_iterations=inp.stats.get("outer_iterations"),
+        medi_cg_iterations=inp.stats.get("cg_iterations"),
         mask_voxels=n_mask, eroded_mask_voxels=n_eroded,
         crop_box=[[s.start, s.stop] for s in box],
     )
@@ -375,5 +428,5 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         magnitude=mag.astype(np.float32, copy=False),
         timings_s=timings,
         fft_counts=counts,
-        parameters=params,
+        parameters=params_used,
     )

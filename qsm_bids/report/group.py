@@ -20,6 +20,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ..config import Config
 from . import figure_to_data_uri, render_template
 from .figures import (
     GROUP_COLOURS,
@@ -91,10 +92,11 @@ def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str]:
     return out
 
 
-def _cfg(config: Mapping | None, section: str, key: str, default):
-    if not config:
-        return default
-    return config.get(section, {}).get(key, default)
+def as_config(config) -> Config:
+    """A :class:`Config` from a Config, its ``to_dict()`` (possibly partial) or None (the defaults)."""
+    if isinstance(config, Config):
+        return config
+    return Config().update(dict(config or {}), source="report configuration")
 
 
 class _Citer:
@@ -121,9 +123,8 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
 
     Parameters
     ----------
-    config : dict in the layout of ``qsm_bids.config.Config.to_dict()`` (sections
-        recon, registration, atlas, group, roi_stats); missing keys take the
-        paper's defaults.
+    config : the run's :class:`qsm_bids.config.Config`, or its ``to_dict()`` (e.g. read back
+        from a sidecar); missing keys take the paper's defaults.
     versions : package -> version.
     roi_parameters : ``RoiStatsResult.parameters`` (what the region analysis did).
 
@@ -131,71 +132,71 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
     -------
     (paragraphs, references) - plain text; the template escapes it.
     """
+    cfg = as_config(config)
     cite = _Citer()
-    c = lambda s, k, d: _cfg(config, s, k, d)  # noqa: E731
     paras = []
     recon = [f"Quantitative susceptibility maps were computed with qsm-bids {versions.get('qsm-bids', '')}, "
              f"following Acosta-Cabronero et al. {cite('acosta2018')}. Coil-resolved complex data were "
              f"combined with an adaptive (Walsh-type) combination {cite('walsh2000')} "
-             f"(smoothing {c('recon', 'coil_smoothing_mm', 6.0):g} mm); the phase was unwrapped with the "
+             f"(smoothing {cfg.recon.coil_smoothing_mm:g} mm); the phase was unwrapped with the "
              f"Laplacian method {cite('schofield2003')}."]
-    bg = c("recon", "background", "sharp")
+    bg = cfg.recon.background
     if bg == "sharp":
         recon.append(f"Background fields were removed with SHARP {cite('schweser2011')} (spherical kernel "
-                     f"radius {c('recon', 'sharp_radius_mm', 5.0):g} mm, truncation threshold "
-                     f"{c('recon', 'sharp_threshold', 0.05):g}).")
+                     f"radius {cfg.recon.sharp_radius_mm:g} mm, truncation threshold "
+                     f"{cfg.recon.sharp_threshold:g}).")
     elif bg == "vsharp":
-        radii = ", ".join(f"{r:g}" for r in c("recon", "vsharp_radii_mm", (12, 10, 8, 6, 4, 2)))
+        radii = ", ".join(f"{r:g}" for r in cfg.recon.vsharp_radii_mm)
         recon.append(f"Background fields were removed with V-SHARP {cite('schweser2011', 'wu2012')} "
                      f"(radii {radii} mm).")
     else:
         recon.append(f"Background fields were removed with PDF {cite('liu2011pdf')}.")
-    inv = c("recon", "inversion", "medi")
+    inv = cfg.recon.inversion
     if inv == "medi":
         recon.append(f"Susceptibility was estimated by nonlinear morphology-enabled dipole inversion (MEDI) "
-                     f"{cite('liu2012', 'liu2013')} with lambda = {c('recon', 'medi_lambda', 1000.0):g} "
-                     f"(gradient-mask percentage {c('recon', 'medi_percentage', 0.9):g}, at most "
-                     f"{c('recon', 'medi_max_iter', 10)} Gauss-Newton and "
-                     f"{c('recon', 'medi_cg_max_iter', 100)} conjugate-gradient iterations).")
+                     f"{cite('liu2012', 'liu2013')} with lambda = {cfg.recon.medi_lambda:g} "
+                     f"(gradient-mask percentage {cfg.recon.medi_percentage:g}, at most "
+                     f"{cfg.recon.medi_max_iter} Gauss-Newton and "
+                     f"{cfg.recon.medi_cg_max_iter} conjugate-gradient iterations).")
     elif inv == "tkd":
         recon.append(f"Susceptibility was estimated by thresholded k-space division {cite('shmueli2009')} "
-                     f"(threshold {c('recon', 'tkd_threshold', 0.19):g}).")
+                     f"(threshold {cfg.recon.tkd_threshold:g}).")
     else:
         recon.append(f"Susceptibility was estimated by closed-form Tikhonov-regularised inversion "
-                     f"(lambda {c('recon', 'tikhonov_lambda', 0.05):g}).")
-    ref = c("recon", "reference", "none")
+                     f"(lambda {cfg.recon.tikhonov_lambda:g}).")
+    ref = cfg.recon.reference
     recon.append("Susceptibility values were not referenced." if ref == "none" else
                  f"Susceptibility values were referenced to the mean of the {ref}.")
     paras.append(" ".join(recon))
 
-    tmpl = c("group", "template", "study")
+    tmpl = cfg.group.template
     paras.append(
         f"Images were normalised with ANTs {cite('avants2008', 'avants2011')} (antspyx "
-        f"{versions.get('antspyx', 'n/a')}; preset '{c('registration', 'preset', 'standard')}'): GRE "
-        f"magnitude to T1w (rigid) and T1w to {c('registration', 'template', 'MNI152NLin2009aSym')} "
+        f"{versions.get('antspyx', 'n/a')}; preset '{cfg.registration.preset}'): GRE "
+        f"magnitude to T1w (rigid) and T1w to {cfg.registration.template} "
         f"(affine + SyN), and susceptibility maps were carried through the composed transforms "
-        f"({c('registration', 'template_resolution_mm', 2.0):g} mm). "
+        f"({cfg.registration.template_resolution_mm:g} mm). "
         + ("A study-wise template was built from the participants' T1w images "
-           f"({c('group', 'template_iterations', 3)} iterations). " if tmpl == "study" else "")
-        + f"Regional medians were taken in atlas regions ('{c('atlas', 'name', 'qsmbids')}') eroded by a "
-        f"{c('atlas', 'erosion_radius_mm', 1.0):g} mm sphere (regions with fewer than "
-        f"{c('atlas', 'min_voxels', 5)} voxels left out).")
+           f"({cfg.group.template_iterations} iterations). " if tmpl == "study" else "")
+        + f"Regional medians were taken in atlas regions ('{cfg.atlas.name}') eroded by a "
+        f"{cfg.atlas.erosion_radius_mm:g} mm sphere (regions with fewer than "
+        f"{cfg.atlas.min_voxels} voxels left out).")
 
-    covs = list(c("group", "covariates", ("age",)))
-    groups = list(c("group", "groups", ("ALS", "control")))
+    covs = list(cfg.group.covariates)
+    groups = list(cfg.group.groups)
     paras.append(
         f"Voxelwise, absolute susceptibility maps were smoothed with a Gaussian kernel (sigma "
-        f"{c('group', 'smoothing_sigma_mm', 3.0):g} mm) compensated at the brain boundary, and a general "
+        f"{cfg.group.smoothing_sigma_mm:g} mm) compensated at the brain boundary, and a general "
         f"linear model with group ({groups[0]} vs {groups[1]})"
         + (f" and {', '.join(covs)} as nuisance" if covs else "")
         + f" was tested in both directions with threshold-free cluster enhancement {cite('smith2009')} "
-        f"(E = {c('group', 'tfce_E', 0.5):g}, H = {c('group', 'tfce_H', 2.0):g}, "
-        f"{c('group', 'tfce_connectivity', 26)}-connectivity) and "
-        f"{int(c('group', 'n_permutations', 20000)):,} Freedman-Lane permutations "
+        f"(E = {cfg.group.tfce_E:g}, H = {cfg.group.tfce_H:g}, "
+        f"{cfg.group.tfce_connectivity}-connectivity) and "
+        f"{int(cfg.group.n_permutations):,} Freedman-Lane permutations "
         f"{cite('freedman1983', 'winkler2014')}; family-wise error corrected p < "
-        f"{c('group', 'alpha', 0.05):g} was considered significant.")
+        f"{cfg.group.alpha:g} was considered significant.")
     rp = roi_parameters or {}
-    lat_alpha = rp.get("laterality_alpha", c("roi_stats", "laterality_alpha", 0.05))
+    lat_alpha = rp.get("laterality_alpha", cfg.roi_stats.laterality_alpha)
     paras.append(
         f"Regional values were tested for laterality with the Wilcoxon signed-rank test in {groups[0]}; "
         f"regions with p < {lat_alpha:g} kept left and right apart and the others were averaged across "
@@ -318,7 +319,7 @@ def render_group_report(
     """
     groups = tuple(str(g) for g in groups)
     versions = dict(versions) if versions is not None else package_versions()
-    alpha = float(alpha if alpha is not None else _cfg(config, "group", "alpha", 0.05))
+    alpha = float(alpha if alpha is not None else as_config(config).group.alpha)
     all_warnings = list(warnings)
     if roi_result is not None:
         all_warnings.extend(roi_result.warnings)
