@@ -51,6 +51,7 @@ result is bit-identical to one process with the same seed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -101,20 +102,41 @@ class FreedmanLane:
     var_c: float            # c'(X'X)^-1 c = ||w||^2
 
     @classmethod
-    def from_data(cls, Y, X, contrast) -> "FreedmanLane":
+    def from_data(cls, Y, X, contrast, *, overwrite: bool = False,
+                  block_voxels: int = 32768) -> "FreedmanLane":
         """Precompute the reduced residuals and the design factors.
 
         Parameters
         ----------
         Y : ndarray, shape (n_subjects, n_voxels)
+            May be a memory map (e.g. the group level's subjects x voxels matrix
+            in the work folder).
         X : ndarray, shape (n_subjects, n_regressors), full column rank
         contrast : ndarray, shape (n_regressors,)
+        overwrite : bool
+            Write the residuals into ``Y`` (float32, C order) instead of a new
+            matrix, so that a large cohort holds one subjects x voxels matrix, not two.
+        block_voxels : int
+            Voxels per block of the float64 projection (the only temporaries).
         """
         X = np.asarray(X, dtype=np.float64)
         c = np.asarray(contrast, dtype=np.float64)
-        Y64 = np.asarray(Y, dtype=np.float64)
         Z = reduced_model_basis(X, c)
-        E = Y64 - Z @ (Z.T @ Y64) if Z.shape[1] else Y64.copy()
+        n, V = Y.shape
+        if overwrite:
+            if Y.dtype != np.float32 or not Y.flags.c_contiguous or not Y.flags.writeable:
+                raise ValueError("overwrite needs a writeable C-ordered float32 matrix")
+            E = Y
+        else:
+            E = np.empty((n, V), dtype=np.float32)
+        ss = np.empty(V, dtype=np.float64)
+        # column blocks: each voxel's projection involves only its own column
+        for v0 in range(0, V, max(1, int(block_voxels))):
+            sl = slice(v0, min(v0 + int(block_voxels), V))
+            Yb = np.asarray(Y[:, sl], dtype=np.float64)
+            Eb = Yb - Z @ (Z.T @ Yb) if Z.shape[1] else Yb
+            ss[sl] = np.einsum("ij,ij->j", Eb, Eb)
+            E[:, sl] = Eb
         w = np.linalg.pinv(X).T @ c
         rank = np.linalg.matrix_rank(X)
         ones = np.ones(X.shape[0])
@@ -127,10 +149,10 @@ class FreedmanLane:
         else:
             Qx = np.linalg.qr(X)[0][:, :rank]
         return cls(
-            residuals=np.ascontiguousarray(E, dtype=np.float32),
+            residuals=E,
             Qx=Qx.astype(np.float32),
             a=(Qx.T @ w).astype(np.float32),
-            ss_residuals=np.einsum("ij,ij->j", E, E),
+            ss_residuals=ss,
             df=X.shape[0] - rank,
             var_c=float(w @ w),
         )
@@ -577,6 +599,8 @@ def _run_chunks_dask(client, model, adjacency, ranges, params, progress):
     n_workers = len(client.scheduler_info().get("workers", {}))
     logger.info("permutation chunks on Dask (%s, %d worker(s)): sending the data (%.1f MB) once",
                 client.scheduler.address, n_workers, model.residuals.nbytes / 1e6)
+    # a memory-mapped matrix travels as its data (workers may be on other machines)
+    model = dataclasses.replace(model, residuals=np.asarray(model.residuals))
     # broadcast: every worker holds one copy; each task then names it instead of carrying it
     model_f, adj_f = client.scatter([model, adjacency], broadcast=True, hash=False)
     futures = [client.submit(_dask_chunk, model_f, adj_f, s, e, params, pure=False,

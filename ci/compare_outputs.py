@@ -1,0 +1,90 @@
+"""Compare two qsm-bids output folders: every image and table must be identical.
+
+    python ci/compare_outputs.py REFERENCE OTHER [--only GLOB ...]
+
+Images (.nii, .nii.gz) are compared voxel for voxel (data, shape, affine), tables
+(.tsv) cell for cell, transforms (.mat, .h5) byte for byte. Logs, HTML pages and
+JSON sidecars are left out: they hold timings, host names and paths. Exits 1
+(listing the differences) when a file differs or exists on one side only, or when
+nothing was compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_SKIP_DIRS = {"logs"}
+
+
+def _files(root: Path, only) -> dict:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or _SKIP_DIRS & set(rel.parts):
+            continue
+        name = path.name
+        if not (name.endswith((".nii", ".nii.gz", ".tsv", ".mat", ".h5"))):
+            continue
+        if only and not any(fnmatch.fnmatch(str(rel), g) for g in only):
+            continue
+        out[str(rel)] = path
+    return out
+
+
+def _same(a: Path, b: Path) -> str | None:
+    name = a.name
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        ia, ib = nib.load(a), nib.load(b)
+        if ia.shape != ib.shape:
+            return f"shape {ia.shape} vs {ib.shape}"
+        if not np.array_equal(ia.affine, ib.affine):
+            return "affine differs"
+        da, db = np.asarray(ia.dataobj), np.asarray(ib.dataobj)
+        if not np.array_equal(da, db, equal_nan=np.issubdtype(da.dtype, np.floating)):
+            diff = np.abs(da.astype(np.float64) - db.astype(np.float64))
+            return f"data differ in {int(np.count_nonzero(diff > 0))} voxel(s), max |diff| {np.nanmax(diff):.3g}"
+        return None
+    if name.endswith(".tsv"):
+        import pandas as pd
+
+        ta = pd.read_csv(a, sep="\t", keep_default_na=False)
+        tb = pd.read_csv(b, sep="\t", keep_default_na=False)
+        if not ta.equals(tb):
+            return "table differs"
+        return None
+    return None if a.read_bytes() == b.read_bytes() else "bytes differ"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("reference", type=Path)
+    p.add_argument("other", type=Path)
+    p.add_argument("--only", nargs="*", default=None, help="relative-path globs to compare (default: all)")
+    args = p.parse_args(argv)
+    ref, other = _files(args.reference, args.only), _files(args.other, args.only)
+    problems = [f"only in {args.reference}: {k}" for k in sorted(set(ref) - set(other))]
+    problems += [f"only in {args.other}: {k}" for k in sorted(set(other) - set(ref))]
+    compared = 0
+    for key in sorted(set(ref) & set(other)):
+        why = _same(ref[key], other[key])
+        compared += 1
+        if why:
+            problems.append(f"{key}: {why}")
+    for line in problems:
+        print(f"compare_outputs: {line}", file=sys.stderr)
+    if compared == 0:
+        print("compare_outputs: nothing to compare", file=sys.stderr)
+        return 1
+    print(f"compare_outputs: {compared} file(s) compared, {len(problems)} difference(s)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
