@@ -41,7 +41,7 @@ NUCLEI = ["caudate", "putamen", "globus_pallidus", "red_nucleus", "substantia_ni
 def load_subject(snr, seed, own_phantom=False, echo_times=(0.020,)):
     """The paper-protocol subject as a dict of arrays (simulator, or the recon phantom)."""
     if own_phantom:
-        from qsm_bids.recon.phantom import head_phantom
+        from qsm_bids.simulate.head_phantom import head_phantom
 
         ph = head_phantom((256, 224, 80), (1.0, 1.0, 2.0), echo_times_s=echo_times, snr=snr,
                           oblique_deg=(12.0, 4.0), seed=seed)
@@ -55,7 +55,7 @@ def load_subject(snr, seed, own_phantom=False, echo_times=(0.020,)):
                     echo_times=ph.echo_times_s, field_strength=ph.field_strength_t,
                     b0_dir=ph.b0_dir, chi_ppm=ph.chi_ppm, brain_mask=ph.brain, labels=labels,
                     label_index={n: [i for i, m in table if m == n] for _, n in table},
-                    source="qsm_bids.recon.phantom.head_phantom")
+                    source="qsm_bids.simulate.head_phantom.head_phantom")
     from qsm_bids.simulate.subject import (
         PAPER_MATRIX,
         PAPER_VOXEL_SIZE,
@@ -166,7 +166,7 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=["medi", "tkd"],
                    help="inversion[:key=value,...], e.g. medi:medi_merit=1 tkd")
     p.add_argument("--own-phantom", action="store_true",
-                   help="use qsm_bids.recon.phantom instead of the cohort simulator")
+                   help="use qsm_bids.simulate.head_phantom instead of the cohort simulator")
     p.add_argument("--workers", type=int, default=int(os.environ.get("QSM_BIDS_FFT_WORKERS", 2)))
     args = p.parse_args(argv)
     fft.set_workers(args.workers)

@@ -18,14 +18,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
-from test_registration import DEEP, dice, synthetic_subject  # noqa: E402
 
 from qsm_bids import registration as R  # noqa: E402
 from qsm_bids.atlas import default_atlas, region_medians  # noqa: E402
+from qsm_bids.simulate.registration_subject import DEEP, dice, synthetic_subject  # noqa: E402
 
 
 def cpu_s():

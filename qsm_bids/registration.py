@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atlas import TEMPLATE_NAME, template_image
+from .templates import TEMPLATE_NAME, template_image
 from .io import atomic_path
 
 logger = logging.getLogger(__name__)

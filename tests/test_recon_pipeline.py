@@ -6,8 +6,8 @@ import pytest
 
 from qsm_bids.config import ReconConfig
 from qsm_bids.recon.background import erode_by_sphere
-from qsm_bids.recon.phantom import head_phantom
 from qsm_bids.recon.pipeline import ReconResult, reconstruct
+from qsm_bids.simulate.head_phantom import head_phantom
 
 SNR = 35.0  # brain magnitude / noise SD of the phantom (first echo); never tuned to pass
 

@@ -6,9 +6,9 @@ import pytest
 from qsm_bids.errors import DataError
 from qsm_bids.recon.coils import adaptive_combine
 from qsm_bids.recon.mask import brain_mask, phase_coherence
-from qsm_bids.recon.phantom import head_phantom
 from qsm_bids.recon.pipeline import reconstruct
 from qsm_bids.recon.reference import apply_reference
+from qsm_bids.simulate.head_phantom import head_phantom
 
 
 def _grid(shape, vs):

@@ -12,50 +12,16 @@ os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from scipy.ndimage import map_coordinates  # noqa: E402
 
 from qsm_bids import registration as R  # noqa: E402
-from qsm_bids.atlas import default_atlas, region_medians, template_image  # noqa: E402
-
-DEEP = {"caudate": 0.06, "putamen": 0.08, "globus_pallidus": 0.18, "thalamus": 0.03,
-        "red_nucleus": 0.12, "substantia_nigra_dorsal": 0.15, "substantia_nigra_ventral": 0.13,
-        "hippocampus": 0.01, "amygdala": 0.015, "dentate_nucleus": 0.1}
-
-
-def _rot(ax, deg):
-    c, s = np.cos(np.radians(deg)), np.sin(np.radians(deg))
-    i, j = [k for k in range(3) if k != ax]
-    m = np.eye(3)
-    m[i, i] = m[j, j] = c
-    m[i, j], m[j, i] = -s, s
-    return m
-
-
-def synthetic_subject(shape, voxel, amp_mm=3.0, seed=0):
-    """(affine, T1-like image, true labels) on a native grid mapped into the template by T(x)."""
-    rng = np.random.default_rng(seed)
-    a = _rot(0, 6) @ _rot(2, -4) * 1.04
-    t = np.array([3.0, -5.0, 4.0])
-    aff = np.diag(list(voxel) + [1.0])
-    aff[:3, 3] = -np.asarray(voxel) * (np.asarray(shape) - 1) / 2 + np.array([0, -18, 18])
-    xyz = aff[:3, :3] @ np.indices(shape, dtype=np.float32).reshape(3, -1) + aff[:3, 3:4]
-    ph = rng.uniform(0, 2 * np.pi, 3)
-    warp = np.stack([amp_mm * np.sin(2 * np.pi * xyz[(k + 1) % 3] / 90 + ph[k]) for k in range(3)])
-    tpl_xyz = a @ xyz + t[:, None] + warp
-
-    def sample(img, order):
-        inv = np.linalg.inv(img.affine)
-        v = inv[:3, :3] @ tpl_xyz + inv[:3, 3:4]
-        if order == 0:
-            v = np.rint(v)
-        return map_coordinates(np.asarray(img.dataobj, np.float32), v, order=order, mode="constant").reshape(shape)
-
-    atlas, _ = default_atlas()
-    return aff, sample(template_image(1.0), 1), sample(atlas, 0).astype(np.int16)
-
-
-def dice(a, b):
-    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+from qsm_bids.atlas import default_atlas, region_medians  # noqa: E402
+from qsm_bids.simulate.registration_subject import (  # noqa: E402
+    DEEP,
+    dice,
+    rotation,
+    synthetic_subject,
+)
+from qsm_bids.templates import template_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +111,7 @@ def test_to_ants_matches_file_reader(tmp_path):
     import ants
 
     aff = np.eye(4)
-    aff[:3, :3] = _rot(0, 10) @ _rot(2, 25) @ np.diag([-1.5, 1.5, 3.0])
+    aff[:3, :3] = rotation(0, 10) @ rotation(2, 25) @ np.diag([-1.5, 1.5, 3.0])
     aff[:3, 3] = [80, -100, -50]
     data = np.random.default_rng(0).random((7, 8, 9)).astype(np.float32)
     img = nib.Nifti1Image(data, aff)

@@ -37,12 +37,13 @@ import numpy as np
 from ..derivatives import GROUP_OUTPUTS
 from ..errors import DataError
 from ..io import atomic_path, write_nifti
+from ..templates import TEMPLATE_NAME
 
 __all__ = ["build_study_template", "study_space_maps", "MniWarp", "subject_label"]
 
 logger = logging.getLogger(__name__)
 
-MNI = "MNI152NLin2009aSym"
+MNI = TEMPLATE_NAME
 
 
 def subject_label(path) -> str:

@@ -20,6 +20,7 @@ from ..config import GroupConfig
 from ..derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
 from ..errors import DataError
 from ..io import write_nifti, write_tsv
+from ..templates import TEMPLATE_NAME
 from .clusters import cluster_table, default_atlas_lookup
 from .glm import design_matrix
 from .permutation import permutation_test, voxel_adjacency
@@ -36,7 +37,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-MNI_SPACE = "MNI152NLin2009aSym"
+MNI_SPACE = TEMPLATE_NAME
 
 
 @dataclass
@@ -230,7 +231,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
         write_tsv(table_path, table, sidecar={
             **sidecar_base, "Contrast": cname,
             "Description": f"Clusters ({tfce_connectivity}-connected) of voxels with TFCE pfwe < {alpha}; "
-                           "coordinates in MNI152NLin2009aSym mm; peak = highest TFCE",
+                           f"coordinates in {MNI_SPACE} mm; peak = highest TFCE",
             "Alpha": alpha})
         written[f"{cname}_clusters"] = str(table_path)
         logger.info("contrast %s: %d significant voxel(s) in %d cluster(s) at pfwe < %g",

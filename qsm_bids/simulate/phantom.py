@@ -265,7 +265,7 @@ class HeadModel:
 def _load_template():
     import nibabel as nib
 
-    from ..atlas import template_path
+    from ..templates import template_path
 
     t1 = nib.load(str(template_path("T1w")))
     data = {k: np.asarray(nib.load(str(template_path(k))).dataobj, dtype=np.float32) / 255.0
@@ -275,7 +275,10 @@ def _load_template():
 
 @functools.lru_cache(maxsize=1)
 def head_model() -> HeadModel:
-    """Build (once per process) the digital head on the extended template grid."""
+    """Build (once per process) the digital head on the extended template grid.
+
+    The regions are the pipeline's own default atlas, so region truth and region measure share it.
+    """
     from ..atlas import default_atlas
 
     affine0, tpl = _load_template()

@@ -1,6 +1,6 @@
 """An analytic head phantom for the reconstruction tests and benchmark.
 
-Not the cohort simulator (:mod:`qsm_bids.simulate`): a fast, self-contained
+Not the cohort's digital brain (:mod:`qsm_bids.simulate.phantom`): a fast, self-contained
 geometric head (ellipsoids) with a brain, grey/white contrast, deep grey
 nuclei with paper-like susceptibilities, a vein, ventricles, a skull, scalp
 and a sinus-like air cavity, from which complex multi-echo GRE data are made
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .dipole import forward_field
-from .inversion import GAMMA_HZ_PER_T
+from ..recon.dipole import GAMMA_HZ_PER_T, forward_field
 
 __all__ = ["HeadPhantom", "head_phantom", "NUCLEI"]
 
