@@ -314,3 +314,27 @@ def test_effect_size_table_and_partial_fields():
     assert f["partial_covariates"] == "a, b" and f["partial_df"] == 8
     assert f["partial_rho"] == partial_spearman(x, y, z).rho
     assert np.isnan(partial_fields(x, y, None, [])["partial_rho"])
+
+
+def test_pair_correlation_rows_and_sidecars():
+    from qsm_bids.group.effects import (
+        PARTIAL_COLUMNS,
+        effect_size_sidecar,
+        pair_correlation_rows,
+        partial_sidecar,
+    )
+
+    rng = np.random.default_rng(12)
+    values = _units(rng, 15)
+    z = rng.normal(size=(15, 1))
+    rows = pair_correlation_rows(values, [("corticospinal_tract", "globus_pallidus")], "ALS", "leakage",
+                                 z, ["sex[M]"])
+    assert [(r["region"], r["hemisphere"], r["variable"]) for r in rows] == [
+        ("corticospinal_tract", "L", "globus_pallidus"), ("corticospinal_tract", "R", "globus_pallidus")]
+    ref = partial_spearman(values[("corticospinal_tract", "R")], values[("globus_pallidus", "bilateral")], z)
+    assert rows[1]["partial_rho"] == ref.rho and rows[1]["partial_covariates"] == "sex[M]"
+    assert rows[0]["analysis"] == "leakage" and rows[0]["group"] == "ALS"
+    plain = pair_correlation_rows(values, [("putamen", "globus_pallidus")], "ALS", "leakage")
+    assert plain[0]["partial_covariates"] == "" and np.isnan(plain[0]["partial_rho"])
+    assert set(partial_sidecar(["onset", "sex"])) == set(PARTIAL_COLUMNS)
+    assert set(effect_size_sidecar("ALS", "control", 2000, 0.95)) == set(EFFECT_SIZE_COLUMNS)

@@ -39,9 +39,12 @@ __all__ = [
     "EffectSizes",
     "cohens_d",
     "covariate_matrix",
+    "effect_size_sidecar",
     "effect_size_table",
     "effect_sizes",
+    "pair_correlation_rows",
     "partial_fields",
+    "partial_sidecar",
     "partial_spearman",
     "rank_biserial",
     "region_pair_correlations",
@@ -392,3 +395,64 @@ def partial_fields(x, y, covariates: np.ndarray | None, terms: Sequence[str]) ->
     r = partial_spearman(x, y, covariates)
     return {"partial_covariates": ", ".join(terms), "partial_n": r.n, "partial_rho": r.rho,
             "partial_rho_squared": r.rho_squared, "partial_p": r.p, "partial_df": r.df}
+
+
+def pair_correlation_rows(values: pd.DataFrame, pairs: Sequence[Sequence[str]], group: str,
+                          analysis: str, covariates: np.ndarray | None = None,
+                          terms: Sequence[str] = ()) -> list[dict]:
+    """:func:`region_pair_correlations` as rows of correlations.tsv (``analysis`` e.g. ``leakage``).
+
+    ``values`` holds the participants of ``group`` only; ``covariates`` (with
+    their ``terms``) are controlled for in the ``partial_*`` columns.
+    """
+    use = covariates if covariates is not None and len(terms) else None
+    table = region_pair_correlations(values, pairs, covariates=use)
+    rows = []
+    for r in table.to_dict("records"):
+        row = {"analysis": analysis, "group": group, "region": r["region_1"],
+               "hemisphere": r["hemisphere_1"], "variable": r["region_2"],
+               "variable_hemisphere": r["hemisphere_2"], "n": r["n"], "rho": r["rho"],
+               "rho_squared": r["rho_squared"], "p": r["p"]}
+        x = values[(r["region_1"], r["hemisphere_1"])].to_numpy(dtype=float)
+        y = values[(r["region_2"], r["hemisphere_2"])].to_numpy(dtype=float)
+        row.update(partial_fields(x, y, use, terms))
+        rows.append(row)
+    return rows
+
+
+def effect_size_sidecar(first: str, second: str, n_bootstrap: int, confidence: float) -> dict:
+    """Column descriptions of :data:`EFFECT_SIZE_COLUMNS` (``first`` vs ``second``)."""
+    pct = f"{100 * confidence:g} %"
+    boot = (f"percentile bootstrap, {n_bootstrap} replicates resampling each group with replacement "
+            "at its own size, seeded by the run's seed")
+    return {
+        "rank_biserial": {"Description": f"Rank-biserial correlation of {first} vs {second} on the adjusted "
+                                         f"values, 2U/(n1 n2) - 1 = P({first} > {second}) - "
+                                         f"P({first} < {second}); same sign as z."},
+        "rank_biserial_ci_low": {"Description": f"Lower end of the {pct} interval of rank_biserial ({boot})."},
+        "rank_biserial_ci_high": {"Description": f"Upper end of the {pct} interval of rank_biserial."},
+        "cohens_d": {"Description": f"Cohen's d of {first} vs {second} on the adjusted values: mean "
+                                    "difference over the pooled SD (ddof=1 per group)."},
+        "cohens_d_ci_low": {"Description": f"Lower end of the {pct} interval of cohens_d ({boot})."},
+        "cohens_d_ci_high": {"Description": f"Upper end of the {pct} interval of cohens_d."},
+    }
+
+
+def partial_sidecar(covariates: Sequence[str]) -> dict:
+    """Column descriptions of :data:`PARTIAL_COLUMNS`."""
+    names = ", ".join(covariates) or "none configured"
+    return {
+        "partial_covariates": {"Description": "Covariate columns controlled for in the partial correlation "
+                                              f"(configured: {names}); text covariates dummy coded as "
+                                              "name[level] against the first sorted level; covariates "
+                                              "with a single value within the group are dropped. Empty: "
+                                              "no partial correlation."},
+        "partial_n": {"Description": "Participants with both values and every covariate."},
+        "partial_rho": {"Description": "Partial Spearman correlation: the two variables and the covariates "
+                                       "rank-transformed, the two rank vectors regressed on the covariate "
+                                       "ranks (least squares with intercept), residuals correlated."},
+        "partial_rho_squared": {"Description": "partial_rho squared."},
+        "partial_p": {"Description": "Two-sided p of partial_rho from t = rho sqrt(df / (1 - rho^2)) "
+                                     "with df = partial_df."},
+        "partial_df": {"Description": "Degrees of freedom n - 2 - k (k covariate columns)."},
+    }
