@@ -168,6 +168,9 @@ def covariate_matrix(frame: pd.DataFrame, names: Sequence[str]
             dropped.append(f"{name} (not in participants.tsv)")
             continue
         present = frame[name].dropna()
+        if present.empty:
+            dropped.append(f"{name} (no value among these participants)")
+            continue
         if present.astype(str).nunique() < 2:
             dropped.append(f"{name} (a single value among these participants)")
             continue
