@@ -50,6 +50,12 @@ def strip_prefix(label: str, prefix: str) -> str:
     return label[len(prefix) + 1:] if label.startswith(prefix + "-") else label
 
 
+def with_prefix(label, prefix: str = "sub") -> str:
+    """``01`` or ``sub-01`` -> ``sub-01`` (the participant_id convention of participants.tsv)."""
+    label = str(label).strip()
+    return label if label.startswith(prefix + "-") else f"{prefix}-{label}"
+
+
 @dataclass
 class GREEcho:
     """One echo: its number, time (s) and the two part files."""

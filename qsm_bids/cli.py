@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"nuisance covariates from participants.tsv (default: {' '.join(d.group.covariates) or 'none'})")
     g.add_argument("--n-permutations", type=_positive_int, default=None,
                    help=f"permutations for TFCE inference (default: {d.group.n_permutations})")
+    g.add_argument("--report-only", action="store_true",
+                   help="re-render group/report.html from an existing OUTPUT_DIR's group results (no analysis)")
     g.add_argument("--template", choices=choices("group", "template"), default=None,
                    help="study: build a study template from the T1w images; mni: work in MNI space "
                         f"(default: {d.group.template})")
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
 
         return run_group_level(bids_dir, output_dir, cfg, participant_labels=args.participant_label,
                                work_dir=work_dir, n_cpus=n_cpus, mem_gb=args.mem_gb,
-                               validate=not args.skip_bids_validation)
+                               validate=not args.skip_bids_validation, report_only=args.report_only)
     except QSMBidsError as exc:
         logger.debug("exit %d", exc.exit_code, exc_info=True)
         print(f"qsm-bids: error: {exc}", file=sys.stderr)

@@ -162,6 +162,8 @@ GROUP_OUTPUTS: dict[str, str] = {
     "template_chi_mni": "tpl-study_space-{template}_desc-mean_Chimap.nii.gz",
     "studyspace": "studyspace",
     "analysis_mask": "desc-analysis_mask.nii.gz",
+    "summary": "group.json",
+    "regions_summary": "regions.json",
     "permutation_null": "desc-permutation_null.tsv",
     "voxelwise_summary": "voxelwise.json",
     "roi_stats": "roi_stats.tsv",

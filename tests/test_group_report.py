@@ -205,3 +205,55 @@ def test_report_opens_in_headless_chromium(report, tmp_path):
     assert result.console == [], result.console
     # the escaped label is text in the rendered DOM, not a <b> element
     assert "<b>x</b>" not in result.dom
+
+
+def test_report_from_files_matches_the_in_memory_report(report, tmp_path):
+    """--report-only renders the same sections, tables and warnings from the files on disk."""
+    import json
+    import shutil
+
+    from qsm_bids.cli import main
+    from qsm_bids.derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
+    from qsm_bids.group.roi_stats import write_roi_outputs
+    from qsm_bids.report.group import write_group_report_from_files
+
+    inputs = _inputs(tmp_path, with_files=True)
+    out = tmp_path / "out"
+    group = out / "group"
+    roi = inputs["roi_result"]
+    write_roi_outputs(group, roi, demographics=inputs["demographics"])
+    (group / GROUP_OUTPUTS["regions_summary"]).write_text(json.dumps(
+        {"Groups": list(roi.groups), "Parameters": roi.parameters, "Warnings": roi.warnings}))
+    tpl = Config().registration.template
+    for con in inputs["contrasts"]:
+        shutil.copy(con["stat"], group / statmap_name(con["name"], "tfce", space=tpl))
+        shutil.copy(con["pfwe"], group / statmap_name(con["name"], "pfwe", space=tpl))
+        shutil.copy(con["clusters"], group / clusters_table_name(con["name"]))
+    subjects = [{**s, "chimap": str(s["chimap"])} for s in inputs["subjects"]]
+    (group / GROUP_OUTPUTS["summary"]).write_text(json.dumps(
+        {"Parameters": inputs["config"], "Contrasts": [c["name"] for c in inputs["contrasts"]],
+         "Participants": subjects, "Warnings": inputs["warnings"], "Versions": {"qsm-bids": "9.9"}}))
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    inputs["participants"].to_csv(bids / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    from_files = write_group_report_from_files(out, bids).read_text()
+    in_memory = write_group_report(tmp_path / "mem.html", **inputs).read_text()
+
+    def tables(text):  # an empty cell reads back from a TSV as n/a
+        return [t.replace("<td></td>", "<td>n/a</td>") for t in re.findall(r"<table.*?</table>", text, flags=re.S)]
+
+    assert from_files.count('<img src="data:image/png;base64,') == in_memory.count('<img src="data:image/png;base64,')
+    for anchor in ("methods", "demographics", "voxelwise", "regions", "correlations", "individuals", "warnings"):
+        assert f'id="{anchor}"' in from_files
+    # the tables read back from the TSVs show what the in-memory results showed (parameters table aside)
+    for a, b in zip(tables(from_files)[1:], tables(in_memory)[1:]):
+        assert a == b, "\n".join(x + "  !=  " + y for x, y in zip(a.split("<tr>"), b.split("<tr>")) if x != y)
+    assert len(tables(from_files)) == len(tables(in_memory))
+    assert html.escape(f"sub-{EVIL}: step failed (test warning)") in from_files
+    # the command line: --report-only re-renders; without group results it is a "no input" error (66)
+    (group / "report.html").unlink()
+    assert main([str(bids), str(out), "group", "--report-only"]) == 0
+    assert (group / "report.html").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(bids), str(empty), "group", "--report-only"]) == 66

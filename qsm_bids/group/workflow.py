@@ -24,12 +24,10 @@ from .. import __version__
 from ..bids import read_participants, strip_prefix
 from ..derivatives import (
     STUDY_TEMPLATE_KEYS,
-    clusters_table_name,
     find_participant_derivatives,
     generated_by,
     group_paths,
     run_log,
-    statmap_name,
     step_records_dir,
     write_dataset_description,
 )
@@ -39,7 +37,7 @@ from ..steps import Step, StepRunner
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupInputs", "collect_group_inputs", "run_group_level"]
+__all__ = ["GroupInputs", "GroupWorkflow", "collect_group_inputs", "run_group_level"]
 
 
 @dataclass
@@ -111,16 +109,21 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
 
 
 def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_dir=None, n_cpus=1,
-                    mem_gb=None, validate=True) -> int:
-    """Run the group level; returns the exit code."""
+                    mem_gb=None, validate=True, report_only=False) -> int:
+    """Run the group level (or, with ``report_only``, re-render its report from the files); exit code."""
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    if report_only:
+        from ..report.group import write_group_report_from_files
+
+        path = write_group_report_from_files(output_dir, bids_dir)
+        logger.info("group report re-rendered from %s: %s", output_dir / "group", path)
+        return 0
     if not any(output_dir.glob("sub-*")):
         raise NoInputError(f"{output_dir}: no sub-* participant results; run the participant level first")
     if validate:
         logger.info("group level reads only participant derivatives and participants.tsv; the raw "
                     "dataset is not validated again")
     write_dataset_description(output_dir, bids_dir)
-    group_dir = output_dir / "group"
     with run_log(output_dir, "group", "group"):
         t0 = time.perf_counter()
         inputs = collect_group_inputs(bids_dir, output_dir, cfg, participant_labels)
@@ -129,37 +132,41 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
         logger.info("group level: %s (covariates: %s), %d permutations, template %s",
                     " vs ".join(f"{k} (n={counts.get(k, 0)})" for k in g.groups),
                     ", ".join(g.covariates) or "none", g.n_permutations, g.template)
-        runner = StepRunner(step_records_dir(output_dir), "group")
-        ctx = _GroupContext(cfg, inputs, group_dir, work_dir=Path(work_dir) if work_dir else group_dir,
-                            n_cpus=n_cpus, mem_gb=mem_gb, output_dir=output_dir, bids_dir=bids_dir)
-        infos = {}
-        with provenance(GeneratedBy=generated_by(Level="group"),
-                        Parameters=cfg.to_dict()):
-            for step in ctx.steps():
-                infos[step.name] = runner.run(step)
-            ctx.report(infos, runner.timings)
-        logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, ctx.paths["report"])
+        workflow = GroupWorkflow(inputs, output_dir, cfg, bids_dir=bids_dir, work_dir=work_dir, n_cpus=n_cpus,
+                                 mem_gb=mem_gb)
+        workflow.run()
+        logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, workflow.paths["report"])
     return 0
 
 
-class _GroupContext:
-    """Step bodies of the group level."""
+class GroupWorkflow:
+    """The steps of the group level (as :class:`qsm_bids.participant.ParticipantWorkflow` for one run)."""
 
-    def __init__(self, cfg, inputs: GroupInputs, group_dir: Path, *, work_dir, n_cpus, mem_gb, output_dir,
-                 bids_dir):
+    def __init__(self, inputs: GroupInputs, output_dir: Path, cfg, *, bids_dir, work_dir=None, n_cpus=1,
+                 mem_gb=None):
         self.cfg = cfg
         self.inputs = inputs
-        self.group_dir = group_dir
-        self.work_dir = work_dir
+        self.output_dir = Path(output_dir)
+        self.group_dir = self.output_dir / "group"
+        self.work_dir = Path(work_dir) if work_dir else self.group_dir
         self.n_cpus = n_cpus
         self.mem_gb = mem_gb
-        self.output_dir = output_dir
-        self._roi = None  # (result, demographics) once computed
-        self.bids_dir = bids_dir
+        self.bids_dir = Path(bids_dir)
         self.selection = {"participants": list(inputs.participants["participant_id"]),
                           "groups": inputs.participants[cfg.group.group_column].astype(str).tolist()}
         self.paths = group_paths(output_dir, cfg.registration.template)
         self.template_outputs = {k: self.paths[k] for k in STUDY_TEMPLATE_KEYS}
+        self.runner = StepRunner(step_records_dir(output_dir), "group")
+
+    def run(self) -> dict:
+        """Run every step (reusing finished ones), write ``group.json`` and render the report from the files."""
+        infos = {}
+        with provenance(GeneratedBy=generated_by(Level="group"), Parameters=self.cfg.to_dict()):
+            for step in self.steps():
+                infos[step.name] = self.runner.run(step)
+            self.write_summary(infos)
+            self.report()
+        return dict(self.runner.timings)
 
     def _files(self, key: str) -> list:
         return [str(self.inputs.files[p][key]) for p in self.selection["participants"]]
@@ -186,7 +193,7 @@ class _GroupContext:
             "regions", self._files("regions") + [str(Path(self.bids_dir) / "participants.tsv")],
             {**base_params, "roi_stats": dataclasses.asdict(cfg.roi_stats),
              "group": {k: getattr(cfg.group, k) for k in ("group_column", "groups", "covariates")}},
-            {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics")},
+            {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics", "regions_summary")},
             self._regions, "region statistics, correlations, demographics"))
         return steps
 
@@ -226,66 +233,39 @@ class _GroupContext:
         return {"outputs": result}
 
     def _regions(self, out: dict) -> dict:
-        from .demographics import demographics_sidecar
-        from .roi_stats import write_roi_outputs
-
-        result, demo = self._roi_result()
-        write_roi_outputs(self.group_dir, result, demographics=demo,
-                          demographics_sidecar=demographics_sidecar(self.cfg.group.groups,
-                                                                    yates=self.cfg.roi_stats.chi_square_yates))
-        return {"warnings": list(result.warnings)}
-
-    def _roi_result(self, quiet: bool = False):
-        """Region statistics and demographics, computed once per run.
-
-        The report needs the result objects even when the ``regions`` step was reused from an
-        earlier run; then they are recomputed (cheap, deterministic), ``quiet`` keeping the
-        step's warnings from being logged a second time.
-        """
-        if self._roi is None:
-            stats_logger = logging.getLogger("qsm_bids.group.roi_stats")
-            previous = stats_logger.level
-            if quiet:
-                stats_logger.setLevel(logging.ERROR)
-            try:
-                self._roi = self._compute_roi()
-            finally:
-                stats_logger.setLevel(previous)
-        return self._roi
-
-    def _compute_roi(self):
-        from .demographics import compute_demographics
-        from .roi_stats import compute_roi_stats, read_region_tables
+        from .demographics import compute_demographics, demographics_sidecar
+        from .roi_stats import compute_roi_stats, read_region_tables, write_roi_outputs
 
         g, r = self.cfg.group, self.cfg.roi_stats
         values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
         result = compute_roi_stats(values, self.inputs.participants, g, r, min_voxels=self.cfg.atlas.min_voxels)
         demo = compute_demographics(self.inputs.participants, group_column=g.group_column, groups=g.groups,
                                     yates=r.chi_square_yates, include=result.values["participant_id"].unique())
-        return result, demo
+        write_roi_outputs(self.group_dir, result, demographics=demo,
+                          demographics_sidecar=demographics_sidecar(g.groups, yates=r.chi_square_yates))
+        write_json(out["regions_summary"], {"GeneratedBy": generated_by(), "Groups": list(result.groups),
+                                            "Covariates": list(result.covariates), "Parameters": result.parameters,
+                                            "Warnings": list(result.warnings)})
+        return {"warnings": list(result.warnings)}
 
-    def report(self, infos: dict, timings: dict) -> None:
-        from ..report.group import package_versions, write_group_report
+    def write_summary(self, infos: dict) -> None:
+        """``group/group.json``: what the report needs beyond the step outputs (selection, warnings, versions)."""
+        from ..report.group import package_versions
         from .glm import contrast_names
 
-        g = self.cfg.group
-        tpl = self.cfg.registration.template
-        roi_result, demo = self._roi_result(quiet=True)
-        contrasts = []
-        for name in contrast_names(g.groups):
-            def f(kind):
-                return self.group_dir / statmap_name(name, kind, space=tpl)
-
-            clusters = self.group_dir / clusters_table_name(name)
-            contrasts.append({"name": name, "stat": f("tfce"), "pfwe": f("pfwe"),
-                              "clusters": clusters, "stat_label": "TFCE"})
-        subjects = [{"participant_id": p, "group": grp, "chimap": self.inputs.files[p]["chi_template"]}
-                    for p, grp in zip(self.selection["participants"], self.selection["groups"])]
         warnings = list(self.inputs.excluded) + list(self.inputs.warnings)
         for name, info in infos.items():
             warnings += [f"{name}: {w}" for w in (info or {}).get("warnings", [])]
-        versions = {"qsm-bids": __version__, **package_versions()}
-        write_group_report(
-            self.paths["report"], groups=g.groups, config=self.cfg.to_dict(), versions=versions,
-            roi_result=roi_result, demographics=demo, participants=self.inputs.participants,
-            contrasts=contrasts, template=None, subjects=subjects, warnings=warnings, alpha=g.alpha)
+        subjects = [{"participant_id": p, "group": grp, "chimap": str(self.inputs.files[p]["chi_template"])}
+                    for p, grp in zip(self.selection["participants"], self.selection["groups"])]
+        write_json(self.paths["summary"], {
+            "GeneratedBy": generated_by(Level="group"), "Parameters": self.cfg.to_dict(),
+            "Versions": {"qsm-bids": __version__, **package_versions()},
+            "Contrasts": contrast_names(self.cfg.group.groups), "Participants": subjects, "Warnings": warnings,
+            "Timings": dict(self.runner.timings)})
+
+    def report(self) -> None:
+        """Render ``group/report.html`` from the files on disk (as ``qsm-bids ... group --report-only``)."""
+        from ..report.group import write_group_report_from_files
+
+        write_group_report_from_files(self.output_dir, self.bids_dir)

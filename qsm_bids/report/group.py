@@ -10,8 +10,10 @@ a base64 PNG data URI, so the page opens offline and needs nothing else.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,7 +22,10 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
+from ..bids import read_participants, with_prefix
 from ..config import Config
+from ..derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
+from ..errors import NoInputError
 from . import figure_to_data_uri, render_template
 from .figures import (
     GROUP_COLOURS,
@@ -248,9 +253,7 @@ def _correlation_panels(roi_result, participants, max_clinical: int = 6) -> list
     panels = []
     if participants is not None and len(corr):
         parts = participants.copy()
-        from ..group.roi_stats import normalise_participant_id
-
-        parts["participant_id"] = parts["participant_id"].map(normalise_participant_id)
+        parts["participant_id"] = parts["participant_id"].map(with_prefix)
         parts = parts.set_index("participant_id")
         clin = corr[(corr.analysis == "clinical") & corr.p.notna()].sort_values("p").head(max_clinical)
         for row in clin.itertuples(index=False):
@@ -407,3 +410,60 @@ def write_group_report(path: str | Path, **kwargs) -> Path:
     html = render_group_report(**kwargs)
     logger.info("group report: %s (%.1f MB)", path, len(html.encode()) / 1e6)
     return write_text(path, html)
+
+
+@dataclass
+class RegionResults:
+    """The region analysis as the report reads it back from ``OUTPUT_DIR/group`` (TSVs + regions.json)."""
+
+    roi_stats: pd.DataFrame
+    correlations: pd.DataFrame
+    subgroups: pd.DataFrame
+    values: pd.DataFrame
+    warnings: list
+    groups: tuple
+    parameters: dict
+
+    @classmethod
+    def read(cls, group_dir) -> RegionResults | None:
+        """None when the regions step has not written its summary."""
+        group_dir = Path(group_dir)
+        summary = group_dir / GROUP_OUTPUTS["regions_summary"]
+        if not summary.exists():
+            return None
+        info = json.loads(summary.read_text())
+
+        def tsv(key):
+            return pd.read_csv(group_dir / GROUP_OUTPUTS[key], sep="\t", na_values=["n/a"], keep_default_na=False)
+
+        return cls(roi_stats=tsv("roi_stats"), correlations=tsv("correlations"), subgroups=tsv("roi_subgroups"),
+                   values=tsv("roi_values"), warnings=list(info.get("Warnings", [])),
+                   groups=tuple(info["Groups"]), parameters=dict(info.get("Parameters", {})))
+
+
+def write_group_report_from_files(output_dir, bids_dir=None) -> Path:
+    """Render ``group/report.html`` from the group outputs on disk (``group.json``, TSVs, sidecars, maps).
+
+    ``bids_dir``'s participants.tsv gives the clinical scores of the scatter plots (left out when None).
+    """
+    group_dir = Path(output_dir) / "group"
+    summary_path = group_dir / GROUP_OUTPUTS["summary"]
+    if not summary_path.exists():
+        raise NoInputError(f"{summary_path}: no group results to report; run the group level first")
+    summary = json.loads(summary_path.read_text())
+    cfg = as_config(summary["Parameters"])
+    groups, tpl = cfg.group.groups, cfg.registration.template
+    contrasts = [{"name": name, "stat": group_dir / statmap_name(name, "tfce", space=tpl),
+                  "pfwe": group_dir / statmap_name(name, "pfwe", space=tpl),
+                  "clusters": group_dir / clusters_table_name(name), "stat_label": "TFCE"}
+                 for name in summary.get("Contrasts", [])]
+    demographics_path = group_dir / GROUP_OUTPUTS["demographics"]
+    participants = None
+    if bids_dir is not None and (Path(bids_dir) / "participants.tsv").exists():
+        participants = read_participants(bids_dir)
+    return write_group_report(
+        group_dir / GROUP_OUTPUTS["report"], groups=groups, config=summary["Parameters"],
+        versions=summary.get("Versions"), roi_result=RegionResults.read(group_dir),
+        demographics=_read_table(demographics_path) if demographics_path.exists() else None,
+        participants=participants, contrasts=contrasts, template=None, subjects=summary.get("Participants", []),
+        warnings=summary.get("Warnings", []), alpha=cfg.group.alpha)
