@@ -15,14 +15,20 @@
 # clean  removes everything this script made: the work folder (image store, base image, configs)
 #        and the apt packages it installed.
 #
-# Settings (environment): QSM_CI_WORK (/var/tmp/qsm-podman), QSM_CI_IMAGE (localhost/qsm-bids:ci),
-# QSM_CI_BUILD_CA (/etc/ssl/certs/ca-certificates.crt; empty: mount none), QSM_CI_MIRROR
-# (http://deb.debian.org/debian), QSM_CI_PERMUTATIONS (100), QSM_CI_KEEP_RUN (0: the run folder
-# is removed on success and kept on failure; 1: always kept), QSM_CI_ENGINE (podman; docker: use
-# an existing Docker daemon, no setup, as on CircleCI). test needs root (it chowns to a random uid).
+# Settings (environment):
+#   QSM_CI_ROOT           the checkout (default: the one holding this script)
+#   QSM_CI_WORK           podman's configuration, image store and the run folders (/var/tmp/qsm-podman)
+#   QSM_CI_IMAGE          the image's name (localhost/qsm-bids:ci)
+#   QSM_CI_BUILD_CA       CA bundle mounted for pip at build time (/etc/ssl/certs/ca-certificates.crt;
+#                         empty: none)
+#   QSM_CI_MIRROR         Debian mirror for debootstrap (http://deb.debian.org/debian)
+#   QSM_CI_PERMUTATIONS   group-level permutations (100)
+#   QSM_CI_KEEP_RUN       0: the run folder is removed on success, kept on failure; 1: always kept
+#   QSM_CI_ENGINE         podman; docker: an existing Docker daemon, no setup (CircleCI)
+# test needs root: it gives the run folders to a random uid.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ROOT=${QSM_CI_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 WORK=${QSM_CI_WORK:-/var/tmp/qsm-podman}
 IMAGE=${QSM_CI_IMAGE:-localhost/qsm-bids:ci}
 BASE=docker.io/library/debian:bookworm-slim
@@ -103,7 +109,7 @@ EOF
         rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/*.log
         tar -C "$rootfs" -c . | pm import \
             --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-            --change 'CMD ["bash"]' - "$BASE" > /dev/null
+            --change 'CMD ["bash"]' - "$BASE" >> "$WORK/debootstrap.log" 2>&1
         rm -rf "$rootfs"
     fi
     figure "setup_s=$((SECONDS - t))"
@@ -208,6 +214,7 @@ test_image() {
     figure "group_s=$((SECONDS - t))"
 
     check_outputs "$out" "$uid" "${subjects[@]}"
+    compare_with_pip "$data/bids" "$out" "${subjects[0]}"
     [[ -z $(find "$home" -newer "$RUN_DIR/start" -print -quit) ]] || die "something was written in HOME"
     if grep -hiE "read-only file system|not a writable directory|permission denied" "$RUN_DIR"/*.log; then
         die "a container tried to write outside /tmp and the output folder (lines above)"
@@ -257,6 +264,41 @@ EOF
     if grep -q "compiled TFCE max kernel unavailable\|TFCE max kernel: the tfce package" "$out"/logs/group_*; then
         die "the group level fell back to the tfce package"
     fi
+}
+
+# The image's participant outputs equal those of the pip install (the checkout's .venv) on one subject.
+compare_with_pip() {
+    local bids=$1 out=$2 s=$3 py=${QSM_CI_PIP_PYTHON:-$ROOT/.venv/bin/python} t=$SECONDS
+    if [[ ! -x $py ]] || ! "$py" -c "import qsm_bids" 2> /dev/null; then
+        say "no pip install of qsm_bids at $py: the comparison with it is skipped"
+        return 0
+    fi
+    say "participant level of sub-$s with the pip install ($py), to compare"
+    "$py" "$ROOT/run.py" "$bids" "$RUN_DIR/out-pip" participant --participant-label "$s" \
+        --registration fast --n-cpus 1 > "$RUN_DIR/participant-pip.log" 2>&1 \
+        || { tail -n 30 "$RUN_DIR/participant-pip.log" >&2; die "the pip install's participant level failed"; }
+    "$py" - "$out/sub-$s/anat" "$RUN_DIR/out-pip/sub-$s/anat" <<'EOF' || die "the image's outputs differ from the pip install's"
+import sys
+from pathlib import Path
+import nibabel as nib
+import numpy as np
+import pandas as pd
+img, pip = Path(sys.argv[1]), Path(sys.argv[2])
+worst = {}
+for a in sorted(img.glob("*Chimap.nii.gz")) + sorted(img.glob("*local_fieldmap.nii.gz")):
+    x, y = (np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in (a, pip / a.name))
+    worst[a.name] = float(np.abs(x - y).max())
+for a in sorted(img.glob("*_stat-median_Chimap.tsv")):
+    x, y = pd.read_csv(a, sep="\t"), pd.read_csv(pip / a.name, sep="\t")
+    assert list(x.region) == list(y.region) and list(x.hemisphere) == list(y.hemisphere), a.name
+    worst[a.name] = float(np.abs(x.median_ppm - y.median_ppm).max())
+assert worst, f"nothing to compare in {img}"
+for name, d in worst.items():
+    print(f"container.sh: image vs pip install, max |difference| {d:.2e} ppm in {name}", file=sys.stderr)
+# identical libraries and seeds: equal up to float32 rounding of threaded sums
+assert max(worst.values()) <= 1e-4, worst
+EOF
+    figure "pip_participant_s=$((SECONDS - t))"
 }
 
 # --------------------------------------------------------------------------- clean
