@@ -32,23 +32,33 @@ import logging
 import numpy as np
 from scipy import ndimage
 
+from .echoes import OFFSET_METHODS, unwrap_echo_difference, unwrap_to_reference
+
 __all__ = ["adaptive_combine"]
 
 logger = logging.getLogger(__name__)
 
 
-def _remove_coil_offsets(data, te, voxel_size, smoothing_mm):
+def _remove_coil_offsets(data, te, voxel_size, smoothing_mm, offset_method="wrapped"):
     s1 = data[..., 0, :]
     s2 = data[..., 1, :]
     sigma = [smoothing_mm / 2.3548 / float(d) for d in voxel_size] + [0.0]
     dphi = np.angle(s2 * np.conj(s1))
+    if offset_method == "unwrapped":
+        # the echo difference carries no coil offset: unwrap the coils' Hermitian sum once
+        # and give every coil the 2 pi multiple that brings it next to that reference
+        ref = unwrap_echo_difference(np.ones(s1.shape[:3], np.float32), np.sum(s2 * np.conj(s1), axis=-1),
+                                     voxel_size)
+        dphi = unwrap_to_reference(dphi, ref[..., None])
+    elif offset_method != "wrapped":
+        raise ValueError(f"unknown phase-offset method {offset_method!r}; choose from {OFFSET_METHODS}")
     z = np.abs(s1) * np.exp(1j * (np.angle(s1) - te[0] / (te[1] - te[0]) * dphi))
     zs = ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)
     off = np.exp(-1j * np.angle(zs)).astype(np.complex64)
     return data * off[..., None, :]
 
 
-def adaptive_combine(coil_data, echo_times_s, voxel_size, smoothing_mm=6.0):
+def adaptive_combine(coil_data, echo_times_s, voxel_size, smoothing_mm=6.0, offset_method="wrapped"):
     """Combine coil-resolved complex data (x, y, z, echo, coil).
 
     Parameters
@@ -59,6 +69,10 @@ def adaptive_combine(coil_data, echo_times_s, voxel_size, smoothing_mm=6.0):
     smoothing_mm : float
         Box width (mm) of the covariance smoothing (one weight per box,
         interpolated).
+    offset_method : {"wrapped", "unwrapped"}
+        How each coil's echo-1-to-2 phase change is taken for its TE = 0
+        offset (:data:`qsm_bids.recon.echoes.OFFSET_METHODS`): "unwrapped"
+        avoids the wrong offset wherever that change exceeds pi.
 
     Returns
     -------
@@ -72,10 +86,10 @@ def adaptive_combine(coil_data, echo_times_s, voxel_size, smoothing_mm=6.0):
     te = np.asarray(echo_times_s, dtype=float).ravel()
     nx, ny, nz, ne, nc = data.shape
     if ne >= 2:
-        data = _remove_coil_offsets(data, te, voxel_size, smoothing_mm)
+        data = _remove_coil_offsets(data, te, voxel_size, smoothing_mm, offset_method)
     if nc == 1:
         return np.abs(data[..., 0]).astype(np.float32), np.angle(data[..., 0]).astype(np.float32)
-    block = [max(1, int(round(smoothing_mm / float(d)))) for d in voxel_size]
+    block = [max(1, round(smoothing_mm / float(d))) for d in voxel_size]
     nb = [int(np.ceil(n / b)) for n, b in zip((nx, ny, nz), block)]
     # block-averaged covariance summed over echoes
     padded = [b * m for b, m in zip(block, nb)]
@@ -85,7 +99,7 @@ def adaptive_combine(coil_data, echo_times_s, voxel_size, smoothing_mm=6.0):
         s[:nx, :ny, :nz] = data[..., e, :]
         s = s.reshape(nb[0], block[0], nb[1], block[1], nb[2], block[2], nc)
         R += _block_cov(s)
-    evals, evecs = np.linalg.eigh(R)
+    _evals, evecs = np.linalg.eigh(R)
     v = evecs[..., -1]  # dominant eigenvector, (bx, by, bz, nc)
     ref = int(np.argmax(np.abs(data[..., 0, :]).reshape(-1, nc).mean(axis=0)))
     v = v * np.exp(-1j * np.angle(v[..., ref]))[..., None]

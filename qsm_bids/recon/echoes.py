@@ -26,8 +26,25 @@ import numpy as np
 from scipy import ndimage
 
 from .inversion import GAMMA_HZ_PER_T
+from .unwrap import laplacian_unwrap
 
-__all__ = ["fit_field", "phase_to_ppm_factor", "remove_phase_offset", "field_noise_std"]
+__all__ = [
+    "OFFSET_METHODS",
+    "field_noise_std",
+    "fit_field",
+    "phase_to_ppm_factor",
+    "remove_phase_offset",
+    "unwrap_echo_difference",
+    "unwrap_to_reference",
+]
+
+#: How :func:`remove_phase_offset` gets the phase change between the first two echoes:
+#: "wrapped" uses ``angle(S2 conj(S1))`` as it is (wrong by 2 pi wherever the field moves the
+#: phase by more than pi between the echoes); "unwrapped" unwraps it first
+#: (:func:`unwrap_echo_difference`).
+OFFSET_METHODS = ("wrapped", "unwrapped")
+# FWHM (mm) of the smoothing that follows the Laplacian solution's harmonic error (a few cm scale).
+_HARMONIC_SMOOTHING_MM = 10.0
 
 
 def phase_to_ppm_factor(echo_time_s, field_strength_t):
@@ -98,13 +115,71 @@ def field_noise_std(magnitude, echo_times_s):
     return out.astype(np.float32)
 
 
-def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6.0):
+def unwrap_echo_difference(s1, s2, voxel_size):
+    """Phase of ``s2 conj(s1)`` (rad), unwrapped to the wrapped value plus ``2 pi k`` per voxel.
+
+    ``angle(s2 conj(s1)) = omega (TE2 - TE1)`` carries no phase offset, but it
+    wraps where the field moves the phase by more than pi between the echoes
+    (near the sinuses and temporal bones: 0.56 ppm at 3 T for 7 ms). The
+    Laplacian unwrapping gives a smooth estimate up to a harmonic function; its
+    free constant is aligned to the data (the magnitude-weighted circular mean
+    of wrapped - estimate, i.e. where most voxels need no wrap), and each voxel
+    takes the ``2 pi`` multiple that brings its wrapped value closest to the
+    estimate: exact wherever the estimate is within pi of the truth, so the
+    result, unlike the Laplacian solution itself, has no harmonic error.
+    ``s1``, ``s2`` may carry trailing axes (e.g. coils): each is unwrapped.
+    """
+    s1 = np.asarray(s1)
+    s2 = np.asarray(s2)
+    if s1.ndim > 3:
+        flat1 = s1.reshape(s1.shape[:3] + (-1,))
+        flat2 = s2.reshape(s2.shape[:3] + (-1,))
+        out = np.stack([unwrap_echo_difference(flat1[..., j], flat2[..., j], voxel_size)
+                        for j in range(flat1.shape[-1])], axis=-1)
+        return out.reshape(s1.shape)
+    z = s2 * np.conj(s1)
+    d = np.angle(z).astype(np.float32)
+    w = np.abs(z).astype(np.float32)
+    est = laplacian_unwrap(d, voxel_size)
+    est += np.float32(np.angle(np.sum(w * np.exp(1j * (d - est)))))
+    out = unwrap_to_reference(d, est)
+    # The Laplacian solution misses a smooth harmonic function, largest near the object's edge
+    # (the phase jumps to noise there); where it exceeds pi the rounding is off by 2 pi. That
+    # function is what separates the solution from the (mostly right) result: estimate it by
+    # magnitude-weighted smoothing (normalised, so it extends to the edge) and round again.
+    sigma = [_HARMONIC_SMOOTHING_MM / 2.3548 / float(v) for v in voxel_size]
+    norm = ndimage.gaussian_filter(w, sigma)
+    for _ in range(2):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = np.where(norm > 0, ndimage.gaussian_filter(w * (out - est), sigma) / norm, 0.0)
+        out = unwrap_to_reference(d, est + h.astype(np.float32))
+    return out
+
+
+def unwrap_to_reference(wrapped, reference):
+    """``wrapped + 2 pi k`` with the integer ``k`` that brings it closest to ``reference`` (rad).
+
+    ``reference`` may have trailing axes fewer than ``wrapped`` (broadcast, e.g. one
+    reference for every coil).
+    """
+    wrapped = np.asarray(wrapped, dtype=np.float32)
+    k = np.round((np.asarray(reference, dtype=np.float32) - wrapped) / np.float32(2 * np.pi))
+    return (wrapped + np.float32(2 * np.pi) * k).astype(np.float32)
+
+
+def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6.0, method="wrapped"):
     """Remove the phase at TE = 0 from multi-echo complex data (x, y, z, echo).
 
     The offset is extrapolated from the first two echoes,
     ``phi0 = angle(S1) - TE1 / (TE2 - TE1) * angle(S2 conj(S1))``, then smoothed
     as the complex field ``|S1| exp(i phi0)`` (Gaussian, FWHM ``smoothing_mm``)
     because receive phase offsets are smooth while the estimate is noisy.
+    ``method`` (:data:`OFFSET_METHODS`): "wrapped" takes ``angle(S2 conj(S1))``
+    as it is, so wherever it wraps (field change above pi over the echo
+    spacing) the offset is wrong by ``2 pi TE1 / (TE2 - TE1)``, a non-2-pi
+    step that every echo then carries and the smoothing spreads into the
+    brain; "unwrapped" unwraps it first (:func:`unwrap_echo_difference`,
+    2 real FFTs).
     Returns the data multiplied by ``exp(-i phi0)`` and ``phi0``.
     With one echo nothing can be separated: the data are returned unchanged.
     """
@@ -112,8 +187,13 @@ def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6
     te = np.asarray(echo_times_s, dtype=np.float64).ravel()
     if s.ndim == 3 or s.shape[-1] < 2:
         return s, np.zeros(s.shape[:3], dtype=np.float32)
+    if method not in OFFSET_METHODS:
+        raise ValueError(f"unknown phase-offset method {method!r}; choose from {OFFSET_METHODS}")
     s1, s2 = s[..., 0], s[..., 1]
-    dphi = np.angle(s2 * np.conj(s1))
+    if method == "unwrapped":
+        dphi = unwrap_echo_difference(s1, s2, voxel_size)
+    else:
+        dphi = np.angle(s2 * np.conj(s1))
     phi0 = np.angle(s1) - te[0] / (te[1] - te[0]) * dphi
     z = np.abs(s1) * np.exp(1j * phi0)
     sigma = [smoothing_mm / 2.3548 / float(d) for d in voxel_size]
