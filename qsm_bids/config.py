@@ -9,7 +9,6 @@ to the kernels and write :meth:`Config.to_dict` into every sidecar.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -60,13 +59,15 @@ class InputConfig:
 
 @dataclass
 class ReconConfig:
-    """Participant steps 1-5: coils, mask, unwrapping, background, inversion."""
+    """Participant steps 1-5: coils, mask, unwrapping, background, inversion.
 
-    #: Coil combination of coil-resolved data: "adaptive" (modified Walsh).
-    coil_combination: str = "adaptive"
+    Coil-resolved data are combined with the adaptive (modified Walsh) combination and the phase is
+    unwrapped with the Laplacian method (Schofield & Zhu 2003): one method each, so no parameter.
+    """
+
     #: Smoothing kernel (mm, box width) of the coil covariance for the adaptive combination.
     coil_smoothing_mm: float = 6.0
-    #: Brain mask: "auto" (magnitude, refined with T1w when present) or "magnitude".
+    #: Brain mask: "auto" (magnitude mask, intersected with a T1w brain mask on the GRE grid when one is given to the reconstruction; the participant workflow gives none yet, so today the same as "magnitude") or "magnitude".
     mask_method: MaskMethod = "auto"
     #: Fraction of the robust magnitude range used as the initial signal threshold.
     mask_threshold: float = 0.15
@@ -74,8 +75,6 @@ class ReconConfig:
     mask_phase_quality: float = 0.5
     #: Final erosion (mm) of the automatic brain mask.
     mask_erode_mm: float = 1.0
-    #: Phase unwrapping: "laplacian" (Schofield & Zhu 2003).
-    unwrap: str = "laplacian"
     #: Multi-echo field estimate: "weighted_fit" (magnitude^2-weighted fit over TE through zero).
     echo_combination: EchoCombination = "weighted_fit"
     #: Remove the phase at TE = 0 of already-combined multi-echo data before the fit.
@@ -213,13 +212,6 @@ class Config:
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dict of every parameter."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    def section_hash(self, *names: str) -> str:
-        """Stable hash of some sections (with the seed), for step caching."""
-        d = self.to_dict()
-        payload = {n: d[n] for n in names}
-        payload["seed"] = self.seed
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def update(self, overrides: dict, source: str = "overrides") -> "Config":
         """Apply a nested dict of overrides in place; unknown keys raise ConfigError."""

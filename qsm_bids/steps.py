@@ -58,7 +58,6 @@ class StepRunner:
 
     record_dir: Path
     prefix: str
-    force: bool = False
     timings: dict = field(default_factory=dict)
     reused: list = field(default_factory=list)
 
@@ -68,7 +67,7 @@ class StepRunner:
     def is_current(self, step: Step) -> bool:
         """True when the step's record matches its inputs, parameters and outputs."""
         path = self._record_path(step)
-        if self.force or not path.exists():
+        if not path.exists():
             return False
         try:
             record = json.loads(path.read_text())

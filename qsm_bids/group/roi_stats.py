@@ -20,8 +20,7 @@ The analysis follows Acosta-Cabronero et al. (Radiology 2018):
    ranks higher; Bonferroni over the regions tested.
 4. Spearman correlations of adjusted values with numeric clinical columns in
    the first group; the substantia nigra - globus pallidus cross-correlation
-   in each group; subgroup comparisons (``onset``, ``sex``); QSM-DTI
-   correlations when a DTI table is given.
+   in each group; subgroup comparisons (``onset``, ``sex``).
 
 Every function here is pure (DataFrames in, DataFrames out) except
 :func:`read_region_tables` and :func:`write_roi_outputs`, which do the I/O.
@@ -80,7 +79,7 @@ class RoiStatsResult:
         adjusted values per group, rank-sum U, Z, p, Bonferroni p, the
         laterality test and the covariate slopes.
     correlations : DataFrame
-        Long table of Spearman correlations (clinical, SN-GP, DTI).
+        Long table of Spearman correlations (clinical, SN-GP).
     subgroups : DataFrame
         Rank-sum comparisons of subgroups (onset, sex).
     values : DataFrame
@@ -399,7 +398,6 @@ def compute_roi_stats(
     group: GroupConfig | None = None,
     params: RoiStatsConfig | None = None,
     *,
-    dti: pd.DataFrame | None = None,
     min_voxels: int | None = None,
 ) -> RoiStatsResult:
     """Run the paper's region analysis.
@@ -419,10 +417,6 @@ def compute_roi_stats(
         every numeric column that is not the group, a covariate or a subgroup column),
         ``subgroup_columns`` (categorical columns for subgroup comparisons when present),
         ``rank_sum_continuity`` (continuity correction of the rank-sum Z).
-    dti : DataFrame, optional
-        Long table participant_id, region, hemisphere, metric, value (e.g. FA,
-        MD, RD, AD of the corticospinal tract); correlated with the adjusted
-        QSM of the same region in each group.
     min_voxels : when given and ``values`` has ``n_voxels``, a region value from
         fewer voxels is treated as missing (with a warning).
 
@@ -598,9 +592,6 @@ def compute_roi_stats(
                     continue
                 n, rho, p = _spearman(adjusted.loc[mask, sn], adjusted.loc[mask, gp])
                 corr_rows.append(_corr_row("sn_gp", g, sn, gp[0], gp[1], n, rho, p))
-    if dti is not None and len(dti):
-        corr_rows.extend(_dti_correlations(dti, adjusted, keep, ((group_a, in_a), (group_b, in_b)),
-                                           messages))
     correlations = pd.DataFrame(corr_rows, columns=["analysis", "group", "region", "hemisphere",
                                                     "variable", "variable_hemisphere", "n", "rho",
                                                     "rho_squared", "p"])
@@ -637,43 +628,6 @@ def _corr_row(analysis, group, unit, variable, variable_hemisphere, n, rho, p) -
     return {"analysis": analysis, "group": group, "region": unit[0], "hemisphere": unit[1],
             "variable": variable, "variable_hemisphere": variable_hemisphere, "n": n, "rho": rho,
             "rho_squared": rho * rho if np.isfinite(rho) else np.nan, "p": p}
-
-
-def _dti_correlations(dti, adjusted, keep, group_masks, messages) -> list[dict]:
-    need = {"participant_id", "region", "hemisphere", "metric", "value"}
-    if need - set(dti.columns):
-        raise DataError(f"DTI table lacks column(s) {sorted(need - set(dti.columns))}")
-    d = dti.copy()
-    d["participant_id"] = d["participant_id"].map(normalise_participant_id)
-    d["hemisphere"] = d["hemisphere"].map(_normalise_hemisphere)
-    d["value"] = pd.to_numeric(d["value"], errors="coerce")
-    d = d[d["participant_id"].isin(keep)]
-    rows = []
-    for col in adjusted.columns:
-        region, hemi = col
-        sub = d[d["region"] == region]
-        if sub.empty:
-            continue
-        if hemi == BILATERAL and set(sub["hemisphere"]) >= {"L", "R"}:
-            # match the QSM averaging: mean of the two hemispheres per participant
-            lr = sub[sub["hemisphere"].isin(["L", "R"])]
-            table = lr.pivot_table(index="participant_id", columns="metric", values="value",
-                                   aggfunc=lambda s: s.mean() if s.notna().sum() == 2 else np.nan)
-            dti_hemi = BILATERAL
-        else:
-            sel = sub[sub["hemisphere"] == hemi]
-            if sel.empty:
-                continue
-            table = sel.pivot_table(index="participant_id", columns="metric", values="value")
-            dti_hemi = hemi
-        table = table.reindex(adjusted.index)
-        for metric in table.columns:
-            for g, mask in group_masks:
-                n, rho, p = _spearman(adjusted.loc[mask, col], table.loc[mask, metric])
-                rows.append(_corr_row("dti", g, col, str(metric), dti_hemi, n, rho, p))
-    if not rows:
-        messages.append("DTI values given but no region matches the QSM regions; no QSM-DTI correlation")
-    return rows
 
 
 def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, continuity
@@ -773,14 +727,13 @@ def correlations_sidecar(groups: Sequence[str]) -> dict:
     return {
         "analysis": {"Description": "Kind of correlation.",
                      "Levels": {"clinical": f"adjusted QSM vs a clinical column, within {a}",
-                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group",
-                                "dti": "adjusted QSM vs a diffusion tensor metric of the same region"}},
+                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group"}},
         "group": {"Description": "Group within which the correlation was computed."},
         "region": {"Description": "QSM region."},
         "hemisphere": {"Description": "QSM region hemisphere (L, R, bilateral)."},
-        "variable": {"Description": "Other variable: clinical column, region or DTI metric."},
-        "variable_hemisphere": {"Description": "Hemisphere of the other variable when it is a region "
-                                               "or DTI value; empty for clinical columns."},
+        "variable": {"Description": "Other variable: clinical column or region."},
+        "variable_hemisphere": {"Description": "Hemisphere of the other variable when it is a region; "
+                                               "empty for clinical columns."},
         "n": {"Description": "Number of participants with both values."},
         "rho": {"Description": "Spearman rank correlation coefficient (scipy.stats.spearmanr)."},
         "rho_squared": {"Description": "rho squared."},

@@ -302,8 +302,6 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     # 1. coil combination / phase offset
     if magnitude.ndim == 5:
-        if p.coil_combination != "adaptive":
-            raise ValueError(f"unknown coil combination {p.coil_combination!r}")
         cplx = magnitude * np.exp(1j * phase).astype(np.complex64)
         del magnitude, phase
         mag, ph = run("coil_combination", lambda: adaptive_combine(cplx, te, voxel_size,
@@ -361,8 +359,6 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     bmag_rss = mag_rss[box]
 
     # 3. unwrapping
-    if p.unwrap != "laplacian":
-        raise ValueError(f"unknown unwrapping {p.unwrap!r}")
     unwrapped = run("unwrap", lambda: laplacian_unwrap(ph[box], voxel_size))
     unwrapped *= bmask[..., None]
 
