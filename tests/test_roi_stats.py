@@ -11,15 +11,15 @@ from scipy import stats
 
 from qsm_bids.config import GroupConfig
 from qsm_bids.errors import DataError
+from qsm_bids.group.nonparametric import rank_sum_test
 from qsm_bids.group.roi_stats import (
     combine_hemispheres,
     compute_roi_stats,
     covariance_adjust,
     laterality_tests,
-    rank_sum_test,
-    significance_marks,
     write_roi_outputs,
 )
+from qsm_bids.report.figures import significance_marks
 
 # ----------------------------------------------------------------------------- kernels
 

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..bids import with_prefix
 from ..errors import DataError
-from .roi_stats import normalise_participant_id, rank_sum_test
+from .nonparametric import rank_sum_test
 
 __all__ = ["compute_demographics", "demographics_sidecar", "format_mean_sd_range"]
 
@@ -96,9 +97,9 @@ def compute_demographics(
         raise DataError(f"participants.tsv has no group column '{group_column}'")
     parts = participants.copy()
     if "participant_id" in parts.columns:
-        parts["participant_id"] = parts["participant_id"].map(normalise_participant_id)
+        parts["participant_id"] = parts["participant_id"].map(with_prefix)
         if include is not None:
-            keep = {normalise_participant_id(p) for p in include}
+            keep = {with_prefix(p) for p in include}
             parts = parts[parts["participant_id"].isin(keep)]
     grp = parts[group_column].astype("string")
     parts = parts[grp.isin([a, b]).fillna(False).astype(bool)]

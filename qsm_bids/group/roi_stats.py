@@ -38,25 +38,29 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..bids import with_prefix
 from ..config import GroupConfig, RoiStatsConfig
 from ..errors import DataError
+from ..report.figures import (
+    significance_marks,  # the marks column of roi_stats.tsv (the paper's)
+)
 from .glm import covariate_columns
+from .nonparametric import bonferroni, mean_sem, rank_sum_test, spearman
+from .roi_sidecars import (
+    correlations_sidecar,
+    roi_stats_sidecar,
+    subgroups_sidecar,
+    values_sidecar,
+)
 
 __all__ = [
     "RoiStatsResult",
-    "normalise_participant_id",
     "read_region_tables",
-    "rank_sum_test",
     "laterality_tests",
     "combine_hemispheres",
     "covariance_adjust",
     "compare_groups",
     "compute_roi_stats",
-    "significance_marks",
-    "roi_stats_sidecar",
-    "correlations_sidecar",
-    "subgroups_sidecar",
-    "values_sidecar",
     "write_roi_outputs",
 ]
 
@@ -106,12 +110,6 @@ class RoiStatsResult:
 
 # ----------------------------------------------------------------------------- input handling
 
-def normalise_participant_id(label) -> str:
-    """``'01'`` or ``'sub-01'`` -> ``'sub-01'`` (strings kept otherwise as given)."""
-    label = str(label).strip()
-    return label if label.startswith("sub-") else f"sub-{label}"
-
-
 def _normalise_hemisphere(h) -> str:
     if h is None or (isinstance(h, float) and np.isnan(h)):
         return BILATERAL
@@ -150,95 +148,11 @@ def read_region_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
             raise DataError(f"{path}: region table lacks column(s) {sorted(missing)}; expected "
                             "region, hemisphere, median_ppm, n_voxels")
         table = table.copy()
-        table.insert(0, "participant_id", normalise_participant_id(label))
+        table.insert(0, "participant_id", with_prefix(label))
         frames.append(table)
     if not frames:
         return pd.DataFrame(columns=[*VALUE_COLUMNS, "n_voxels"])
     return pd.concat(frames, ignore_index=True)
-
-
-# ----------------------------------------------------------------------------- statistics kernels
-
-def rank_sum_test(a, b, continuity: bool = True) -> tuple[float, float, float]:
-    """Two-tailed Wilcoxon rank-sum (Mann-Whitney U) test, normal approximation.
-
-    Parameters
-    ----------
-    a, b : array_like
-        The two samples (non-finite values are dropped).
-    continuity : bool
-        Apply the 0.5 continuity correction (as ``scipy.stats.mannwhitneyu``
-        with ``use_continuity=True`` and MATLAB's ``ranksum``).
-
-    Returns
-    -------
-    u : float
-        Mann-Whitney U of ``a`` (rank sum of ``a`` minus ``n_a (n_a + 1) / 2``).
-    z : float
-        Standard normal deviate with tie correction; positive when ``a`` ranks higher.
-    p : float
-        Two-tailed p value, ``2 * (1 - Phi(|z|))``.
-    """
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    a = a[np.isfinite(a)]
-    b = b[np.isfinite(b)]
-    n1, n2 = a.size, b.size
-    if n1 == 0 or n2 == 0:
-        return np.nan, np.nan, np.nan
-    ranks = stats.rankdata(np.concatenate([a, b]))
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
-    n = n1 + n2
-    _, counts = np.unique(ranks, return_counts=True)
-    tie_term = float(np.sum(counts.astype(float) ** 3 - counts)) / (n * (n - 1)) if n > 1 else 0.0
-    var = n1 * n2 / 12.0 * ((n + 1) - tie_term)
-    if not var > 0:
-        return float(u), np.nan, np.nan
-    d = u - n1 * n2 / 2.0
-    if continuity:
-        d = np.sign(d) * max(abs(d) - 0.5, 0.0)
-    z = d / np.sqrt(var)
-    p = min(1.0, 2.0 * stats.norm.sf(abs(z)))
-    return float(u), float(z), float(p)
-
-
-def _mean_sem(x) -> tuple[int, float, float]:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    n = int(x.size)
-    if n == 0:
-        return 0, np.nan, np.nan
-    sem = float(np.std(x, ddof=1) / np.sqrt(n)) if n > 1 else np.nan
-    return n, float(np.mean(x)), sem
-
-
-def _spearman(x, y) -> tuple[int, float, float]:
-    x = np.asarray(x, dtype=float)
-    y = np.asarray(y, dtype=float)
-    ok = np.isfinite(x) & np.isfinite(y)
-    n = int(ok.sum())
-    if n < 3 or np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return n, np.nan, np.nan
-    res = stats.spearmanr(x[ok], y[ok])
-    return n, float(res.statistic), float(res.pvalue)
-
-
-def _bonferroni(p: pd.Series) -> pd.Series:
-    m = int(np.isfinite(p.to_numpy(dtype=float)).sum())
-    return (p * m).clip(upper=1.0) if m else p
-
-
-def significance_marks(p: float, p_bonferroni: float) -> str:
-    """The paper's marks: * P<.05, ** P<.01, *** Bonferroni P<.05, **** Bonferroni P<.01."""
-    if np.isfinite(p_bonferroni) and p_bonferroni < 0.01:
-        return "****"
-    if np.isfinite(p_bonferroni) and p_bonferroni < 0.05:
-        return "***"
-    if np.isfinite(p) and p < 0.01:
-        return "**"
-    if np.isfinite(p) and p < 0.05:
-        return "*"
-    return ""
 
 
 # ----------------------------------------------------------------------------- analysis steps
@@ -358,8 +272,8 @@ def compare_groups(wide: pd.DataFrame, in_a: pd.Series, in_b: pd.Series, continu
     for col in wide.columns:
         a = wide.loc[in_a, col].to_numpy(dtype=float)
         b = wide.loc[in_b, col].to_numpy(dtype=float)
-        na, ma, sa = _mean_sem(a)
-        nb, mb, sb = _mean_sem(b)
+        na, ma, sa = mean_sem(a)
+        nb, mb, sb = mean_sem(b)
         u = z = p = np.nan
         if na >= 2 and nb >= 2:
             u, z, p = rank_sum_test(a, b, continuity=continuity)
@@ -367,7 +281,7 @@ def compare_groups(wide: pd.DataFrame, in_a: pd.Series, in_b: pd.Series, continu
                      "sem_b": sb, "u": u, "z": z, "p": p})
     out = pd.DataFrame(rows, columns=["unit", "n_a", "mean_a", "sem_a", "n_b", "mean_b", "sem_b",
                                       "u", "z", "p"])
-    out["p_bonferroni"] = _bonferroni(out["p"].astype(float))
+    out["p_bonferroni"] = bonferroni(out["p"].astype(float))
     return out
 
 
@@ -444,7 +358,7 @@ def compute_roi_stats(
                             f"{list(participants.columns)})")
 
     parts = participants.copy()
-    parts["participant_id"] = parts["participant_id"].map(normalise_participant_id)
+    parts["participant_id"] = parts["participant_id"].map(with_prefix)
     if parts["participant_id"].duplicated().any():
         dup = sorted(parts.loc[parts["participant_id"].duplicated(), "participant_id"])
         raise DataError(f"participants.tsv lists participant(s) more than once: {dup}")
@@ -452,7 +366,7 @@ def compute_roi_stats(
     parts = parts.set_index("participant_id")
 
     vals = values.copy()
-    vals["participant_id"] = vals["participant_id"].map(normalise_participant_id)
+    vals["participant_id"] = vals["participant_id"].map(with_prefix)
     vals["hemisphere"] = vals["hemisphere"].map(_normalise_hemisphere)
     vals["region"] = vals["region"].astype(str)
     vals["median_ppm"] = pd.to_numeric(vals["median_ppm"], errors="coerce")
@@ -528,7 +442,7 @@ def compute_roi_stats(
 
     # 3. group comparison
     comp = compare_groups(adjusted, in_a, in_b, continuity=continuity)
-    raw = {g: {col: _mean_sem(units.loc[m, col]) for col in units.columns}
+    raw = {g: {col: mean_sem(units.loc[m, col]) for col in units.columns}
            for g, m in ((group_a, in_a), (group_b, in_b))}
     lat_by_region = lat.set_index("region")
     rows = []
@@ -581,7 +495,7 @@ def compute_roi_stats(
     for c in clin:
         x = pd.to_numeric(parts.loc[keep, c], errors="coerce")
         for col in adjusted.columns:
-            n, rho, p = _spearman(adjusted.loc[in_a, col], x[in_a])
+            n, rho, p = spearman(adjusted.loc[in_a, col], x[in_a])
             corr_rows.append(_corr_row("clinical", group_a, col, c, "", n, rho, p))
     sn_units = [u for u in adjusted.columns if u[0].startswith(_SN_PREFIX)]
     gp_units = [u for u in adjusted.columns if u[0] == _GP]
@@ -590,7 +504,7 @@ def compute_roi_stats(
             for gp in gp_units:
                 if sn[1] in ("L", "R") and gp[1] in ("L", "R") and sn[1] != gp[1]:
                     continue
-                n, rho, p = _spearman(adjusted.loc[mask, sn], adjusted.loc[mask, gp])
+                n, rho, p = spearman(adjusted.loc[mask, sn], adjusted.loc[mask, gp])
                 corr_rows.append(_corr_row("sn_gp", g, sn, gp[0], gp[1], n, rho, p))
     correlations = pd.DataFrame(corr_rows, columns=["analysis", "group", "region", "hemisphere",
                                                     "variable", "variable_hemisphere", "n", "rho",
@@ -672,109 +586,6 @@ def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, c
 
 
 # ----------------------------------------------------------------------------- sidecars and files
-
-def roi_stats_sidecar(groups: Sequence[str], covariates: Sequence[str], laterality_alpha: float = 0.05,
-                      continuity: bool = True) -> dict:
-    """Column descriptions of roi_stats.tsv (BIDS TSV sidecar)."""
-    a, b = groups
-    cov = ", ".join(covariates) or "no covariate"
-    sc = {
-        "region": {"Description": "Region name (qsm-bids atlas, snake_case)."},
-        "hemisphere": {"Description": "L, R, or bilateral (mean of L and R per participant when "
-                                      f"the laterality test in {a} had p >= {laterality_alpha})."},
-    }
-    for g in (a, b):
-        sc[f"n_{g}"] = {"Description": f"Number of {g} participants with a value for this region."}
-        sc[f"mean_{g}"] = {"Description": f"Mean over {g} of the participants' regional median "
-                                          f"susceptibility, adjusted for {cov} (covariance method).",
-                           "Units": "ppm"}
-        sc[f"sem_{g}"] = {"Description": f"Standard error of the mean of {g} (SD with ddof=1 / sqrt(n)).",
-                          "Units": "ppm"}
-    for g in (a, b):
-        sc[f"raw_mean_{g}"] = {"Description": f"Mean over {g} of the unadjusted regional medians.",
-                               "Units": "ppm"}
-        sc[f"raw_sem_{g}"] = {"Description": f"Standard error of the unadjusted mean of {g}.",
-                              "Units": "ppm"}
-    sc.update({
-        "u": {"Description": f"Mann-Whitney U of {a} (rank sum of {a} minus n(n+1)/2)."},
-        "z": {"Description": f"Two-tailed Wilcoxon rank-sum Z, {a} vs {b}, normal approximation with "
-                             "tie correction" + (" and 0.5 continuity correction" if continuity else "")
-                             + f"; positive when {a} ranks higher."},
-        "p": {"Description": "Two-tailed p value of the rank-sum test (uncorrected)."},
-        "p_bonferroni": {"Description": "p multiplied by the number of regions tested (rows with a "
-                                        "p value), capped at 1."},
-        "significance": {"Description": "* p<.05, ** p<.01, *** Bonferroni p<.05, **** Bonferroni p<.01."},
-        "laterality_n": {"Description": f"Number of {a} participants with both L and R values."},
-        "laterality_stat": {"Description": f"Wilcoxon signed-rank statistic (smaller signed-rank sum) "
-                                           f"of L vs R in {a} (scipy.stats.wilcoxon, two-sided)."},
-        "laterality_p": {"Description": f"Two-sided p of the L vs R signed-rank test in {a}."},
-        "laterality": {"Description": f"separate: L and R kept apart (laterality p < {laterality_alpha}); "
-                                      "averaged: hemispheres averaged; not tested: no L/R pair.",
-                       "Levels": {"separate": "hemispheres kept apart", "averaged": "mean of L and R",
-                                  "not tested": "region without an L/R pair"}},
-    })
-    for c in covariates:
-        sc[f"slope_{c}"] = {"Description": f"Covariance-method slope of the region value on {c}, "
-                                           f"fitted by ordinary least squares in {b} (jointly with the "
-                                           "other covariates); values were adjusted to the mean of "
-                                           f"{c} in {b}.", "Units": f"ppm per unit of {c}"}
-    return sc
-
-
-def correlations_sidecar(groups: Sequence[str]) -> dict:
-    """Column descriptions of correlations.tsv."""
-    a, _ = groups
-    return {
-        "analysis": {"Description": "Kind of correlation.",
-                     "Levels": {"clinical": f"adjusted QSM vs a clinical column, within {a}",
-                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group"}},
-        "group": {"Description": "Group within which the correlation was computed."},
-        "region": {"Description": "QSM region."},
-        "hemisphere": {"Description": "QSM region hemisphere (L, R, bilateral)."},
-        "variable": {"Description": "Other variable: clinical column or region."},
-        "variable_hemisphere": {"Description": "Hemisphere of the other variable when it is a region; "
-                                               "empty for clinical columns."},
-        "n": {"Description": "Number of participants with both values."},
-        "rho": {"Description": "Spearman rank correlation coefficient (scipy.stats.spearmanr)."},
-        "rho_squared": {"Description": "rho squared."},
-        "p": {"Description": "Two-sided p value of rho (uncorrected)."},
-    }
-
-
-def subgroups_sidecar() -> dict:
-    """Column descriptions of roi_subgroups.tsv."""
-    return {
-        "subgroup_column": {"Description": "participants.tsv column defining the subgroups."},
-        "group_1": {"Description": "First compared set of participants."},
-        "group_2": {"Description": "Second compared set of participants."},
-        "region": {"Description": "Region name."},
-        "hemisphere": {"Description": "L, R or bilateral (as in roi_stats.tsv)."},
-        "n_1": {"Description": "Participants in group_1 with a value."},
-        "mean_1": {"Description": "Mean adjusted value of group_1.", "Units": "ppm"},
-        "sem_1": {"Description": "Standard error of the mean of group_1.", "Units": "ppm"},
-        "n_2": {"Description": "Participants in group_2 with a value."},
-        "mean_2": {"Description": "Mean adjusted value of group_2.", "Units": "ppm"},
-        "sem_2": {"Description": "Standard error of the mean of group_2.", "Units": "ppm"},
-        "u": {"Description": "Mann-Whitney U of group_1."},
-        "z": {"Description": "Rank-sum Z (tie- and continuity-corrected), positive when group_1 ranks higher."},
-        "p": {"Description": "Two-tailed p value."},
-        "p_bonferroni": {"Description": "Bonferroni over the regions of this comparison."},
-    }
-
-
-def values_sidecar(covariates: Sequence[str]) -> dict:
-    """Column descriptions of roi_values.tsv (each participant's values per region unit)."""
-    return {
-        "participant_id": {"Description": "Participant."},
-        "group": {"Description": "Group level."},
-        "region": {"Description": "Region name."},
-        "hemisphere": {"Description": "L, R or bilateral (as in roi_stats.tsv)."},
-        "value_ppm": {"Description": "Regional median susceptibility (mean of L and R when bilateral).",
-                      "Units": "ppm"},
-        "adjusted_ppm": {"Description": "value_ppm adjusted by the covariance method for "
-                                        f"{', '.join(covariates) or 'no covariate'}.", "Units": "ppm"},
-    }
-
 
 def write_roi_outputs(out_dir: str | Path, result: RoiStatsResult,
                       demographics: pd.DataFrame | None = None,

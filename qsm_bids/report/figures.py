@@ -169,6 +169,19 @@ def cluster_slices_figure(template, stat, pfwe, *, alpha: float = 0.05, n_slices
     return fig, {"n_significant": n_sig, "z_mm": z_mm}
 
 
+def significance_marks(p: float, p_bonferroni: float) -> str:
+    """The paper's marks: * P<.05, ** P<.01, *** Bonferroni P<.05, **** Bonferroni P<.01."""
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.01:
+        return "****"
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.05:
+        return "***"
+    if np.isfinite(p) and p < 0.01:
+        return "**"
+    if np.isfinite(p) and p < 0.05:
+        return "*"
+    return ""
+
+
 def _unit_label(region: str, hemisphere: str) -> str:
     name = str(region).replace("_", " ")
     return name if hemisphere == "bilateral" else f"{name} ({hemisphere})"
@@ -181,7 +194,6 @@ def roi_bar_figure(roi_stats, groups: Sequence[str], *, colours=GROUP_COLOURS,
     ``roi_stats`` is the table of :func:`qsm_bids.group.roi_stats.compute_roi_stats`
     (columns region, hemisphere, mean_<g>, sem_<g>, p, p_bonferroni).
     """
-    from ..group.roi_stats import significance_marks
 
     a, b = groups
     n = len(roi_stats)
