@@ -78,3 +78,19 @@ def test_analysis_names():
     assert a != b
     # the main design is the configured one
     assert analysis_name("diagnosis", ["PD", "HC"], main_column="diagnosis", main_groups=["PD", "HC"]) == ""
+
+
+def test_selection_table():
+    from qsm_bids.group.selection import selection_table
+
+    frame = _participants()
+    sel = select_participants(frame, restrict=["group=ALS"])
+    table = selection_table(frame, ["sub-01", "02", "03"], [*zip(sel.left_out["participant_id"],
+                                                                 sel.left_out["reason"]),
+                                                            ("04", "participant results missing (regions)")],
+                            "group")
+    assert list(table.columns) == ["participant_id", "group", "included", "reason"]
+    assert list(table["included"]) == ["yes", "yes", "yes", "no", "no", "no", "no"]
+    assert table.loc[3, "reason"] == "participant results missing (regions)"
+    assert table.loc[4, "reason"] == "group=control (restricted to group=ALS)"
+    assert table.loc[6, "reason"] == "not selected"

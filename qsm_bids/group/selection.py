@@ -26,7 +26,8 @@ import pandas as pd
 
 from ..errors import DataError, UsageError
 
-__all__ = ["Condition", "Selection", "analysis_name", "parse_condition", "select_participants"]
+__all__ = ["SELECTION_SIDECAR", "Condition", "Selection", "analysis_name", "parse_condition", "select_participants",
+           "selection_table"]
 
 
 @dataclass(frozen=True)
@@ -170,3 +171,37 @@ def analysis_name(group_column: str, groups: Sequence[str], restrict: Sequence =
     if any(_token(x) != x or not x for x in given):
         name += "_h" + hashlib.sha256(repr(given).encode()).hexdigest()[:6]
     return name
+
+
+#: Column descriptions of ``selection.tsv``.
+SELECTION_SIDECAR = {
+    "participant_id": {"Description": "Participant (every row of participants.tsv)."},
+    "included": {"Description": "yes: entered this analysis; no: left out (see reason).",
+                 "Levels": {"yes": "entered", "no": "left out"}},
+    "reason": {"Description": "Why the participant was left out: a --restrict or --exclude condition, a "
+                              "group level outside the compared ones, a missing group or covariate value, "
+                              "or missing participant results. Empty when included."},
+}
+
+
+def selection_table(frame: pd.DataFrame, included: Sequence[str], left_out: Sequence[tuple[str, str]],
+                    group_column: str) -> pd.DataFrame:
+    """``selection.tsv``: every participants.tsv row with ``included`` and the ``reason`` when not.
+
+    ``included`` and ``left_out`` hold participant ids with or without ``sub-``; the first reason
+    given for a participant is kept.
+    """
+    def bare(p):
+        return str(p).removeprefix("sub-")
+
+    inside = {bare(p) for p in included}
+    reasons: dict = {}
+    for pid, reason in left_out:
+        reasons.setdefault(bare(pid), reason)
+    ids = [bare(p) for p in frame["participant_id"]]
+    values = frame[group_column].astype("string") if group_column in frame.columns else [pd.NA] * len(ids)
+    rows = [{"participant_id": f"sub-{p}", group_column: v,
+             "included": "yes" if p in inside else "no",
+             "reason": "" if p in inside else reasons.get(p, "not selected")}
+            for p, v in zip(ids, values)]
+    return pd.DataFrame(rows, columns=["participant_id", group_column, "included", "reason"])
