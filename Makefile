@@ -41,6 +41,7 @@ test: venv test-deps
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 lint: venv
+	$(BIN)/ruff check qsm_bids tests benchmarks
 	$(BIN)/hadolint Dockerfile
 
 demo: venv

@@ -308,7 +308,7 @@ def _default_atlas_cached():
             img = nib.load(str(path))
             data = np.asarray(img.dataobj, dtype=np.int16)
             return nib.Nifti1Image(data, img.affine), table
-        except Exception as exc:  # a corrupt cache file is rebuilt, never trusted
+        except Exception as exc:  # noqa: BLE001 - a corrupt cache file is rebuilt, never trusted
             logger.warning("atlas cache %s unreadable (%s); rebuilding", path, exc)
     img, table = build_default_atlas()
     try:
@@ -375,7 +375,7 @@ def load_user_atlas(atlas_file, labels_tsv):
     try:
         img = nib.load(str(atlas_file))
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader error is a data error naming the file
         raise DataError(f"{atlas_file}: cannot read the atlas as NIfTI ({exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
@@ -387,7 +387,7 @@ def load_user_atlas(atlas_file, labels_tsv):
         raise DataError(f"{atlas_file}: label values above {np.iinfo(np.int16).max} are not supported")
     try:
         table = pd.read_csv(labels_tsv, sep="\t", dtype={"region": str, "hemisphere": str})
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any reader error is a data error naming the file
         raise DataError(f"{labels_tsv}: cannot read the labels TSV ({exc})") from None
     missing = {"index", "region", "hemisphere"} - set(table.columns)
     if missing:

@@ -3,10 +3,10 @@
 Steps, each resumable (see :mod:`qsm_bids.steps`):
 
 ``qsm``        coil combination, brain mask, Laplacian unwrapping, echo
-               combination, background removal, dipole inversion (DESIGN 1-5)
+               combination, background removal, dipole inversion (docs/reconstruction.md)
 ``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN),
-               Chimap, mask and T1w resampled to the template (DESIGN 6)
-``regions``    atlas to native GRE space, eroded region medians (DESIGN 7)
+               Chimap, mask and T1w resampled to the template (docs/atlas_registration.md)
+``regions``    atlas to native GRE space, eroded region medians (docs/atlas_registration.md)
 ``report``     the participant QC page ``OUTPUT_DIR/sub-<l>.html``
 
 Subjects are independent: one that fails is logged with one line naming the

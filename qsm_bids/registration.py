@@ -1,6 +1,6 @@
 """ANTs (antspyx) normalisation: GRE -> T1w -> template, and the maps carried through.
 
-Chain (DESIGN section 1, step 6):
+Chain (participant step 6; see docs/atlas_registration.md):
 
 * GRE magnitude (first echo) -> T1w: rigid (``from-GRE_to-T1w`` ANTs affine ``.mat``);
 * T1w -> template: affine + SyN (``from-T1w_to-<template>`` composite ``.h5``
@@ -40,6 +40,7 @@ __all__ = [
     "PRESETS",
     "RegistrationResult",
     "set_threads",
+    "ants_seed",
     "to_ants",
     "to_nibabel",
     "brain_template",
@@ -168,22 +169,28 @@ def brain_template(resolution_mm: float = 1.0):
 # ---------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _seeded(seed: int):
+def ants_seed(seed: int):
+    """Within this block, every ``ants.registration`` call gets ``--random-seed seed``.
+
+    The one adapter over antspyx's seed (0.6.3 reads the module global ``ants.config._random_seed``;
+    its public ``set_ants_deterministic`` would also force one ITK thread and reseed numpy's global
+    generator). Every registration of qsm-bids runs inside it; the global is restored afterwards.
+    """
     import ants.config
 
-    old = ants.config._random_seed
-    ants.config._random_seed = int(seed)
+    old = ants.config._random_seed  # noqa: SLF001 - the adapter (see above)
+    ants.config._random_seed = int(seed)  # noqa: SLF001
     try:
         yield
     finally:
-        ants.config._random_seed = old
+        ants.config._random_seed = old  # noqa: SLF001
 
 
 def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None):
     """Rigid antsRegistration with the preset's schedule."""
     import ants
 
-    with _seeded(seed):
+    with ants_seed(seed):
         return ants.registration(fixed=fixed, moving=moving, outprefix=outprefix, type_of_transform="Rigid",
                                  aff_iterations=p["rigid_iterations"], aff_shrink_factors=p["rigid_shrink"],
                                  aff_smoothing_sigmas=p["rigid_smoothing"],
@@ -197,7 +204,7 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
 
     # antspyx's "SyN" ignores aff_iterations, so run the affine explicitly and hand it
     # to SyNOnly as the initial transform; the composite then holds both.
-    with _seeded(seed):
+    with ants_seed(seed):
         aff = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "aff_",
                                 type_of_transform="Affine", aff_iterations=p["aff_iterations"],
                                 aff_shrink_factors=p["aff_shrink"],
@@ -431,7 +438,7 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
             img = nib.load(str(path))
             img.get_fdata(dtype=np.float32)  # read now: a truncated file fails here, named
             return img
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any reader error is a data error naming the file
             raise DataError(f"{path}: cannot read the {what} for registration ({exc})") from None
 
     mag, mask, chi = _read(magnitude_path, "magnitude"), _read(mask_path, "mask"), _read(chi_path, "Chimap")

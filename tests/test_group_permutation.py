@@ -140,7 +140,7 @@ def test_freedman_lane_p_values_match_a_direct_implementation():
         maxima["tfce"].append(max(tf.max(), 0))
         maxima["ntfce"].append(max(-tf.min(), 0))
         if k == 0:
-            t_obs, tfce_obs = t, tf
+            t_obs = t
     np.testing.assert_allclose(res["t"], t_obs, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(res["null"].max_t, maxima["t"], rtol=1e-4)
     np.testing.assert_allclose(res["null"].max_neg_tfce[3:], maxima["ntfce"][3:], rtol=1e-4)

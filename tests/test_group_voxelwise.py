@@ -90,7 +90,7 @@ def test_run_voxelwise_writes_everything_and_is_reproducible(tmp_path):
     kw = dict(seed=5, n_jobs=1, label_lookup=lookup, parameters={"group": {"n_permutations": 60}})
     params = _params(n_permutations=60, permutation_chunk_size=25)
     out1 = run_voxelwise(chi_paths, mask_paths, frame, params, tmp_path / "g1", **kw)
-    out2 = run_voxelwise(chi_paths, mask_paths, frame, params, tmp_path / "g2", **kw)
+    run_voxelwise(chi_paths, mask_paths, frame, params, tmp_path / "g2", **kw)
     for contrast in ("PDgtHC", "HCgtPD"):
         for stat in ("t", "tfce", "pfwe"):
             for space in (None, "MNI152NLin2009aSym"):

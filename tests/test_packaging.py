@@ -146,3 +146,13 @@ def test_tfce_kernel_built_library_is_reported(fresh_kernel, monkeypatch, tmp_pa
         assert fresh_kernel.available()
     assert fresh_kernel.kernel_used() == str(lib)
     assert any("compiled exact kernel" in r.getMessage() for r in caplog.records)
+
+
+def test_ruff_is_clean():
+    """``make lint``'s Python half: the rules of [tool.ruff] in pyproject.toml hold everywhere."""
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff not installed (pip install ruff)")
+    out = subprocess.run([ruff, "check", "qsm_bids", "tests", "benchmarks"], cwd=REPO, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -116,7 +116,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
     import ants
     import nibabel as nib
 
-    from ..registration import _seeded, set_threads
+    from ..registration import ants_seed, set_threads
 
     t_start = time.perf_counter()
     set_threads(max(int(n_threads), 1))
@@ -147,7 +147,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
             t_it = time.perf_counter()
             for k, img in enumerate(images):
                 t0 = time.perf_counter()
-                with _seeded(seed + k):
+                with ants_seed(seed + k):
                     reg = ants.registration(template, img, type_of_transform="SyNOnly",
                                             reg_iterations=tuple(reg_iterations),
                                             outprefix=str(work / f"it{it}_s{k}_"),
@@ -180,7 +180,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         # study template -> MNI
         t0 = time.perf_counter()
         mni = _normalise(ref)
-        with _seeded(seed):
+        with ants_seed(seed):
             reg = ants.registration(mni, template, type_of_transform="SyN",
                                     reg_iterations=tuple(reg_iterations),
                                     outprefix=str(work / "tomni_"), write_composite_transform=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .inversion import GAMMA_HZ_PER_T
+from .dipole import GAMMA_HZ_PER_T
 from .unwrap import laplacian_unwrap
 
 __all__ = [

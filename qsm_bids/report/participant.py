@@ -35,7 +35,7 @@ def _load(path):
         if data.ndim == 4:
             data = data[..., 0]
         return data, np.asarray(img.header.get_zooms()[:3], dtype=float)
-    except Exception as exc:  # a broken image must not prevent the page
+    except Exception as exc:  # noqa: BLE001 - a broken image must not prevent the page
         logger.warning("QC page: cannot read %s (%s)", path, exc)
         return None
 
