@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import re
-import time
 
 import nibabel as nib
 import numpy as np
@@ -125,14 +124,12 @@ def _inputs(tmp_path, n_per_group=3, voxel_mm=4.0, evil=True, with_files=True):
 def report(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     inputs = _inputs(tmp)
-    t0 = time.perf_counter()
     path = write_group_report(tmp / "group" / "report.html", **inputs)
-    return path, path.read_text(), time.perf_counter() - t0
+    return path, path.read_text()
 
 
 def test_report_content_and_escaping(report):
-    path, text, seconds = report
-    assert seconds < 20
+    path, text = report
     # markup in a participant label, a cluster label and a warning is shown as text
     assert EVIL not in text
     assert html.escape(EVIL) in text or "&lt;b&gt;x&lt;/b&gt;" in text
@@ -196,7 +193,7 @@ def test_report_size_for_67_subjects(tmp_path):
 
 @pytest.mark.skipif(chromium() is None, reason=NO_CHROMIUM)
 def test_report_opens_in_headless_chromium(report, tmp_path):
-    path, text, _ = report
+    path, text = report
     page = tmp_path / "group" / "report.html"  # same depth, so ../sub-*.html links resolve alike
     result = open_in_chromium(text, page, tmp_path)
     assert result.probe["images"] == 16
