@@ -101,7 +101,11 @@ def as_config(config) -> Config:
     """A :class:`Config` from a Config, its ``to_dict()`` (possibly partial) or None (the defaults)."""
     if isinstance(config, Config):
         return config
-    return Config().update(dict(config or {}), source="report configuration")
+    # keys of an older qsm-bids (read back from group.json) that this version no longer has are ignored
+    known = Config().to_dict()
+    kept = {k: ({kk: vv for kk, vv in v.items() if kk in known[k]} if isinstance(v, dict) else v)
+            for k, v in dict(config or {}).items() if k in known}
+    return Config().update(kept, source="report configuration")
 
 
 class _Citer:
