@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the two levels compared; A is the patient side (default: {' '.join(d.group.groups)})")
     g.add_argument("--covariates", nargs="*", default=None, metavar="COLUMN",
                    help=f"nuisance covariates from participants.tsv (default: {' '.join(d.group.covariates) or 'none'})")
+    g.add_argument("--restrict", nargs="+", default=None, metavar="COLUMN=VALUE",
+                   help="analyse only participants with these participants.tsv values (all must hold; "
+                        "VALUE may be a comma list), e.g. group=ALS; written to its own folder under group/")
+    g.add_argument("--exclude", nargs="+", default=None, metavar="COLUMN=VALUE",
+                   help="leave out participants with these values, e.g. genetics=C9orf72; written to its own "
+                        "folder under group/ (never over the main analysis)")
     g.add_argument("--n-permutations", type=_positive_int, default=None,
                    help=f"permutations for TFCE inference (default: {d.group.n_permutations})")
     g.add_argument("--report-only", action="store_true",
@@ -148,6 +154,8 @@ def _overrides(args) -> dict:
         ("group", "group_column"): args.group_column,
         ("group", "groups"): args.groups,
         ("group", "covariates"): args.covariates,
+        ("group", "restrict"): args.restrict,
+        ("group", "exclude"): args.exclude,
         ("group", "n_permutations"): args.n_permutations,
         ("group", "template"): args.template,
     }
@@ -251,11 +259,19 @@ def main(argv=None) -> int:
                 bids_dir, output_dir, cfg, participant_labels=args.participant_label,
                 session_labels=args.session_label, work_dir=work_dir, n_cpus=n_cpus,
                 mask_dir=args.mask_dir, validate=not args.skip_bids_validation)
+        from .group.selection import analysis_name
         from .group.workflow import run_group_level
+
+        # the study's design is the configuration's (file or defaults); another group column or
+        # levels from the command line, or any selection, is a named analysis in its own folder
+        design = load_config(args.config).group
+        analysis = analysis_name(cfg.group.group_column, cfg.group.groups, cfg.group.restrict,
+                                 cfg.group.exclude, design.group_column, design.groups)
 
         return run_group_level(bids_dir, output_dir, cfg, participant_labels=args.participant_label,
                                work_dir=work_dir, n_cpus=n_cpus, mem_gb=args.mem_gb,
-                               validate=not args.skip_bids_validation, report_only=args.report_only)
+                               validate=not args.skip_bids_validation, report_only=args.report_only,
+                               analysis=analysis)
     except QSMBidsError as exc:
         logger.debug("exit %d", exc.exit_code, exc_info=True)
         print(f"qsm-bids: error: {exc}", file=sys.stderr)

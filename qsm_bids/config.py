@@ -179,6 +179,11 @@ class GroupConfig:
     tfce_connectivity: Connectivity = 26
     #: FWE-corrected significance level for clusters and the report.
     alpha: float = 0.05
+    #: Keep only participants with COLUMN=VALUE[,VALUE...] (all must hold), e.g. "group=ALS";
+    #: any restriction or exclusion writes the analysis to its own folder under group/.
+    restrict: tuple[str, ...] = ()
+    #: Leave out participants with COLUMN=VALUE[,VALUE...], e.g. "genetics=C9orf72".
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass
@@ -195,6 +200,14 @@ class RoiStatsConfig:
     rank_sum_continuity: bool = True
     #: Yates correction in the chi-square test of sex (2x2 table).
     chi_square_yates: bool = False
+    #: Covariates removed in the partial Spearman correlations (when present in participants.tsv).
+    partial_covariates: tuple[str, ...] = ("onset", "sex")
+    #: Region pairs correlated in the first group for the leakage check (a name matches its subdivisions).
+    leakage_pairs: tuple[tuple[str, str], ...] = (("corticospinal_tract", "globus_pallidus"),)
+    #: Bootstrap replicates of the effect-size intervals (0: no intervals).
+    n_bootstrap: int = 2000
+    #: Coverage of the bootstrap intervals of the effect sizes.
+    bootstrap_confidence: float = 0.95
 
 
 @dataclass
@@ -263,6 +276,13 @@ class Config:
             raise ConfigError("recon.medi_percentage must lie in (0, 1)")
         if not 0 < self.group.coverage_fraction <= 1:
             raise ConfigError("group.coverage_fraction must lie in (0, 1]")
+        if not 0 < self.roi_stats.bootstrap_confidence < 1:
+            raise ConfigError("roi_stats.bootstrap_confidence must lie in (0, 1)")
+        if self.roi_stats.n_bootstrap < 0:
+            raise ConfigError("roi_stats.n_bootstrap must be 0 or more")
+        for pair in self.roi_stats.leakage_pairs:
+            if len(pair) != 2:
+                raise ConfigError(f"roi_stats.leakage_pairs: each entry names two regions, got {list(pair)!r}")
 
 
 _SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats")

@@ -171,6 +171,7 @@ GROUP_OUTPUTS: dict[str, str] = {
     "roi_subgroups": "roi_subgroups.tsv",
     "roi_values": "roi_values.tsv",
     "demographics": "demographics.tsv",
+    "selection": "selection.tsv",
     "report": "report.html",
 }
 

@@ -61,7 +61,9 @@ def correlations_sidecar(groups: Sequence[str]) -> dict:
     return {
         "analysis": {"Description": "Kind of correlation.",
                      "Levels": {"clinical": f"adjusted QSM vs a clinical column, within {a}",
-                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group"}},
+                                "sn_gp": "substantia nigra vs globus pallidus adjusted QSM, within each group",
+                                "leakage": f"leakage check: adjusted QSM of one region vs another "
+                                           f"(roi_stats.leakage_pairs, e.g. CST vs globus pallidus), within {a}"}},
         "group": {"Description": "Group within which the correlation was computed."},
         "region": {"Description": "QSM region."},
         "hemisphere": {"Description": "QSM region hemisphere (L, R, bilateral)."},

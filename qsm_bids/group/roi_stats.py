@@ -313,6 +313,7 @@ def compute_roi_stats(
     params: RoiStatsConfig | None = None,
     *,
     min_voxels: int | None = None,
+    seed: int | None = None,
 ) -> RoiStatsResult:
     """Run the paper's region analysis.
 
@@ -340,6 +341,11 @@ def compute_roi_stats(
     """
     group = group if group is not None else GroupConfig()
     params = params if params is not None else RoiStatsConfig()
+    from ..config import Config
+    from .effects import PARTIAL_COLUMNS, covariate_matrix, effect_size_table, pair_correlation_rows, partial_fields
+
+    seed = Config().seed if seed is None else seed  # the bootstrap intervals' seed (--seed)
+    bootstrap = (params.n_bootstrap, params.bootstrap_confidence, seed)
     group_column, covariates = group.group_column, tuple(group.covariates)
     laterality_alpha, continuity = params.laterality_alpha, params.rank_sum_continuity
     clinical_columns, subgroup_columns = tuple(params.clinical_columns), tuple(params.subgroup_columns)
@@ -442,6 +448,7 @@ def compute_roi_stats(
 
     # 3. group comparison
     comp = compare_groups(adjusted, in_a, in_b, continuity=continuity)
+    effects = effect_size_table(adjusted, in_a, in_b, *bootstrap)
     raw = {g: {col: mean_sem(units.loc[m, col]) for col in units.columns}
            for g, m in ((group_a, in_a), (group_b, in_b))}
     lat_by_region = lat.set_index("region")
@@ -453,6 +460,7 @@ def compute_roi_stats(
                f"n_{group_b}": r.n_b, f"mean_{group_b}": r.mean_b, f"sem_{group_b}": r.sem_b,
                "u": r.u, "z": r.z, "p": r.p, "p_bonferroni": r.p_bonferroni,
                "significance": significance_marks(r.p, r.p_bonferroni),
+               **effects.loc[r.unit].to_dict(),
                f"raw_mean_{group_a}": raw[group_a][r.unit][1], f"raw_sem_{group_a}": raw[group_a][r.unit][2],
                f"raw_mean_{group_b}": raw[group_b][r.unit][1], f"raw_sem_{group_b}": raw[group_b][r.unit][2]}
         if region in lat_by_region.index:
@@ -492,11 +500,20 @@ def compute_roi_stats(
     else:
         clin = _numeric_clinical_columns(parts.loc[keep], exclude)
     corr_rows = []
+    # partial correlations: onset, sex (config) removed within each group, dummy coded there
+    partial_names = [c for c in params.partial_covariates if c in parts.columns]
+    partial = {}
+    for g, mask in ((group_a, in_a), (group_b, in_b)):
+        z, terms, dropped = covariate_matrix(parts.loc[keep][mask.to_numpy()], partial_names)
+        partial[g] = (z, terms)
+        if g == group_a and dropped:
+            messages.append(f"partial correlations in {g}: not controlled for {', '.join(dropped)}")
     for c in clin:
         x = pd.to_numeric(parts.loc[keep, c], errors="coerce")
         for col in adjusted.columns:
             n, rho, p = spearman(adjusted.loc[in_a, col], x[in_a])
-            corr_rows.append(_corr_row("clinical", group_a, col, c, "", n, rho, p))
+            corr_rows.append({**_corr_row("clinical", group_a, col, c, "", n, rho, p),
+                              **partial_fields(adjusted.loc[in_a, col], x[in_a], *partial[group_a])})
     sn_units = [u for u in adjusted.columns if u[0].startswith(_SN_PREFIX)]
     gp_units = [u for u in adjusted.columns if u[0] == _GP]
     for g, mask in ((group_a, in_a), (group_b, in_b)):
@@ -505,17 +522,21 @@ def compute_roi_stats(
                 if sn[1] in ("L", "R") and gp[1] in ("L", "R") and sn[1] != gp[1]:
                     continue
                 n, rho, p = spearman(adjusted.loc[mask, sn], adjusted.loc[mask, gp])
-                corr_rows.append(_corr_row("sn_gp", g, sn, gp[0], gp[1], n, rho, p))
+                corr_rows.append({**_corr_row("sn_gp", g, sn, gp[0], gp[1], n, rho, p),
+                                  **partial_fields(adjusted.loc[mask, sn], adjusted.loc[mask, gp], *partial[g])})
+    # leakage check (paper: CST vs globus pallidus in patients, age-adjusted values)
+    corr_rows.extend(pair_correlation_rows(adjusted.loc[in_a], params.leakage_pairs, group_a, "leakage",
+                                           *partial[group_a]))
     correlations = pd.DataFrame(corr_rows, columns=["analysis", "group", "region", "hemisphere",
                                                     "variable", "variable_hemisphere", "n", "rho",
-                                                    "rho_squared", "p"])
+                                                    "rho_squared", "p", *PARTIAL_COLUMNS])
     for c in clin:
         if (correlations["variable"] == c).any() and correlations.loc[correlations["variable"] == c, "rho"].isna().all():
             messages.append(f"clinical column '{c}': fewer than 3 values in {group_a}; not correlated")
 
     # 5. subgroups
     subgroups = _subgroup_tables(adjusted, parts.loc[keep], subgroup_columns, group_column,
-                                 group_a, group_b, continuity)
+                                 group_a, group_b, continuity, bootstrap=bootstrap)
 
     record = {"group_column": group_column, "groups": list(groups), "covariates": list(covariates),
               "covariate_terms": cov_names, "laterality_alpha": laterality_alpha,
@@ -528,6 +549,15 @@ def compute_roi_stats(
                             + (" and continuity correction" if continuity else ""),
               "multiple_comparisons": f"Bonferroni over {int(roi_stats['p'].notna().sum())} regions",
               "clinical_columns": clin, "subgroup_columns": list(subgroup_columns),
+              "partial_covariates": partial_names, "partial_terms": {g: t for g, (_, t) in partial.items()},
+              "partial_correlation": "Spearman: ranks of both variables regressed on the covariate ranks "
+                                     "(dummy-coded text covariates), residuals correlated; p from t with "
+                                     "n - 2 - k df",
+              "leakage_pairs": [list(p) for p in params.leakage_pairs],
+              "effect_sizes": "rank-biserial correlation and Cohen's d on the adjusted values, "
+                              f"{100 * params.bootstrap_confidence:g} % percentile-bootstrap intervals",
+              "n_bootstrap": params.n_bootstrap, "bootstrap_confidence": params.bootstrap_confidence,
+              "seed": seed,
               "n_participants": {group_a: int(in_a.sum()), group_b: int(in_b.sum())}}
     for m in messages:
         logger.warning(m)
@@ -544,8 +574,8 @@ def _corr_row(analysis, group, unit, variable, variable_hemisphere, n, rho, p) -
             "rho_squared": rho * rho if np.isfinite(rho) else np.nan, "p": p}
 
 
-def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, continuity
-                     ) -> pd.DataFrame:
+def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, continuity,
+                     bootstrap=None) -> pd.DataFrame:
     """Each subgroup level of the first group vs the whole second group, and the levels
     against each other within each group when there are exactly two."""
     grp = parts[group_column].astype(str)
@@ -569,12 +599,22 @@ def _subgroup_tables(adjusted, parts, columns, group_column, group_a, group_b, c
         if m1.sum() < 2 or m2.sum() < 2:
             continue
         comp = compare_groups(adjusted, m1, m2, continuity=continuity)
+        if bootstrap is not None:
+            from .effects import EFFECT_SIZE_COLUMNS, effect_size_table
+
+            es = effect_size_table(adjusted, m1, m2, *bootstrap)
+            for c in EFFECT_SIZE_COLUMNS:
+                comp[c] = es[c].to_numpy()
         comp.insert(0, "subgroup_column", col)
         comp.insert(1, "group_1", label1)
         comp.insert(2, "group_2", label2)
         frames.append(comp)
     cols = ["subgroup_column", "group_1", "group_2", "region", "hemisphere", "n_1", "mean_1",
             "sem_1", "n_2", "mean_2", "sem_2", "u", "z", "p", "p_bonferroni"]
+    if bootstrap is not None:
+        from .effects import EFFECT_SIZE_COLUMNS
+
+        cols += list(EFFECT_SIZE_COLUMNS)
     if not frames:
         return pd.DataFrame(columns=cols)
     out = pd.concat(frames, ignore_index=True)
@@ -598,12 +638,19 @@ def write_roi_outputs(out_dir: str | Path, result: RoiStatsResult,
     out_dir = Path(out_dir)
     lat_alpha = result.parameters.get("laterality_alpha", 0.05)
     continuity = "continuity" in result.parameters.get("group_test", "continuity")
+    from .effects import effect_size_sidecar, partial_sidecar
+
+    boot = (result.parameters.get("n_bootstrap", RoiStatsConfig.n_bootstrap),
+            result.parameters.get("bootstrap_confidence", RoiStatsConfig.bootstrap_confidence))
     written = [
         write_tsv(out_dir / GROUP_OUTPUTS["roi_stats"], result.roi_stats,
-                  sidecar=roi_stats_sidecar(result.groups, result.covariates, lat_alpha, continuity)),
+                  sidecar={**roi_stats_sidecar(result.groups, result.covariates, lat_alpha, continuity),
+                           **effect_size_sidecar(*result.groups, *boot)}),
         write_tsv(out_dir / GROUP_OUTPUTS["correlations"], result.correlations,
-                  sidecar=correlations_sidecar(result.groups)),
-        write_tsv(out_dir / GROUP_OUTPUTS["roi_subgroups"], result.subgroups, sidecar=subgroups_sidecar()),
+                  sidecar={**correlations_sidecar(result.groups),
+                           **partial_sidecar(result.parameters.get("partial_covariates", ()))}),
+        write_tsv(out_dir / GROUP_OUTPUTS["roi_subgroups"], result.subgroups,
+                  sidecar={**subgroups_sidecar(), **effect_size_sidecar("group_1", "group_2", *boot)}),
         write_tsv(out_dir / GROUP_OUTPUTS["roi_values"], result.values, sidecar=values_sidecar(result.covariates)),
     ]
     if demographics is not None:

@@ -48,6 +48,7 @@ class GroupInputs:
     files: dict  # participant_id -> {key: Path}
     excluded: list = field(default_factory=list)  # human-readable reasons
     warnings: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)  # (participant_id, reason) of every participants.tsv row left out
 
 
 #: Participant derivatives the group level reads, and those without which a participant is excluded.
@@ -60,9 +61,18 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
     output_dir = Path(output_dir)
     g = cfg.group
     frame = read_participants(bids_dir)
+    left_out = []
     if participant_labels:
         wanted = {strip_prefix(x, "sub") for x in participant_labels}
+        left_out += [(p, "not in --participant-label") for p in frame["participant_id"] if p not in wanted]
         frame = frame[frame["participant_id"].isin(wanted)]
+    from .selection import select_participants
+
+    chosen = select_participants(frame, g.restrict, g.exclude, source=str(Path(bids_dir) / "participants.tsv"))
+    for w in chosen.warnings:
+        logger.warning("%s", w)
+    left_out += list(zip(chosen.left_out["participant_id"], chosen.left_out["reason"]))
+    frame = chosen.participants
     for column in (g.group_column, *g.covariates):
         if column not in frame.columns:
             raise DataError(f"{Path(bids_dir) / 'participants.tsv'}: no column '{column}' "
@@ -74,12 +84,15 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
     if len(others):
         logger.info("%d participant(s) in other groups (%s) are not analysed", len(others),
                     ", ".join(sorted(set(others[g.group_column].astype(str)))))
+    left_out += [(p, f"{g.group_column}={v} (not one of the compared groups {', '.join(g.groups)})")
+                 for p, v in zip(others["participant_id"], others[g.group_column])]
     frame = frame[frame[g.group_column].isin(g.groups) | frame[g.group_column].isna()]
     missing_cols = [c for c in (g.group_column, *g.covariates)]
     missing = frame[frame[missing_cols].isna().any(axis=1)]
     for _, row in missing.iterrows():
         cols = [c for c in missing_cols if pd.isna(row[c])]
         excluded.append(f"sub-{row['participant_id']}: no value for {', '.join(cols)} in participants.tsv")
+        left_out.append((row["participant_id"], f"no value for {', '.join(cols)} in participants.tsv"))
     frame = frame.drop(missing.index)
 
     files: dict = {}
@@ -92,6 +105,7 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
         if lacking:
             excluded.append(f"sub-{label}: participant results missing ({', '.join(lacking)}); run the "
                             "participant level for it")
+            left_out.append((label, f"participant results missing ({', '.join(lacking)})"))
             continue
         files[label] = found
         keep.append(label)
@@ -105,18 +119,19 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
                 f"group '{level}' of column '{g.group_column}' has {counts.get(level, 0)} usable "
                 f"participant(s); at least 2 per group are needed (levels found: "
                 f"{', '.join(f'{k}={v}' for k, v in counts.items()) or 'none'})")
-    return GroupInputs(participants=frame, files=files, excluded=excluded, warnings=warnings)
+    return GroupInputs(participants=frame, files=files, excluded=excluded,
+                       warnings=warnings + list(chosen.warnings), left_out=left_out)
 
 
 def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_dir=None, n_cpus=1,
-                    mem_gb=None, validate=True, report_only=False) -> int:
+                    mem_gb=None, validate=True, report_only=False, analysis: str = "") -> int:
     """Run the group level (or, with ``report_only``, re-render its report from the files); exit code."""
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
     if report_only:
         from ..report.group import write_group_report_from_files
 
-        path = write_group_report_from_files(output_dir, bids_dir)
-        logger.info("group report re-rendered from %s: %s", output_dir / "group", path)
+        path = write_group_report_from_files(output_dir, bids_dir, analysis=analysis)
+        logger.info("group report re-rendered from %s: %s", path.parent, path)
         return 0
     if not any(output_dir.glob("sub-*")):
         raise NoInputError(f"{output_dir}: no sub-* participant results; run the participant level first")
@@ -124,7 +139,7 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
         logger.info("group level reads only participant derivatives and participants.tsv; the raw "
                     "dataset is not validated again")
     write_dataset_description(output_dir, bids_dir)
-    with run_log(output_dir, "group", "group"):
+    with run_log(output_dir, f"group-{analysis}" if analysis else "group", "group"):
         t0 = time.perf_counter()
         inputs = collect_group_inputs(bids_dir, output_dir, cfg, participant_labels)
         g = cfg.group
@@ -132,8 +147,10 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
         logger.info("group level: %s (covariates: %s), %d permutations, template %s",
                     " vs ".join(f"{k} (n={counts.get(k, 0)})" for k in g.groups),
                     ", ".join(g.covariates) or "none", g.n_permutations, g.template)
+        if analysis:
+            logger.info("analysis '%s': written to %s", analysis, output_dir / "group" / analysis)
         workflow = GroupWorkflow(inputs, output_dir, cfg, bids_dir=bids_dir, work_dir=work_dir, n_cpus=n_cpus,
-                                 mem_gb=mem_gb)
+                                 mem_gb=mem_gb, analysis=analysis)
         workflow.run()
         logger.info("group level finished in %.0f s: %s", time.perf_counter() - t0, workflow.paths["report"])
     return 0
@@ -143,25 +160,29 @@ class GroupWorkflow:
     """The steps of the group level (as :class:`qsm_bids.participant.ParticipantWorkflow` for one run)."""
 
     def __init__(self, inputs: GroupInputs, output_dir: Path, cfg, *, bids_dir, work_dir=None, n_cpus=1,
-                 mem_gb=None):
+                 mem_gb=None, analysis: str = ""):
         self.cfg = cfg
         self.inputs = inputs
         self.output_dir = Path(output_dir)
-        self.group_dir = self.output_dir / "group"
+        # a subgroup or exclusion analysis lives in its own folder, never over the main one
+        self.analysis = analysis
+        self.group_dir = self.output_dir / "group" / analysis if analysis else self.output_dir / "group"
         self.work_dir = Path(work_dir) if work_dir else self.group_dir
         self.n_cpus = n_cpus
         self.mem_gb = mem_gb
         self.bids_dir = Path(bids_dir)
         self.selection = {"participants": list(inputs.participants["participant_id"]),
                           "groups": inputs.participants[cfg.group.group_column].astype(str).tolist()}
-        self.paths = group_paths(output_dir, cfg.registration.template)
+        self.paths = {k: self.group_dir / p.relative_to(self.output_dir / "group")
+                      for k, p in group_paths(output_dir, cfg.registration.template).items()}
         self.template_outputs = {k: self.paths[k] for k in STUDY_TEMPLATE_KEYS}
-        self.runner = StepRunner(step_records_dir(output_dir), "group")
+        self.runner = StepRunner(step_records_dir(output_dir), f"group-{analysis}" if analysis else "group")
 
     def run(self) -> dict:
         """Run every step (reusing finished ones), write ``group.json`` and render the report from the files."""
         infos = {}
         with provenance(GeneratedBy=generated_by(Level="group"), Parameters=self.cfg.to_dict()):
+            self.write_selection()
             for step in self.steps():
                 infos[step.name] = self.runner.run(step)
             self.write_summary(infos)
@@ -238,7 +259,8 @@ class GroupWorkflow:
 
         g, r = self.cfg.group, self.cfg.roi_stats
         values = read_region_tables({p: self.inputs.files[p]["regions"] for p in self.selection["participants"]})
-        result = compute_roi_stats(values, self.inputs.participants, g, r, min_voxels=self.cfg.atlas.min_voxels)
+        result = compute_roi_stats(values, self.inputs.participants, g, r, min_voxels=self.cfg.atlas.min_voxels,
+                                   seed=self.cfg.seed)
         demo = compute_demographics(self.inputs.participants, group_column=g.group_column, groups=g.groups,
                                     yates=r.chi_square_yates, include=result.values["participant_id"].unique())
         write_roi_outputs(self.group_dir, result, demographics=demo,
@@ -247,6 +269,19 @@ class GroupWorkflow:
                                             "Covariates": list(result.covariates), "Parameters": result.parameters,
                                             "Warnings": list(result.warnings)})
         return {"warnings": list(result.warnings)}
+
+    def write_selection(self) -> None:
+        """``selection.tsv``: every participants.tsv row, whether it entered and why not."""
+        from ..io import write_tsv
+        from .selection import SELECTION_SIDECAR, selection_table
+
+        g = self.cfg.group
+        table = selection_table(read_participants(self.bids_dir), self.selection["participants"],
+                                self.inputs.left_out, g.group_column)
+        write_tsv(self.paths["selection"], table, sidecar={
+            **SELECTION_SIDECAR, "Analysis": self.analysis or "main",
+            "Selection": {"group_column": g.group_column, "groups": list(g.groups), "restrict": list(g.restrict),
+                          "exclude": list(g.exclude)}})
 
     def write_summary(self, infos: dict) -> None:
         """``group/group.json``: what the report needs beyond the step outputs (selection, warnings, versions)."""
@@ -262,10 +297,11 @@ class GroupWorkflow:
             "GeneratedBy": generated_by(Level="group"), "Parameters": self.cfg.to_dict(),
             "Versions": {"qsm-bids": __version__, **package_versions()},
             "Contrasts": contrast_names(self.cfg.group.groups), "Participants": subjects, "Warnings": warnings,
+            "Analysis": self.analysis,
             "Timings": dict(self.runner.timings)})
 
     def report(self) -> None:
         """Render ``group/report.html`` from the files on disk (as ``qsm-bids ... group --report-only``)."""
         from ..report.group import write_group_report_from_files
 
-        write_group_report_from_files(self.output_dir, self.bids_dir)
+        write_group_report_from_files(self.output_dir, self.bids_dir, analysis=self.analysis)

@@ -230,7 +230,9 @@ def _table(frame: pd.DataFrame | None, float_format: str = "{:.4g}") -> dict | N
         if v is None or v is pd.NA:
             return "n/a"
         if isinstance(v, (float, np.floating)):
-            return "n/a" if not math.isfinite(v) else float_format.format(v)
+            # rounded as the TSVs store it first, so a page rendered from memory and one read back
+            # from the files show the same digits (no double rounding at a ...5 boundary)
+            return "n/a" if not math.isfinite(v) else float_format.format(float(f"{v:.6g}"))
         return str(v)
 
     return {"columns": [str(c) for c in frame.columns],
@@ -299,6 +301,9 @@ def render_group_report(
     cut_mm: Sequence[float] = (12.0, -18.0, -10.0),
     display_range_ppm: tuple[float, float] = (-0.1, 0.2),
     title: str = "qsm-bids group report",
+    selection: pd.DataFrame | None = None,
+    analysis: str = "",
+    participant_pages: str = "../",
 ) -> str:
     """Render the group report to an HTML string.
 
@@ -323,6 +328,9 @@ def render_group_report(
     n_views_per_group : participants per group shown in three planes.
     cut_mm : world position of the three-plane views (default through SN and red nucleus).
     display_range_ppm : grey-scale window of the individual maps.
+    selection : ``selection.tsv`` (participant_id, included, reason): who entered and why others did not.
+    analysis : name of a subgroup/exclusion analysis ("" for the main one), shown in the title.
+    participant_pages : relative folder of the participant pages (``../``, or ``../../`` from group/<analysis>/).
     """
     groups = tuple(str(g) for g in groups)
     versions = dict(versions) if versions is not None else package_versions()
@@ -370,6 +378,7 @@ def render_group_report(
                 "figure": figure_to_data_uri(scatter_grid_figure(panels), dpi=72) if panels else None}
         subg = roi_result.subgroups
         corr["subgroups"] = _table(subg) if len(subg) else None
+        corr.update(_partial_and_leakage_tables(roi_result.correlations))
 
     # individual views (Figure 5) and thumbnails
     views, thumbs = [], []
@@ -377,7 +386,7 @@ def render_group_report(
     for subj in sorted(subjects, key=lambda s: (str(s.get("group")), str(s["participant_id"]))):
         label = _label(subj["participant_id"])
         grp = str(subj.get("group", ""))
-        href = quote(f"../sub-{label}.html")
+        href = quote(f"{participant_pages}sub-{label}.html")
         thumb = None
         chimap = subj.get("chimap")
         if chimap is not None:
@@ -400,11 +409,45 @@ def render_group_report(
          for s, sec in (config or {}).items() if isinstance(sec, dict) for k, v in sec.items()]
         + [(k, v) for k, v in (config or {}).items() if not isinstance(v, dict)],
         columns=["parameter", "value"])) if config else None
+    if analysis:
+        title = f"{title}: {analysis}"
     return render_template(
         "group.html", title=title, groups=groups, methods=methods, references=references,
+        selection=_selection_view(selection, config, analysis),
         versions=versions, parameters=params, demographics=_table(demographics, "{:.3g}"),
         voxelwise=voxelwise, alpha=alpha, region=region, correlations=corr, views=views,
         thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS)
+
+
+def _partial_and_leakage_tables(corr: pd.DataFrame) -> dict:
+    """The clinical correlations with their partial (onset-, sex-controlled) values, and the leakage check."""
+    out = {"partial": None, "leakage": None}
+    if "partial_rho" not in corr.columns:
+        return out
+    cols = ["group", "region", "hemisphere", "variable", "n", "rho", "rho_squared", "p", "partial_covariates",
+            "partial_n", "partial_rho", "partial_rho_squared", "partial_p", "partial_df"]
+    clinical = corr[corr["analysis"] == "clinical"]
+    if len(clinical):
+        out["partial"] = _table(clinical[cols])
+    leak = corr[corr["analysis"] == "leakage"]
+    if len(leak):
+        out["leakage"] = _table(leak[cols[:3] + ["variable", "variable_hemisphere"] + cols[4:]])
+    return out
+
+
+def _selection_view(selection: pd.DataFrame | None, config, analysis: str) -> dict | None:
+    """Who entered the analysis, the selection applied, and why each other participant was left out."""
+    if selection is None:
+        return None
+    g = (config or {}).get("group", {})
+    included = selection[selection["included"].astype(str) == "yes"]
+    col = g.get("group_column", "group")
+    counts = included[col].astype(str).value_counts().to_dict() if col in included.columns else {}
+    left = selection[selection["included"].astype(str) != "yes"][["participant_id", "reason"]]
+    return {"analysis": analysis or "main analysis", "n_included": len(included), "counts": counts,
+            "restrict": list(g.get("restrict", []) or []), "exclude": list(g.get("exclude", []) or []),
+            "group_column": col, "left_out": _table(left) if len(left) else None,
+            "included": ", ".join(map(str, included["participant_id"]))}
 
 
 def write_group_report(path: str | Path, **kwargs) -> Path:
@@ -445,12 +488,13 @@ class RegionResults:
                    groups=tuple(info["Groups"]), parameters=dict(info.get("Parameters", {})))
 
 
-def write_group_report_from_files(output_dir, bids_dir=None) -> Path:
+def write_group_report_from_files(output_dir, bids_dir=None, analysis: str = "") -> Path:
     """Render ``group/report.html`` from the group outputs on disk (``group.json``, TSVs, sidecars, maps).
 
     ``bids_dir``'s participants.tsv gives the clinical scores of the scatter plots (left out when None).
     """
-    group_dir = Path(output_dir) / "group"
+    # a named analysis (subgroup, exclusion) lives in group/<analysis>/, one level deeper
+    group_dir = Path(output_dir) / "group" / analysis if analysis else Path(output_dir) / "group"
     summary_path = group_dir / GROUP_OUTPUTS["summary"]
     if not summary_path.exists():
         raise NoInputError(f"{summary_path}: no group results to report; run the group level first")
@@ -470,4 +514,7 @@ def write_group_report_from_files(output_dir, bids_dir=None) -> Path:
         versions=summary.get("Versions"), roi_result=RegionResults.read(group_dir),
         demographics=_read_table(demographics_path) if demographics_path.exists() else None,
         participants=participants, contrasts=contrasts, template=None, subjects=summary.get("Participants", []),
-        warnings=summary.get("Warnings", []), alpha=cfg.group.alpha)
+        warnings=summary.get("Warnings", []), alpha=cfg.group.alpha,
+        selection=_read_table(group_dir / GROUP_OUTPUTS["selection"])
+        if (group_dir / GROUP_OUTPUTS["selection"]).exists() else None,
+        analysis=analysis, participant_pages="../../" if analysis else "../")
