@@ -215,7 +215,15 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
         f"Bonferroni correction over the "
         + (f"{rp['multiple_comparisons'].split(' over ')[-1]}" if "multiple_comparisons" in rp
            else "regions tested")
-        + f"; Spearman's rho was used for correlations {cite('acosta2018')}.")
+        + f"; Spearman's rho was used for correlations {cite('acosta2018')}."
+        + (f" Partial Spearman correlations controlled for {', '.join(rp['partial_covariates'])} within "
+           "each group (ranks regressed out, residuals correlated, p from t with n - 2 - k degrees of "
+           "freedom)." if rp.get("partial_covariates") else "")
+        + (" The leakage check correlated " + "; ".join(" with ".join(pr) for pr in rp["leakage_pairs"])
+           + f" in {groups[0]} on the adjusted values." if rp.get("leakage_pairs") else "")
+        + (f" Effect sizes are the rank-biserial correlation and Cohen's d with "
+           f"{100 * rp['bootstrap_confidence']:g} % percentile-bootstrap intervals "
+           f"({int(rp['n_bootstrap']):,} replicates, seed {rp.get('seed')})." if rp.get("n_bootstrap") else ""))
     soft = ", ".join(f"{k} {v}" for k, v in versions.items())
     paras.append(f"Software: {soft}.")
     return paras, cite.references()
