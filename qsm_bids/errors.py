@@ -14,6 +14,9 @@ __all__ = [
     "DataError",
     "NoInputError",
     "OutputError",
+    "AnalysisLevelError",
+    "StorageError",
+    "TemporaryError",
 ]
 
 
@@ -57,3 +60,21 @@ class OutputError(QSMBidsError):
     """The output cannot be created (EX_CANTCREAT)."""
 
     exit_code = 73
+
+
+class AnalysisLevelError(QSMBidsError):
+    """The analysis level is not one the app offers (execution spec: 17)."""
+
+    exit_code = 17
+
+
+class StorageError(QSMBidsError):
+    """Out of space, quota or an I/O error while writing (EX_IOERR)."""
+
+    exit_code = 74
+
+
+class TemporaryError(QSMBidsError):
+    """A temporary failure (e.g. another job holds the subject); retrying later may succeed (EX_TEMPFAIL)."""
+
+    exit_code = 75

@@ -41,6 +41,7 @@ __all__ = [
     "RegistrationResult",
     "set_threads",
     "ants_seed",
+    "itk_seed",
     "to_ants",
     "to_nibabel",
     "brain_template",
@@ -168,6 +169,16 @@ def brain_template(resolution_mm: float = 1.0):
 # Registration
 # ---------------------------------------------------------------------------
 
+def itk_seed(seed: int) -> int:
+    """The ``--random-seed`` handed to ANTs for the app's ``--seed``: never 0.
+
+    antsRegistration reads ``--random-seed 0`` as "no seed" and seeds its metric sampler from the
+    clock, so the default ``--seed 0`` gave different transforms in every process (issue 11);
+    seeds map one to one onto 1 .. 2**31 - 1.
+    """
+    return int(seed) % (2**31 - 1) + 1
+
+
 @contextlib.contextmanager
 def ants_seed(seed: int):
     """Within this block, every ``ants.registration`` call gets ``--random-seed seed``.
@@ -179,7 +190,7 @@ def ants_seed(seed: int):
     import ants.config
 
     old = ants.config._random_seed  # noqa: SLF001 - the adapter (see above)
-    ants.config._random_seed = int(seed)  # noqa: SLF001
+    ants.config._random_seed = itk_seed(seed)  # noqa: SLF001
     try:
         yield
     finally:
