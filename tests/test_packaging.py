@@ -145,6 +145,7 @@ def test_tfce_kernel_built_library_is_reported(fresh_kernel, monkeypatch, tmp_pa
     with caplog.at_level("INFO"):
         assert fresh_kernel.available()
     assert fresh_kernel.kernel_used() == str(lib)
+    assert lib.stat().st_mode & 0o777 == 0o755  # loadable by any uid (the image runs as one)
     assert any("compiled exact kernel" in r.getMessage() for r in caplog.records)
 
 

@@ -62,6 +62,8 @@ def build(dest: Path) -> Path:
     try:
         subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", tmp, str(_SOURCE), "-lm"],
                        check=True, capture_output=True)
+        # mkstemp made it 0600: every user of the install (an image run as any uid) must load it
+        os.chmod(tmp, 0o755)
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
