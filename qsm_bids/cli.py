@@ -18,7 +18,9 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, ConfigError, choices, load_config
-from .errors import NoInputError, OutputError, QSMBidsError, UsageError
+from .errors import AnalysisLevelError, NoInputError, OutputError, QSMBidsError, UsageError
+from .scratch import run_scratch
+from .verify import storage_error
 
 logger = logging.getLogger("qsm_bids")
 
@@ -29,6 +31,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (exit 64) instead of exiting with 2."""
 
     def error(self, message):
+        if "argument analysis_level" in message:
+            raise AnalysisLevelError(f"{message}: the analysis levels are participant and group "
+                                     "(see qsm-bids --help)")
         raise UsageError(f"{message} (see qsm-bids --help)")
 
 
@@ -192,16 +197,19 @@ def _check_dirs(args) -> tuple:
         probe.close()
     except OSError as exc:
         raise OutputError(f"{output_dir}: cannot create or write the output folder ({exc.strerror})") from None
+    # the run's own scratch folder is made inside it (see qsm_bids.scratch)
     work_dir = args.work_dir
     if work_dir is None:
-        work_dir = Path(tempfile.gettempdir()) / f"qsm-bids-work-{os.getuid()}"
+        work_dir = Path(tempfile.gettempdir())
     work_dir = work_dir.expanduser().resolve()
     if _is_relative_to(work_dir, bids_dir):
         raise UsageError(f"--work-dir {work_dir} is inside BIDS_DIR {bids_dir}; choose a folder outside it")
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=work_dir, prefix=".qsm-bids-write-test-").close()
     except OSError as exc:
-        raise OutputError(f"{work_dir}: cannot create the work folder ({exc.strerror})") from None
+        raise OutputError(f"{work_dir}: cannot create or write the work folder ({exc.strerror}); pass "
+                          "--work-dir (or set TMPDIR) to a writable folder") from None
     return bids_dir, output_dir, work_dir
 
 
@@ -237,7 +245,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except UsageError as exc:
+    except (UsageError, AnalysisLevelError) as exc:
         print(f"qsm-bids: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # --help and --version
@@ -250,35 +258,48 @@ def main(argv=None) -> int:
             cfg = load_config(args.config, _overrides(args))
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
-        bids_dir, output_dir, work_dir = _check_dirs(args)
+        bids_dir, output_dir, work_base = _check_dirs(args)
         n_cpus = _apply_resources(args.n_cpus)
-        if args.analysis_level == "participant":
-            from .participant import run_participant_level
-
-            return run_participant_level(
-                bids_dir, output_dir, cfg, participant_labels=args.participant_label,
-                session_labels=args.session_label, work_dir=work_dir, n_cpus=n_cpus,
-                mask_dir=args.mask_dir, validate=not args.skip_bids_validation)
-        from .group.selection import analysis_name
-        from .group.workflow import run_group_level
-
-        # the study's design is the configuration's (file or defaults); another group column or
-        # levels from the command line, or any selection, is a named analysis in its own folder
-        design = load_config(args.config).group
-        analysis = analysis_name(cfg.group.group_column, cfg.group.groups, cfg.group.restrict,
-                                 cfg.group.exclude, design.group_column, design.groups)
-
-        return run_group_level(bids_dir, output_dir, cfg, participant_labels=args.participant_label,
-                               work_dir=work_dir, n_cpus=n_cpus, mem_gb=args.mem_gb,
-                               validate=not args.skip_bids_validation, report_only=args.report_only,
-                               analysis=analysis)
+        with run_scratch(work_base) as work_dir:
+            return _dispatch(args, cfg, bids_dir, output_dir, work_dir, n_cpus)
     except QSMBidsError as exc:
         logger.debug("exit %d", exc.exit_code, exc_info=True)
         print(f"qsm-bids: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:
+        err = storage_error(exc)
+        if err is None:
+            raise
+        logger.debug("exit %d", err.exit_code, exc_info=True)
+        print(f"qsm-bids: error: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("qsm-bids: interrupted", file=sys.stderr)
         return 130
+
+
+def _dispatch(args, cfg, bids_dir, output_dir, work_dir, n_cpus) -> int:
+    """Run the analysis level; :func:`main` maps its exceptions to exit codes."""
+    if args.analysis_level == "participant":
+        from .participant import run_participant_level
+
+        return run_participant_level(
+            bids_dir, output_dir, cfg, participant_labels=args.participant_label,
+            session_labels=args.session_label, work_dir=work_dir, n_cpus=n_cpus,
+            mask_dir=args.mask_dir, validate=not args.skip_bids_validation)
+    from .group.selection import analysis_name
+    from .group.workflow import run_group_level
+
+    # the study's design is the configuration's (file or defaults); another group column or
+    # levels from the command line, or any selection, is a named analysis in its own folder
+    design = load_config(args.config).group
+    analysis = analysis_name(cfg.group.group_column, cfg.group.groups, cfg.group.restrict,
+                             cfg.group.exclude, design.group_column, design.groups)
+
+    return run_group_level(bids_dir, output_dir, cfg, participant_labels=args.participant_label,
+                           work_dir=work_dir, n_cpus=n_cpus, mem_gb=args.mem_gb,
+                           validate=not args.skip_bids_validation, report_only=args.report_only,
+                           analysis=analysis)
 
 
 def run() -> None:  # pragma: no cover - console-script shim

@@ -37,7 +37,9 @@ from .derivatives import (
 )
 from .errors import DataError, QSMBidsError
 from .io import provenance, write_nifti, write_text, write_tsv
-from .steps import Step, StepRunner
+from .recon.checks import check_geometry, check_map
+from .steps import Step, StepRunner, subject_lock
+from .verify import storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +100,14 @@ class ParticipantWorkflow:
                                      "recon": dataclasses.asdict(cfg.recon)},
                  {k: q[k] for k in ("magnitude", "mask", "qsm_mask", "unwrapped_phase", "local_field", "chi")},
                  lambda out: self._qsm(out, user_mask),
-                 "coil combination, mask, unwrapping, background removal, dipole inversion"),
+                 "coil combination, mask, unwrapping, background removal, dipole inversion",
+                 check=self._check_qsm),
             Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["qsm_mask"])] + t1w,
                  {"registration": dataclasses.asdict(cfg.registration), "seed": cfg.seed},
                  {k: q[k] for k in ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w", "chi_template",
                                     "t1w_template", "mask_template")},
-                 self._normalise, "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN"),
+                 self._normalise, "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN",
+                 check=self._check_normalise),
             Step("regions", [str(q["chi"]), str(q["qsm_mask"]), str(q["xfm_gre_t1w"]),
                              str(q["xfm_template_t1w"])],
                  {"atlas": dataclasses.asdict(cfg.atlas)},
@@ -120,6 +124,32 @@ class ParticipantWorkflow:
                 infos[step.name] = self.runner.run(step)
         self._report(infos)
         return dict(self.runner.timings)
+
+    # -- post-conditions (run on the written files, before a step is recorded or reused) --------------
+    @staticmethod
+    def _check_qsm(out: dict) -> None:
+        import nibabel as nib
+
+        mask = np.asarray(nib.load(str(out["qsm_mask"])).dataobj) > 0
+        for key, what in (("local_field", "local field"), ("chi", "Chimap")):
+            try:
+                check_map(np.asarray(nib.load(str(out[key])).dataobj, dtype=np.float32), mask, what)
+            except DataError as exc:
+                raise DataError(f"{out[key]}: {exc}") from None
+
+    @staticmethod
+    def _check_normalise(out: dict) -> None:
+        import nibabel as nib
+
+        mask = np.asarray(nib.load(str(out["mask_template"])).dataobj) > 0
+        if not mask.any():
+            raise DataError(f"{out['mask_template']}: the QSM mask is empty in template space: the "
+                            "registration failed; check the GRE and T1w headers (orientation, voxel size)")
+        try:
+            check_map(np.asarray(nib.load(str(out["chi_template"])).dataobj, dtype=np.float32), mask,
+                      "template-space Chimap")
+        except DataError as exc:
+            raise DataError(f"{out['chi_template']}: {exc}") from None
 
     # -- step bodies -------------------------------------------------------------------------------
     def _qsm(self, out: dict, user_mask: Path | None) -> dict:
@@ -140,8 +170,17 @@ class ParticipantWorkflow:
                     ",".join(f"{te * 1e3:g}" for te in gre.echo_times), gre.field_strength,
                     "x".join(f"{v:g}" for v in gre.voxel_size),
                     f", {gre.magnitude.shape[4]} coils" if gre.coil_resolved else "")
-        result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
-                             gre.field_strength, self.cfg.recon, mask=mask)
+        source = self.run_.files()[0]
+        try:
+            check_geometry(gre.voxel_size, gre.magnitude.shape[:3], self.cfg.recon)
+            result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
+                                 gre.field_strength, self.cfg.recon, mask=mask)
+            # post-conditions before anything is written: a map that is all zero, non-finite or far
+            # outside tissue values (a header or units error) must never look like a finished QSM
+            check_map(result.local_field_ppm, result.eroded_mask, "local field")
+            check_map(result.chi_ppm, result.eroded_mask, "Chimap")
+        except DataError as exc:
+            raise DataError(f"{source}: {exc}") from None
         aff = gre.affine
         common = {"EchoTime": gre.echo_times, "MagneticFieldStrength": gre.field_strength,
                   "B0Direction": [float(v) for v in gre.b0_dir], "InputNotes": gre.notes,
@@ -256,13 +295,24 @@ def run_participant_level(bids_dir, output_dir, cfg, *, participant_labels=None,
                 failures.append((subject.label, code))
             for run in subject.gre_runs:
                 try:
-                    timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
-                                                  n_cpus=n_cpus, mask_dir=mask_dir).run()
+                    with subject_lock(output_dir, run.label):
+                        timings = ParticipantWorkflow(subject, run, output_dir, cfg, work_dir=work_dir,
+                                                      n_cpus=n_cpus, mask_dir=mask_dir).run()
                     logger.info("[%s] done (%s)", run.label,
                                 ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
                 except QSMBidsError as exc:
                     logger.error("[%s] %s", run.label, exc)
                     failures.append((run.label, exc.exit_code))
+                except OSError as exc:
+                    logger.debug("[%s] %s", run.label, traceback.format_exc())
+                    err = storage_error(exc, output_dir)
+                    if err is None:
+                        logger.error("[%s] %s: %s (traceback in %s)", run.label, type(exc).__name__, exc,
+                                     log_path)
+                        failures.append((run.label, 1))
+                    else:
+                        logger.error("[%s] %s", run.label, err)
+                        failures.append((run.label, err.exit_code))
                 except Exception as exc:  # noqa: BLE001 - one subject's bug must not stop the others
                     logger.debug("[%s] %s", run.label, traceback.format_exc())
                     logger.error("[%s] unexpected %s: %s (traceback in %s)", run.label,

@@ -28,6 +28,7 @@ from ..config import ReconConfig
 from ..errors import DataError
 from . import fft
 from ._ops import crop_box
+from .checks import check_geometry, check_map
 from .background import erode_by_sphere, pdf, sharp, vsharp
 from .coils import adaptive_combine
 from .dipole import GAMMA_HZ_PER_T
@@ -37,7 +38,7 @@ from .mask import brain_mask, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import laplacian_unwrap
 
-__all__ = ["ReconResult", "reconstruct", "MIN_MASK_VOXELS", "BACKGROUND_METHODS", "INVERSION_METHODS",
+__all__ = ["ReconResult", "reconstruct", "check_geometry", "check_map", "MIN_MASK_VOXELS", "BACKGROUND_METHODS", "INVERSION_METHODS",
            "BackgroundMethod", "InversionMethod"]
 
 logger = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         raise DataError(f"B0 direction must be a non-zero 3-vector, got {b0_dir!r}")
     b0 = b0 / np.linalg.norm(b0)
     _check_inputs(magnitude, phase, te, voxel_size, field_strength_t)
+    check_geometry(voxel_size, magnitude.shape[:3], p, MIN_MASK_VOXELS)
     field_strength_t = float(field_strength_t)
     timings, counts = {}, {}
 
@@ -305,7 +307,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         cplx = magnitude * np.exp(1j * phase).astype(np.complex64)
         del magnitude, phase
         mag, ph = run("coil_combination", lambda: adaptive_combine(cplx, te, voxel_size,
-                                                                   p.coil_smoothing_mm))
+                                                                   p.coil_smoothing_mm,
+                                                                   p.phase_offset_method))
         del cplx
     else:
         mag = magnitude if magnitude.ndim == 4 else magnitude[..., None]
@@ -313,7 +316,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         if mag.shape[3] >= 2 and p.remove_phase_offset_multiecho:
             def offset():
                 c = mag * np.exp(1j * ph).astype(np.complex64)
-                c, _ = remove_phase_offset(c, te, voxel_size, p.coil_smoothing_mm)
+                c, _ = remove_phase_offset(c, te, voxel_size, p.coil_smoothing_mm, p.phase_offset_method)
                 return np.angle(c).astype(np.float32)
             ph = run("coil_combination", offset)
         else:
