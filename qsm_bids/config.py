@@ -39,6 +39,7 @@ class ConfigError(ValueError):
 PhaseUnits = Literal["rad", "arbitrary"]
 MaskMethod = Literal["auto", "magnitude"]
 EchoCombination = Literal["weighted_fit", "average"]
+PhaseOffsetMethod = Literal["unwrapped", "wrapped"]
 BackgroundMethod = Literal["sharp", "vsharp", "pdf"]
 InversionMethod = Literal["medi", "tkd", "tikhonov"]
 ReferenceMethod = Literal["none", "csf", "brain"]
@@ -79,6 +80,8 @@ class ReconConfig:
     echo_combination: EchoCombination = "weighted_fit"
     #: Remove the phase at TE = 0 of already-combined multi-echo data before the fit.
     remove_phase_offset_multiecho: bool = True
+    #: TE = 0 offset from the echo-1-to-2 phase change: "unwrapped" first (exact where it exceeds pi) or "wrapped".
+    phase_offset_method: PhaseOffsetMethod = "unwrapped"
     #: Background removal: "sharp" (paper), "vsharp" or "pdf".
     background: BackgroundMethod = "sharp"
     #: SHARP spherical kernel radius in mm (paper: 5 mm).
