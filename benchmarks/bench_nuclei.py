@@ -1,0 +1,180 @@
+"""Per-subject error of the small deep nuclei, native space, true labels, demeaned (issue 16).
+
+    python benchmarks/bench_nuclei.py --protocol me2 --seeds 1 2 3 4 5 --snr 35 \\
+        --variants base offset_unwrapped oracle_total
+    python benchmarks/bench_nuclei.py --protocol paper --seeds 1 3 --variants base shell15 oracle_total
+
+For each simulated head (``qsm_bids.simulate.simulate_subject``; "me2": 2 mm
+isotropic, TE 6/13/20 ms; "paper": 1 x 1 x 2 mm, TE 20 ms; oblique heads) it
+runs steps 1-5 on the arrays (``qsm_bids.recon.pipeline.reconstruct``, no
+registration) and prints, per nucleus and hemisphere,
+
+    error = (mean chi in the true label - mean chi in the QSM mask)
+            - (the same for the true chi)              [ppm]
+
+inside the QSM mask (``chi_mask``), as ``benchmarks/evaluate_demo.py`` does.
+Variants isolate one factor each:
+
+- ``base``: the defaults;
+- ``no_offset``: no TE = 0 phase-offset removal (the simulator's offset is a
+  constant, which the Laplacian unwrapping drops: this is the ideal offset);
+- ``offset_unwrapped``: the offset from the unwrapped echo difference
+  (``remove_phase_offset(method="unwrapped")``, applied here before
+  ``reconstruct`` exactly as the pipeline applies the default one);
+- ``oracle_total``: the echo stage replaced by the simulator's voxel-averaged
+  total field (what is left is mask, background removal and inversion);
+- ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
+  mask edge (a proposal for ``recon/mask.py``: deep incoherent voxels in the
+  dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; combinations with
+  ``+`` (e.g. ``offset_unwrapped+lam2000``).
+
+Simulations and results are cached under ``--cache`` (the machine is shared:
+keep to a few heads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from qsm_bids.config import ReconConfig
+from qsm_bids.recon import mask as recon_mask
+from qsm_bids.recon import pipeline
+from qsm_bids.recon._ops import crop_box
+from qsm_bids.recon.echoes import remove_phase_offset
+
+NUCLEI = ("red_nucleus", "substantia_nigra_dorsal", "substantia_nigra_ventral", "globus_pallidus",
+          "dentate_nucleus")
+SHORT = {"red_nucleus": "RN", "substantia_nigra_dorsal": "SNd", "substantia_nigra_ventral": "SNv",
+         "globus_pallidus": "GP", "dentate_nucleus": "DN"}
+PROTOCOLS = {
+    "me2": dict(echo_times=(0.006, 0.013, 0.020)),
+    "paper": dict(voxel_size=(1.0, 1.0, 2.0), matrix=(256, 224, 80), echo_times=(0.020,)),
+}
+
+
+def simulate(protocol, seed, snr, cache: Path):
+    from qsm_bids.simulate.subject import simulate_subject
+
+    path = cache / f"sim_{protocol}_s{seed}_snr{snr:g}.pkl"
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    s = simulate_subject(seed, snr=snr, with_t1w=False, **PROTOCOLS[protocol])
+    keep = {k: s[k] for k in ("magnitude", "phase", "voxel_size", "echo_times", "field_strength", "b0_dir",
+                              "chi_ppm", "total_field_ppm", "labels", "label_table", "pose")}
+    path.write_bytes(pickle.dumps(keep, protocol=4))
+    return keep
+
+
+def nucleus_errors(chi, qmask, s):
+    """Demeaned error (ppm) and demeaned truth per nucleus and hemisphere."""
+    truth, lab, tab = s["chi_ppm"], s["labels"], s["label_table"]
+    cm, tm = chi[qmask].mean(), truth[qmask].mean()
+    out = {}
+    for region in NUCLEI:
+        for hemi in "LR":
+            idx = int(tab[(tab.region == region) & (tab.hemisphere == hemi)]["index"].iloc[0])
+            sel = (lab == idx) & qmask
+            if sel.any():
+                out[f"{SHORT[region]}_{hemi}"] = float((chi[sel].mean() - cm) - (truth[sel].mean() - tm))
+                out[f"{SHORT[region]}_{hemi}_true"] = float(truth[sel].mean() - tm)
+    return out
+
+
+def refine_shell(mask, phase, voxel_size, phase_quality=0.5, shell_mm=15.0):
+    """Phase-coherence refinement only within ``shell_mm`` of the mask edge (proposal for mask.py)."""
+    if not phase_quality or phase_quality <= 0:
+        return mask
+    ph = np.asarray(phase)
+    ph = ph[..., 0] if ph.ndim == 4 else ph
+    good = recon_mask.phase_coherence(ph, voxel_size) > phase_quality
+    good |= ndimage.distance_transform_edt(mask, sampling=voxel_size) > shell_mm
+    return recon_mask.largest_component(mask & good)
+
+
+def run_variant(s, variant):
+    parts = variant.split("+")
+    p = ReconConfig()
+    mag, phase = s["magnitude"], s["phase"]
+    oracle = shell = False
+    for part in parts:
+        if part == "base":
+            pass
+        elif part == "no_offset":
+            p = replace(p, remove_phase_offset_multiecho=False)
+        elif part == "offset_unwrapped":
+            c = mag * np.exp(1j * phase).astype(np.complex64)
+            c, _ = remove_phase_offset(c, s["echo_times"], s["voxel_size"], p.coil_smoothing_mm, "unwrapped")
+            phase = np.angle(c).astype(np.float32)
+            p = replace(p, remove_phase_offset_multiecho=False)
+        elif part == "oracle_total":
+            oracle = True
+        elif part == "shell15":
+            shell = True
+        elif part.startswith("lam"):
+            p = replace(p, medi_lambda=float(part[3:]))
+        else:
+            raise SystemExit(f"unknown variant part {part!r}")
+    saved_fit, saved_refine = pipeline.fit_field, pipeline.refine_with_phase
+    try:
+        if shell:
+            pipeline.refine_with_phase = refine_shell
+        if oracle:
+            # the echo stage's output replaced by the true total field on the pipeline's crop box
+            vs = s["voxel_size"]
+            m4 = mag.reshape(mag.shape[:3] + (-1,))
+            brain = pipeline.brain_mask(np.sqrt((m4**2).sum(-1)), vs, threshold=p.mask_threshold,
+                                        erode_mm=p.mask_erode_mm)
+            margin = max(10.0, p.sharp_radius_mm + 2 * max(vs),
+                         pipeline.BACKGROUND_METHODS[p.background].margin_mm(p) + 2 * max(vs))
+            box = crop_box(brain, [int(np.ceil(margin / d)) for d in vs])
+            truth = s["total_field_ppm"]
+            pipeline.fit_field = lambda *a, **k: truth[box].astype(np.float32)
+        r = pipeline.reconstruct(mag, phase, s["echo_times"], s["voxel_size"], s["b0_dir"],
+                                 s["field_strength"], p)
+    finally:
+        pipeline.fit_field, pipeline.refine_with_phase = saved_fit, saved_refine
+    return nucleus_errors(r.chi_ppm, r.chi_mask, s)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=tuple(PROTOCOLS), default="me2")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--snr", type=float, default=35.0)
+    ap.add_argument("--variants", nargs="+", default=["base", "offset_unwrapped", "oracle_total"])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/qsm-bids-bench-nuclei"))
+    args = ap.parse_args(argv)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for seed in args.seeds:
+        s = simulate(args.protocol, seed, args.snr, args.cache)
+        for v in args.variants:
+            path = args.cache / f"res_{args.protocol}_s{seed}_snr{args.snr:g}_{v}.json"
+            if path.exists():
+                e = json.loads(path.read_text())
+            else:
+                t0 = time.perf_counter()
+                e = run_variant(s, v)
+                e["seconds"] = time.perf_counter() - t0
+                path.write_text(json.dumps(e))
+            rows[(v, seed)] = e
+            print(f"seed {seed} {v:28s} " + " ".join(f"{k} {e[k]:+.4f}" for k in e
+                                                        if "_true" not in k and k != "seconds"), flush=True)
+    keys = [k for k in next(iter(rows.values())) if "_true" not in k and k != "seconds"]
+    print(f"\nmax |error| (ppm) over seeds {args.seeds}, {args.protocol}, SNR {args.snr:g}:")
+    print(f"{'variant':28s} " + " ".join(f"{k:>7s}" for k in keys))
+    for v in args.variants:
+        errs = np.array([[rows[(v, sd)][k] for k in keys] for sd in args.seeds])
+        print(f"{v:28s} " + " ".join(f"{x:7.4f}" for x in np.abs(errs).max(axis=0)))
+
+
+if __name__ == "__main__":
+    main()
