@@ -1,7 +1,7 @@
 """Per-subject error of the small deep nuclei, native space, true labels, demeaned (issue 16).
 
     python benchmarks/bench_nuclei.py --protocol me2 --seeds 1 2 3 4 5 --snr 35 \\
-        --variants base offset_unwrapped oracle_total
+        --variants offset_wrapped base oracle_total
     python benchmarks/bench_nuclei.py --protocol paper --seeds 1 3 --variants base shell15 oracle_total
 
 For each simulated head (``qsm_bids.simulate.simulate_subject``; "me2": 2 mm
@@ -15,12 +15,11 @@ registration) and prints, per nucleus and hemisphere,
 inside the QSM mask (``chi_mask``), as ``benchmarks/evaluate_demo.py`` does.
 Variants isolate one factor each:
 
-- ``base``: the defaults;
+- ``base``: the defaults (``recon.phase_offset_method = "unwrapped"``);
+- ``offset_wrapped``: the TE = 0 offset from the wrapped echo-1-to-2 phase
+  change (the behaviour before issue 16); ``offset_unwrapped``: the default;
 - ``no_offset``: no TE = 0 phase-offset removal (the simulator's offset is a
   constant, which the Laplacian unwrapping drops: this is the ideal offset);
-- ``offset_unwrapped``: the offset from the unwrapped echo difference
-  (``remove_phase_offset(method="unwrapped")``, applied here before
-  ``reconstruct`` exactly as the pipeline applies the default one);
 - ``oracle_total``: the echo stage replaced by the simulator's voxel-averaged
   total field (what is left is mask, background removal and inversion);
 - ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
@@ -48,7 +47,6 @@ from qsm_bids.config import ReconConfig
 from qsm_bids.recon import mask as recon_mask
 from qsm_bids.recon import pipeline
 from qsm_bids.recon._ops import crop_box
-from qsm_bids.recon.echoes import remove_phase_offset
 
 NUCLEI = ("red_nucleus", "substantia_nigra_dorsal", "substantia_nigra_ventral", "globus_pallidus",
           "dentate_nucleus")
@@ -109,11 +107,8 @@ def run_variant(s, variant):
             pass
         elif part == "no_offset":
             p = replace(p, remove_phase_offset_multiecho=False)
-        elif part == "offset_unwrapped":
-            c = mag * np.exp(1j * phase).astype(np.complex64)
-            c, _ = remove_phase_offset(c, s["echo_times"], s["voxel_size"], p.coil_smoothing_mm, "unwrapped")
-            phase = np.angle(c).astype(np.float32)
-            p = replace(p, remove_phase_offset_multiecho=False)
+        elif part in ("offset_wrapped", "offset_unwrapped"):
+            p = replace(p, phase_offset_method=part.split("_")[1])
         elif part == "oracle_total":
             oracle = True
         elif part == "shell15":
@@ -149,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--protocol", choices=tuple(PROTOCOLS), default="me2")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--snr", type=float, default=35.0)
-    ap.add_argument("--variants", nargs="+", default=["base", "offset_unwrapped", "oracle_total"])
+    ap.add_argument("--variants", nargs="+", default=["offset_wrapped", "base", "oracle_total"])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qsm-bids-bench-nuclei"))
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
