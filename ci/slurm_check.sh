@@ -103,16 +103,15 @@ stamp "outputs equal the local run"
 stamp "tests/test_slurm.py passed"
 
 # -- the group level's permutations on a dask-jobqueue SLURMCluster
-if "$ROOT/.venv/bin/qsm-bids" --help | grep -q -- "--dask"; then
+if "$ROOT/.venv/bin/qsm-bids" --help | grep -q -- "--dask-scheduler"; then
     cat >"$SCRATCH/dask-slurm.yaml" <<EOF
 group:
   permutation_backend: dask
-  dask:
-    jobqueue:
-      cluster: SLURMCluster
-      n_workers: 2
-      options: {cores: 1, processes: 1, memory: 1GB, walltime: "00:30:00", python: $PY,
-                log_directory: $SCRATCH/dask-logs, scheduler_options: {dashboard_address: null}}
+  dask_jobqueue:
+    cluster: SLURMCluster
+    n_workers: 2
+    options: {cores: 1, processes: 1, memory: 1GB, walltime: "00:30:00", python: $PY,
+              log_directory: $SCRATCH/dask-logs, scheduler_options: {dashboard_address: null}}
 EOF
     DASK_OUT=$SCRATCH/dask-out
     mkdir -p "$DASK_OUT"

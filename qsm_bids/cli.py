@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -137,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "folder under group/ (never over the main analysis)")
     g.add_argument("--n-permutations", type=_positive_int, default=None,
                    help=f"permutations for TFCE inference (default: {d.group.n_permutations})")
+    g.add_argument("--dask-scheduler", default=None, metavar="ADDRESS",
+                   help="send the permutation chunks to this Dask scheduler (e.g. tcp://host:8786); a "
+                        "dask-jobqueue cluster (SLURM, PBS, SGE) goes in the config's group.dask_jobqueue")
     g.add_argument("--report-only", action="store_true",
                    help="re-render group/report.html from an existing OUTPUT_DIR's group results (no analysis)")
     g.add_argument("--template", choices=choices("group", "template"), default=None,
@@ -162,6 +164,8 @@ def _overrides(args) -> dict:
         ("group", "restrict"): args.restrict,
         ("group", "exclude"): args.exclude,
         ("group", "n_permutations"): args.n_permutations,
+        ("group", "dask_scheduler"): args.dask_scheduler,
+        ("group", "permutation_backend"): "dask" if args.dask_scheduler else None,
         ("group", "template"): args.template,
     }
     out: dict = {}
@@ -229,15 +233,12 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _apply_resources(n_cpus: int | None) -> int:
-    from .recon import fft
+def _apply_resources(n_cpus: int | None, mem_gb: float | None = None) -> int:
+    # --n-cpus bounds ITK, BLAS/OpenMP, FFT and process pools; --mem-gb arms the memory guard
+    from .resources import MemoryGuard, apply_cpu_limit, set_memory_guard
 
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    n = int(n_cpus or available or 1)
-    fft.set_workers(n)
-    # ANTs reads this when it starts its threads; fixed threads keep registration reproducible.
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n)
-    return n
+    set_memory_guard(MemoryGuard(mem_gb))
+    return apply_cpu_limit(n_cpus)
 
 
 def main(argv=None) -> int:
@@ -259,8 +260,10 @@ def main(argv=None) -> int:
         except ConfigError as exc:
             raise UsageError(str(exc)) from None
         bids_dir, output_dir, work_base = _check_dirs(args)
-        n_cpus = _apply_resources(args.n_cpus)
-        with run_scratch(work_base) as work_dir:
+        n_cpus = _apply_resources(args.n_cpus, args.mem_gb)
+        from .resources import memory_guard
+
+        with run_scratch(work_base) as work_dir, memory_guard().watch(f"the {args.analysis_level} level"):
             return _dispatch(args, cfg, bids_dir, output_dir, work_dir, n_cpus)
     except QSMBidsError as exc:
         logger.debug("exit %d", exc.exit_code, exc_info=True)

@@ -45,6 +45,7 @@ InversionMethod = Literal["medi", "tkd", "tikhonov"]
 ReferenceMethod = Literal["none", "csf", "brain"]
 RegistrationPreset = Literal["fast", "standard"]
 GroupTemplate = Literal["study", "mni"]
+PermutationBackend = Literal["processes", "dask"]
 Connectivity = Literal[6, 18, 26]
 
 
@@ -174,6 +175,14 @@ class GroupConfig:
     n_permutations: int = 20000
     #: Permutations per chunk (memory bound; each chunk has its own seed).
     permutation_chunk_size: int = 500
+    #: Where the permutation chunks run: "processes" (this machine, --n-cpus workers) or "dask".
+    permutation_backend: PermutationBackend = "processes"
+    #: Dask scheduler address for the "dask" backend, e.g. "tcp://10.0.0.5:8786" (--dask-scheduler).
+    dask_scheduler: str = ""
+    #: Or a dask-jobqueue cluster started for the run: {cluster: SLURMCluster, n_workers: N, options: {...}}.
+    dask_jobqueue: dict = field(default_factory=dict)
+    #: Participants the study template is built from (0: all): a balanced, seeded subset by group and age.
+    template_subset_size: int = 0
     #: TFCE extent exponent E (Smith & Nichols 2009).
     tfce_E: float = 0.5
     #: TFCE height exponent H.
@@ -277,6 +286,13 @@ class Config:
             raise ConfigError(f"group.groups must name two different levels, got {self.group.groups!r}")
         if not 0 < self.recon.medi_percentage < 1:
             raise ConfigError("recon.medi_percentage must lie in (0, 1)")
+        if self.group.permutation_backend == "dask" and not (self.group.dask_scheduler or self.group.dask_jobqueue):
+            raise ConfigError("group.permutation_backend 'dask' needs group.dask_scheduler (--dask-scheduler) "
+                              "or group.dask_jobqueue")
+        if not isinstance(self.group.dask_jobqueue, dict):
+            raise ConfigError("group.dask_jobqueue must be a mapping (cluster, n_workers, options)")
+        if self.group.template_subset_size < 0:
+            raise ConfigError("group.template_subset_size must be 0 (all participants) or more")
         if not 0 < self.group.coverage_fraction <= 1:
             raise ConfigError("group.coverage_fraction must lie in (0, 1]")
         if not 0 < self.roi_stats.bootstrap_confidence < 1:

@@ -620,7 +620,7 @@ def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
                      chunk_size: int = 500, seed: int = 0, tfce_E: float = 0.5,
                      tfce_H: float = 2.0, n_jobs: int = 1, chunks=None,
                      use_tfce: bool = True, backend: str = "processes",
-                     dask: "DaskSpec | dict | str | None" = None) -> dict:
+                     dask: "DaskSpec | dict | str | None" = None, overwrite_data: bool = False) -> dict:
     """Freedman-Lane permutation test of contrast ``c`` and of ``-c`` at once.
 
     Parameters
@@ -641,6 +641,8 @@ def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
         Where the chunks run (see the module docstring).
     dask : :class:`DaskSpec`, scheduler address or dict
         The Dask cluster for ``backend="dask"``.
+    overwrite_data : bool
+        Turn ``Y`` (C-ordered float32) into the reduced residuals in place (no second copy).
     chunks : list of (start, stop), optional
         Run only these chunks; the result then has ``"null"`` for those only
         and no p-values (merge chunk results with :func:`merge_chunks` and
@@ -652,7 +654,7 @@ def permutation_test(Y, X, contrast, adjacency, *, n_permutations: int = 20000,
     ``-c``), ``p_tfce``/``p_t`` (FWE p for ``c``), ``p_tfce_neg``/``p_t_neg``
     (FWE p for ``-c``), and ``null`` (the merged :class:`NullChunk`).
     """
-    model = FreedmanLane.from_data(Y, X, contrast)
+    model = FreedmanLane.from_data(Y, X, contrast, overwrite=overwrite_data)
     params = dict(seed=int(seed), E=float(tfce_E), H=float(tfce_H), use_tfce=use_tfce)
     ranges = list(chunks) if chunks is not None else chunk_ranges(n_permutations, chunk_size)
     if backend not in ("processes", "dask"):

@@ -9,6 +9,7 @@ workflow.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..config import GroupConfig
 from ..derivatives import GROUP_OUTPUTS, clusters_table_name, statmap_name
 from ..errors import DataError
 from ..io import write_nifti, write_tsv
+from ..resources import memory_guard
 from ..templates import TEMPLATE_NAME
 from .clusters import cluster_table, default_atlas_lookup
 from .glm import design_matrix
@@ -71,7 +73,7 @@ def _check_grid(images, names):
 
 
 def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: GroupConfig | None = None, *,
-                        seed: int = 0, n_jobs: int = 1, names=None) -> VoxelwiseResult:
+                        seed: int = 0, n_jobs: int = 1, names=None, work_dir=None) -> VoxelwiseResult:
     """Both contrasts of a two-group comparison at every voxel.
 
     Parameters
@@ -88,7 +90,12 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
         work). ``tfce_E``, ``tfce_H``, ``tfce_connectivity``: TFCE parameters (randomise -T: 0.5, 2, 26).
         ``coverage_fraction``: fraction of masks that must cover a voxel to analyse it.
     seed : permutation seed (identical results for identical seed).
-    n_jobs : worker processes for the permutation chunks.
+    n_jobs : worker processes for the permutation chunks (``permutation_backend`` "processes").
+    work_dir : folder for the memory-mapped subjects x voxels matrix (None: in memory).
+
+    Memory: the images are read one at a time (twice: mask coverage, then data); the only
+    cohort-sized array is one float32 subjects x voxels matrix, which the permutation model turns
+    into the reduced residuals in place.
     """
     p = params if params is not None else GroupConfig()
     group_column, groups, covariates = p.group_column, p.groups, p.covariates
@@ -104,31 +111,57 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
     des = design_matrix(design.reset_index(drop=True), group_column, groups, covariates)
     affine = np.asarray(chi_images[0].affine, dtype=float)
     vox = voxel_sizes(affine)
-    masks = [np.asarray(m.dataobj) > 0 for m in mask_images]
-    chis = []
-    for img, m, name in zip(chi_images, masks, names):
-        data = np.asarray(img.dataobj, dtype=np.float32)
+    n_subjects = len(chi_images)
+
+    def subject(i):
+        # one participant's map and mask at a time: memory does not grow with the cohort
+        data = np.asarray(chi_images[i].dataobj, dtype=np.float32)
         if data.ndim != 3:
-            raise DataError(f"{name}: a 3D map is needed, got shape {data.shape}")
-        finite = np.isfinite(data)
-        m &= finite
-        chis.append(data)
-    mask = analysis_mask(masks, coverage_fraction)
+            raise DataError(f"{names[i]}: a 3D map is needed, got shape {data.shape}")
+        return data, (np.asarray(mask_images[i].dataobj) > 0) & np.isfinite(data)
+
+    # pass 1: coverage of the masks
+    count = np.zeros(chi_images[0].shape[:3], dtype=np.int32)
+    for i in range(n_subjects):
+        count += subject(i)[1]
+    need = int(np.ceil(coverage_fraction * n_subjects - 1e-9))
+    mask = count >= max(need, 1)
+    del count
     if mask.sum() < 2:
         raise DataError(f"the participants' masks overlap in {int(mask.sum())} voxel(s) at coverage "
                         f"fraction {coverage_fraction}; check the template-space masks")
     n_vox = int(mask.sum())
     logger.info("voxelwise: %d subjects, %d voxels in the analysis mask (coverage >= %.2f), "
-                "smoothing sigma %.1f mm", len(chis), n_vox, coverage_fraction, smoothing_sigma_mm)
-    Y = np.empty((len(chis), n_vox), dtype=np.float32)
-    for i, (data, m) in enumerate(zip(chis, masks)):
+                "smoothing sigma %.1f mm", n_subjects, n_vox, coverage_fraction, smoothing_sigma_mm)
+    # pass 2: the one subjects x voxels float32 matrix, memory-mapped in the work folder when there is
+    # one; the permutation model then overwrites it with the reduced residuals (no second copy)
+    nbytes = n_subjects * n_vox * 4
+    memory_guard().require(nbytes, f"voxelwise: the {n_subjects} x {n_vox} data matrix",
+                           fix=f"raise --mem-gb to at least {2 * nbytes / 1e9 + 1:.1f}")
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        matrix_file = Path(work_dir) / f"voxelwise_{os.getpid()}_subjects-x-voxels_float32.dat"
+        Y = np.lib.format.open_memmap(matrix_file, mode="w+", dtype=np.float32, shape=(n_subjects, n_vox))
+    else:
+        matrix_file, Y = None, np.empty((n_subjects, n_vox), dtype=np.float32)
+    for i in range(n_subjects):
+        data, m = subject(i)
         Y[i] = smooth_within_mask(data, m, smoothing_sigma_mm, vox)[mask]
     t_smooth = time.perf_counter() - t0
     adjacency = voxel_adjacency(mask, tfce_connectivity)
     name_pos, name_neg = des.contrasts
-    res = permutation_test(Y, des.X, des.contrasts[name_pos], adjacency,
-                           n_permutations=n_permutations, chunk_size=chunk_size, seed=seed,
-                           tfce_E=tfce_E, tfce_H=tfce_H, n_jobs=n_jobs)
+    dask = None
+    if p.permutation_backend == "dask":
+        dask = p.dask_scheduler or {"jobqueue": dict(p.dask_jobqueue)}
+    try:
+        res = permutation_test(Y, des.X, des.contrasts[name_pos], adjacency,
+                               n_permutations=n_permutations, chunk_size=chunk_size, seed=seed,
+                               tfce_E=tfce_E, tfce_H=tfce_H, n_jobs=n_jobs, overwrite_data=True,
+                               backend=p.permutation_backend, dask=dask)
+    finally:
+        del Y
+        if matrix_file is not None:
+            matrix_file.unlink(missing_ok=True)
 
     def vol(values):
         out = np.zeros(mask.shape, dtype=np.float32)
@@ -154,7 +187,7 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
                "total": time.perf_counter() - t0}
     logger.info("voxelwise inference done in %.0f s", seconds["total"])
     return VoxelwiseResult(affine=affine, mask=mask, contrasts=contrasts, null=nulls,
-                           design_columns=des.columns, n_subjects=len(chis),
+                           design_columns=des.columns, n_subjects=n_subjects,
                            n_permutations=int(n_permutations), seconds=seconds)
 
 
@@ -249,7 +282,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
 
 def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, params: GroupConfig | None = None,
                   out_dir=".", study_template=None, *, seed: int = 0, n_jobs: int = 1, mem_gb=None,
-                  parameters: dict | None = None, label_lookup="default") -> dict:
+                  parameters: dict | None = None, label_lookup="default", work_dir=None) -> dict:
     """File-level entry point of the group workflow's voxelwise step.
 
     Parameters
@@ -263,6 +296,7 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, params: GroupConf
         (see :func:`qsm_bids.group.template.study_space_maps`) and results are
         warped back to MNI; None analyses in MNI space.
     parameters : the whole configuration, for the sidecars.
+    work_dir : folder of the memory-mapped subjects x voxels matrix (default: $TMPDIR).
 
     Returns
     -------
@@ -283,9 +317,14 @@ def run_voxelwise(chi_paths, mask_paths, design: pd.DataFrame, params: GroupConf
         chi_images = [nib.load(x) for x in chi_paths]
         mask_images = [nib.load(x) for x in mask_paths]
     if mem_gb:
-        logger.debug("memory limit %.1f GB (voxelwise needs about %.2f GB)", float(mem_gb),
-                     len(chi_paths) * np.prod(chi_images[0].shape[:3]) * 4 * 3 / 1e9)
-    result = voxelwise_inference(chi_images, mask_images, design, p, seed=seed, n_jobs=n_jobs, names=chi_paths)
+        logger.debug("memory limit %.1f GB (voxelwise holds one %.2f GB data matrix)", float(mem_gb),
+                     len(chi_paths) * np.prod(chi_images[0].shape[:3]) * 4 / 1e9)
+    if work_dir is None:
+        import tempfile
+
+        work_dir = tempfile.gettempdir()
+    result = voxelwise_inference(chi_images, mask_images, design, p, seed=seed, n_jobs=n_jobs, names=chi_paths,
+                                 work_dir=work_dir)
     voxelwise_params = {
         "smoothing_sigma_mm": p.smoothing_sigma_mm, "n_permutations": p.n_permutations,
         "permutation_chunk_size": p.permutation_chunk_size, "tfce_E": p.tfce_E, "tfce_H": p.tfce_H,
