@@ -24,7 +24,6 @@ and reused by later runs.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import resource
@@ -82,6 +81,7 @@ def run_one(data_dir: Path, n: int, n_permutations: int, mem_gb: float | None, o
     import pandas as pd
 
     from qsm_bids import resources
+    from qsm_bids.config import GroupConfig
     from qsm_bids.group import voxelwise
 
     resources.apply_cpu_limit(1)
@@ -89,15 +89,12 @@ def run_one(data_dir: Path, n: int, n_permutations: int, mem_gb: float | None, o
     chi = [data_dir / f"sub-{i:04d}_space-MNI152NLin2009aSym_Chimap.nii" for i in range(n)]
     masks = [data_dir / "mask.nii"] * n
     out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {"smoothing_sigma_mm": 3.0, "n_permutations": n_permutations, "chunk_size": 16, "seed": 0,
-              "n_jobs": 1, "mem_gb": mem_gb, "label_lookup": None}
-    if "work_dir" in inspect.signature(voxelwise.run_voxelwise).parameters:
-        kwargs["work_dir"] = out_dir / "work"
+    params = GroupConfig(template="mni", n_permutations=n_permutations, permutation_chunk_size=16)
     guard = resources.set_memory_guard(resources.MemoryGuard(mem_gb, interval_s=0.2))
     t0 = time.perf_counter()
     with guard.watch(f"voxelwise group level, {n} participants"):
-        out = voxelwise.run_voxelwise(chi, masks, design, "group", ("ALS", "control"), ["age"],
-                                      out_dir=out_dir, **kwargs)
+        out = voxelwise.run_voxelwise(chi, masks, design, params, out_dir=out_dir, seed=0, n_jobs=1,
+                                      mem_gb=mem_gb, label_lookup=None, work_dir=out_dir / "work")
     wall = time.perf_counter() - t0
     n_vox = int(np.count_nonzero(np.asarray(_mask_img().dataobj)))
     timings = out.get("timings_s", {})

@@ -88,7 +88,8 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                          resolution_mm: float = 2.0, seed: int = 0, n_threads: int = 1, work_dir=None,
                          native_chi_paths=None, gre_to_t1w_paths=None, t1w_to_mni_paths=None,
                          reg_iterations=(40, 20, 0), gradient_step: float = 0.2,
-                         blending_weight: float = 0.75) -> dict:
+                         blending_weight: float = 0.75, subset_size: int = 0, groups=None,
+                         ages=None) -> dict:
     """Build the study template and bring every participant's map into it.
 
     Parameters
@@ -108,6 +109,10 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
     reg_iterations : SyN iterations per level (antspyx ``reg_iterations``).
     gradient_step, blending_weight : template shape update and sharpening
         (ANTs ``build_template`` defaults).
+    subset_size, groups, ages : build the template from ``subset_size`` participants only (0: all),
+        a balanced seeded subset by group and age (:func:`qsm_bids.group.subset.balanced_subset`,
+        seeded with ``seed``); everyone else is then registered once to the finished template.
+        The subset is recorded in the template's sidecar (``TemplateSubset``).
 
     Returns
     -------
@@ -139,13 +144,30 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
             template = template + img / n
         labels = [subject_label(p) for p in t1w_paths]
         xfms: list = [None] * n
+        members = list(range(n))
+        subset_info = None
+        if subset_size and 0 < int(subset_size) < n:
+            from .subset import balanced_subset
+
+            if groups is None or ages is None:
+                raise DataError("study template subset: the participants' groups and ages are needed")
+            members = [int(k) for k in balanced_subset(groups, ages, int(subset_size), seed=seed)]
+            subset_info = {"Size": len(members), "Of": n, "Seed": int(seed),
+                           "Method": "balanced by group, one participant per age stratum within each group",
+                           "Participants": [labels[k] for k in members]}
+            logger.info("study template from a balanced subset of %d of %d participants", len(members), n)
+            template = images[members[0]] * 0.0
+            for k in members:
+                template = template + images[k] / len(members)
         timings = {"registrations_s": []}
         for it in range(int(iterations)):
             last = it == int(iterations) - 1
             warped_sum = None
             warp_sum = None
             t_it = time.perf_counter()
-            for k, img in enumerate(images):
+            m = len(members)
+            for k in members:
+                img = images[k]
                 t0 = time.perf_counter()
                 with ants_seed(seed + k):
                     reg = ants.registration(template, img, type_of_transform="SyNOnly",
@@ -154,12 +176,12 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                                             write_composite_transform=last)
                 timings["registrations_s"].append(round(time.perf_counter() - t0, 2))
                 w = reg["warpedmovout"]
-                warped_sum = w / n if warped_sum is None else warped_sum + w / n
+                warped_sum = w / m if warped_sum is None else warped_sum + w / m
                 if last:
                     xfms[k] = reg["fwdtransforms"]
                 else:
                     field = ants.image_read(reg["fwdtransforms"][0])
-                    warp_sum = field / n if warp_sum is None else warp_sum + field / n
+                    warp_sum = field / m if warp_sum is None else warp_sum + field / m
             if last or warp_sum is None:
                 template = warped_sum
             else:
@@ -169,7 +191,21 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                 template = ants.apply_transforms(warped_sum, warped_sum, [wfn])
                 template = template * blending_weight + ants.iMath(template, "Sharpen") * (1 - blending_weight)
             logger.info("study template: iteration %d/%d done in %.0f s (%d registrations)", it + 1,
-                        int(iterations), time.perf_counter() - t_it, n)
+                        int(iterations), time.perf_counter() - t_it, m)
+        if int(iterations) >= 1 and len(members) < n:
+            # everyone outside the subset: one registration into the finished template
+            t_rest = time.perf_counter()
+            for k in sorted(set(range(n)) - set(members)):
+                t0 = time.perf_counter()
+                with ants_seed(seed + k):
+                    reg = ants.registration(template, images[k], type_of_transform="SyNOnly",
+                                            reg_iterations=tuple(reg_iterations),
+                                            outprefix=str(work / f"final_s{k}_"), write_composite_transform=True)
+                timings["registrations_s"].append(round(time.perf_counter() - t0, 2))
+                xfms[k] = reg["fwdtransforms"]
+            timings["others_into_template_s"] = round(time.perf_counter() - t_rest, 2)
+            logger.info("study template: %d other participant(s) registered into it in %.0f s",
+                        n - len(members), time.perf_counter() - t_rest)
         if int(iterations) < 1:  # the mean of the MNI-space images; identity transforms
             for k in range(n):
                 tx = ants.create_ants_transform(transform_type="AffineTransform", dimension=3)
@@ -233,6 +269,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         tpl_mask = mask_count >= 0.5 * n
         manifest = {**common, "Description": "Study-wise T1w template (ANTs, SyN-only refinement of the "
                     "participants' MNI-space T1w)", "Participants": subjects,
+                    "TemplateSubset": subset_info,
                     "xfm_study_to_mni": str(xfm_to_mni), "xfm_mni_to_study": str(xfm_from_mni),
                     "TimingsSeconds": {**{k: v for k, v in timings.items() if k != "registrations_s"},
                                        "registrations_total": round(sum(timings["registrations_s"]), 2),
