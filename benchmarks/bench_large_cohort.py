@@ -90,7 +90,7 @@ def run_one(data_dir: Path, n: int, n_permutations: int, mem_gb: float | None, o
     masks = [data_dir / "mask.nii"] * n
     out_dir.mkdir(parents=True, exist_ok=True)
     params = GroupConfig(template="mni", n_permutations=n_permutations, permutation_chunk_size=16)
-    guard = resources.set_memory_guard(resources.MemoryGuard(mem_gb, interval_s=0.2))
+    guard = resources.set_memory_guard(resources.MemoryGuard(mem_gb, interval_s=0.2, sample_always=True))
     t0 = time.perf_counter()
     with guard.watch(f"voxelwise group level, {n} participants"):
         out = voxelwise.run_voxelwise(chi, masks, design, params, out_dir=out_dir, seed=0, n_jobs=1,

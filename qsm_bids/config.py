@@ -181,8 +181,6 @@ class GroupConfig:
     dask_scheduler: str = ""
     #: Or a dask-jobqueue cluster started for the run: {cluster: SLURMCluster, n_workers: N, options: {...}}.
     dask_jobqueue: dict = field(default_factory=dict)
-    #: Participants the study template is built from (0: all): a balanced, seeded subset by group and age.
-    template_subset_size: int = 0
     #: TFCE extent exponent E (Smith & Nichols 2009).
     tfce_E: float = 0.5
     #: TFCE height exponent H.
@@ -291,8 +289,6 @@ class Config:
                               "or group.dask_jobqueue")
         if not isinstance(self.group.dask_jobqueue, dict):
             raise ConfigError("group.dask_jobqueue must be a mapping (cluster, n_workers, options)")
-        if self.group.template_subset_size < 0:
-            raise ConfigError("group.template_subset_size must be 0 (all participants) or more")
         if not 0 < self.group.coverage_fraction <= 1:
             raise ConfigError("group.coverage_fraction must lie in (0, 1]")
         if not 0 < self.roi_stats.bootstrap_confidence < 1:

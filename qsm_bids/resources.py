@@ -197,8 +197,10 @@ class MemoryGuard:
         How long an interrupted step may take to stop before the process exits.
     """
 
-    def __init__(self, mem_gb: float | None, *, interval_s: float = 0.1, grace_s: float = 3.0):
+    def __init__(self, mem_gb: float | None, *, interval_s: float = 0.1, grace_s: float = 3.0,
+                 sample_always: bool = False):
         self.mem_gb = float(mem_gb) if mem_gb else None
+        self.sample_always = bool(sample_always)  # measure the peak even without a limit (benchmarks)
         self.interval_s = float(interval_s)
         self.grace_s = float(grace_s)
         self.peak_bytes = 0
@@ -253,7 +255,7 @@ class MemoryGuard:
         previous, self._step = self._step, step or self._step
         stop = threading.Event()
         thread = None
-        if self.limit_bytes is not None:
+        if self.limit_bytes is not None or self.sample_always:
             thread = threading.Thread(target=self._watch, args=(stop,), name="qsm-bids-memory-guard",
                                       daemon=True)
             thread.start()

@@ -103,7 +103,7 @@ class FreedmanLane:
 
     @classmethod
     def from_data(cls, Y, X, contrast, *, overwrite: bool = False,
-                  block_voxels: int = 32768) -> "FreedmanLane":
+                  block_voxels: int | None = None) -> "FreedmanLane":
         """Precompute the reduced residuals and the design factors.
 
         Parameters
@@ -117,7 +117,8 @@ class FreedmanLane:
             Write the residuals into ``Y`` (float32, C order) instead of a new
             matrix, so that a large cohort holds one subjects x voxels matrix, not two.
         block_voxels : int
-            Voxels per block of the float64 projection (the only temporaries).
+            Voxels per block of the float64 projection (the only temporaries); default: about
+            16 MB of float64 per block whatever the number of subjects.
         """
         X = np.asarray(X, dtype=np.float64)
         c = np.asarray(contrast, dtype=np.float64)
@@ -130,6 +131,8 @@ class FreedmanLane:
         else:
             E = np.empty((n, V), dtype=np.float32)
         ss = np.empty(V, dtype=np.float64)
+        if block_voxels is None:
+            block_voxels = max(256, (2 << 20) // max(n, 1))
         # column blocks: each voxel's projection involves only its own column
         for v0 in range(0, V, max(1, int(block_voxels))):
             sl = slice(v0, min(v0 + int(block_voxels), V))
