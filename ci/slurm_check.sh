@@ -102,11 +102,12 @@ stamp "outputs equal the local run"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_slurm.py
 stamp "tests/test_slurm.py passed"
 
-# -- the group level's permutations on a dask-jobqueue SLURMCluster
+# -- the group level's permutations on a dask-jobqueue SLURMCluster, in 4 chunks (the reference ran them in one)
 if "$ROOT/.venv/bin/qsm-bids" --help | grep -q -- "--dask-scheduler"; then
     cat >"$SCRATCH/dask-slurm.yaml" <<EOF
 group:
   permutation_backend: dask
+  permutation_chunk_size: 50
   dask_jobqueue:
     cluster: SLURMCluster
     n_workers: 2
