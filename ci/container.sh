@@ -284,19 +284,29 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 img, pip = Path(sys.argv[1]), Path(sys.argv[2])
-worst = {}
-for a in sorted(img.glob("*Chimap.nii.gz")) + sorted(img.glob("*local_fieldmap.nii.gz")):
-    x, y = (np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in (a, pip / a.name))
-    worst[a.name] = float(np.abs(x - y).max())
-for a in sorted(img.glob("*_stat-median_Chimap.tsv")):
-    x, y = pd.read_csv(a, sep="\t"), pd.read_csv(pip / a.name, sep="\t")
-    assert list(x.region) == list(y.region) and list(x.hemisphere) == list(y.hemisphere), a.name
-    worst[a.name] = float(np.abs(x.median_ppm - y.median_ppm).max())
-assert worst, f"nothing to compare in {img}"
-for name, d in worst.items():
-    print(f"container.sh: image vs pip install, max |difference| {d:.2e} ppm in {name}", file=sys.stderr)
-# identical libraries and seeds: equal up to float32 rounding of threaded sums
-assert max(worst.values()) <= 1e-4, worst
+ok = True
+# Registration-independent maps (same libraries, same seeds): equal up to float32 rounding.
+for pattern in ("*_Chimap.nii.gz", "*_desc-local_fieldmap.nii.gz"):
+    for a in sorted(img.glob(pattern)):
+        if "_space-" in a.name:
+            continue
+        x, y = (np.asarray(nib.load(p).dataobj, dtype=np.float64) for p in (a, pip / a.name))
+        d = float(np.abs(x - y).max())
+        ok &= d <= 1e-5
+        print(f"container.sh: image vs pip install, {a.name}: max |difference| {d:.2e} ppm", file=sys.stderr)
+# ANTs is not bitwise reproducible run to run: template-space results agree closely, not exactly.
+for a in sorted(img.glob("*_space-*_Chimap.nii.gz")) + sorted(img.glob("*_stat-median_Chimap.tsv")):
+    if a.suffix == ".tsv":
+        x, y = pd.read_csv(a, sep="\t"), pd.read_csv(pip / a.name, sep="\t")
+        assert list(x.region) == list(y.region) and list(x.hemisphere) == list(y.hemisphere), a.name
+        x, y = x.median_ppm.to_numpy(), y.median_ppm.to_numpy()
+    else:
+        x, y = (np.asarray(nib.load(p).dataobj, dtype=np.float64).ravel() for p in (a, pip / a.name))
+    r = float(np.corrcoef(x, y)[0, 1])
+    ok &= r >= 0.99
+    print(f"container.sh: image vs pip install, {a.name}: correlation {r:.4f}, "
+          f"max |difference| {np.abs(x - y).max():.2e} ppm", file=sys.stderr)
+assert ok, "the image's outputs differ from the pip install's (lines above)"
 EOF
     figure "pip_participant_s=$((SECONDS - t))"
 }
