@@ -175,6 +175,8 @@ class GroupConfig:
     n_permutations: int = 20000
     #: Permutations per chunk (memory bound; each chunk has its own seed).
     permutation_chunk_size: int = 500
+    #: Participants the study template is built from (0: all): a balanced, seeded subset by group and age.
+    template_subset_size: int = 0
     #: Where the permutation chunks run: "processes" (this machine, --n-cpus workers) or "dask".
     permutation_backend: PermutationBackend = "processes"
     #: Dask scheduler address for the "dask" backend, e.g. "tcp://10.0.0.5:8786" (--dask-scheduler).
@@ -293,6 +295,8 @@ class Config:
             raise ConfigError("group.coverage_fraction must lie in (0, 1]")
         if not 0 < self.roi_stats.bootstrap_confidence < 1:
             raise ConfigError("roi_stats.bootstrap_confidence must lie in (0, 1)")
+        if self.group.template_subset_size < 0:
+            raise ConfigError("group.template_subset_size must be 0 (all participants) or more")
         if self.roi_stats.n_bootstrap < 0:
             raise ConfigError("roi_stats.n_bootstrap must be 0 or more")
         for pair in self.roi_stats.leakage_pairs:

@@ -29,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from .errors import TemporaryError
 from .io import write_json
+from .resources import memory_guard
 from .verify import verify_output
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,8 @@ class StepRunner:
             self._record_path(step).unlink()  # a stale record must not outlive outputs being rewritten
         start = time.perf_counter()
         try:
-            info = step.func(step.outputs) or {}
+            with memory_guard().step(f"[{self.prefix}] step {step.name}"):
+                info = step.func(step.outputs) or {}
             for out in step.outputs.values():
                 verify_output(out)
             if step.check is not None:

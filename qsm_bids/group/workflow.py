@@ -202,7 +202,8 @@ class GroupWorkflow:
             + [str(v) for p in self.selection["participants"] for k, v in self.inputs.files[p].items()
                if k in ("chi", "xfm_gre_t1w", "xfm_t1w_template")],
                 {**base_params, "template_iterations": cfg.group.template_iterations,
-                 "template_resolution_mm": cfg.group.template_resolution_mm},
+                 "template_resolution_mm": cfg.group.template_resolution_mm,
+                 "template_subset_size": cfg.group.template_subset_size},
                 dict(self.template_outputs), self._template, "study template from template-space T1w"))
         tpl_inputs = [str(p) for p in self.template_outputs.values()] if cfg.group.template == "study" else []
         steps.append(Step(
@@ -227,7 +228,10 @@ class GroupWorkflow:
             mask_paths=self._files("mask_template"), outputs=out,
             iterations=self.cfg.group.template_iterations,
             resolution_mm=self.cfg.group.template_resolution_mm, seed=self.cfg.seed,
-            n_threads=self.n_cpus, work_dir=self.work_dir, **self._native_chain()) or {}
+            n_threads=self.n_cpus, work_dir=self.work_dir, subset_size=self.cfg.group.template_subset_size,
+            groups=self.inputs.participants[self.cfg.group.group_column].astype(str).tolist(),
+            ages=(self.inputs.participants["age"].tolist() if "age" in self.inputs.participants else None),
+            **self._native_chain()) or {}
 
     def _native_chain(self) -> dict:
         """Native Chimaps and their transforms, so each map is resampled once into the study template."""
@@ -248,7 +252,7 @@ class GroupWorkflow:
             chi_paths=self._files("chi_template"), mask_paths=self._files("mask_template"),
             design=self.inputs.participants, params=g, out_dir=self.group_dir,
             study_template=self.template_outputs if study else None, seed=self.cfg.seed, n_jobs=self.n_cpus,
-            mem_gb=self.mem_gb, parameters=self.cfg.to_dict())
+            mem_gb=self.mem_gb, parameters=self.cfg.to_dict(), work_dir=self.work_dir)
         write_json(out["summary"], {"GeneratedBy": generated_by(),
                                     "Outputs": result})
         return {"outputs": result}
