@@ -1,0 +1,342 @@
+"""Structural comparators of the T1w: tissue segmentation, VBM input, cortical thickness, volumes.
+
+Pure parts (arrays in, arrays out): :func:`tissue_priors`, :func:`normalise_priors`,
+:func:`modulate`, :func:`region_volumes`, :func:`intracranial_volume_mm3`,
+:func:`region_mean_thickness`. ANTs wrappers: :func:`n4`, :func:`segment`
+(``ants.atropos`` three tissues, priors from the template), :func:`thickness`
+(DiReCT, ``ants.kelly_kapowski``) and :func:`jacobian_determinant` (of the
+T1w -> template warp). :func:`process_structural` is the participant step.
+
+Class order everywhere: 1 CSF, 2 GM, 3 WM (the Atropos labels, and the order
+of the probability maps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "SUBCORTICAL_REGIONS",
+    "THICKNESS_REGIONS",
+    "TISSUES",
+    "intracranial_volume_mm3",
+    "jacobian_determinant",
+    "modulate",
+    "n4",
+    "normalise_priors",
+    "process_structural",
+    "region_mean_thickness",
+    "region_volumes",
+    "segment",
+    "thickness",
+    "tissue_priors",
+]
+
+TISSUES = ("CSF", "GM", "WM")
+#: Regions whose volumes are reported (the paper's subcortical set), L and R.
+SUBCORTICAL_REGIONS = ("caudate", "putamen", "globus_pallidus", "thalamus", "hippocampus", "amygdala")
+#: Cortical regions whose mean thickness is reported.
+THICKNESS_REGIONS = ("precentral_gyrus", "pars_opercularis")
+
+
+# ---------------------------------------------------------------------------
+# Pure functions
+# ---------------------------------------------------------------------------
+
+def tissue_priors(gm, wm, intracranial) -> np.ndarray:
+    """Template priors (3, ...) CSF, GM, WM: GM/WM probabilities, CSF = the rest of the intracranial space."""
+    gm = np.clip(np.asarray(gm, dtype=np.float32), 0, 1)
+    wm = np.clip(np.asarray(wm, dtype=np.float32), 0, 1)
+    inside = np.asarray(intracranial, dtype=bool)
+    return normalise_priors(np.stack([np.where(inside, np.clip(1 - gm - wm, 0, 1), 0), gm * inside,
+                                      wm * inside]))
+
+
+def normalise_priors(priors) -> np.ndarray:
+    """Clip to [0, 1] and rescale voxels whose classes sum above 1 (interpolation overshoot)."""
+    p = np.clip(np.asarray(priors, dtype=np.float32), 0, 1)
+    s = p.sum(axis=0)
+    over = s > 1
+    p[:, over] /= s[over]
+    return p
+
+
+def modulate(gm_template, jacobian) -> np.ndarray:
+    """Modulated GM (VBM): the warped GM probability times the Jacobian determinant of the
+    template -> T1w mapping, so the template image integrates to the native GM volume."""
+    return (np.asarray(gm_template, dtype=np.float32) * np.clip(np.asarray(jacobian, dtype=np.float32), 0, None))
+
+
+def region_volumes(labels, label_table: pd.DataFrame, voxel_volume_mm3: float, regions=SUBCORTICAL_REGIONS,
+                   gm_probability=None) -> pd.DataFrame:
+    """Volume of each atlas region (mm^3): voxel count times voxel volume, and the GM within it.
+
+    Returns columns ``region``, ``hemisphere``, ``volume_mm3``, ``gm_volume_mm3``
+    (sum of the GM probability over the region times the voxel volume; NaN
+    without ``gm_probability``), ``n_voxels``.
+    """
+    labels = np.asarray(labels)
+    gm = None if gm_probability is None else np.asarray(gm_probability, dtype=np.float64)
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=int(label_table["index"].max()) + 1)
+    gm_sums = (np.bincount(labels.ravel().astype(np.int64), weights=gm.ravel(), minlength=len(counts))
+               if gm is not None else None)
+    rows = []
+    for r in label_table.itertuples(index=False):
+        if r.region not in regions:
+            continue
+        n = int(counts[int(r.index)]) if int(r.index) < len(counts) else 0
+        rows.append({"region": r.region, "hemisphere": r.hemisphere, "volume_mm3": n * voxel_volume_mm3,
+                     "gm_volume_mm3": float(gm_sums[int(r.index)]) * voxel_volume_mm3
+                     if gm_sums is not None else float("nan"), "n_voxels": n})
+    return pd.DataFrame(rows, columns=["region", "hemisphere", "volume_mm3", "gm_volume_mm3", "n_voxels"])
+
+
+def intracranial_volume_mm3(probabilities, mask, voxel_volume_mm3: float) -> float:
+    """ICV: the sum of the three tissue probabilities over the intracranial mask (mm^3)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    return float(p[:, m].sum() * voxel_volume_mm3)
+
+
+def region_mean_thickness(thickness_mm, labels, label_table: pd.DataFrame, regions=THICKNESS_REGIONS,
+                          min_voxels: int = 10) -> pd.DataFrame:
+    """Mean cortical thickness (mm) over the voxels of each region where DiReCT measured one (> 0)."""
+    t = np.asarray(thickness_mm, dtype=np.float64)
+    labels = np.asarray(labels)
+    rows = []
+    for r in label_table.itertuples(index=False):
+        if r.region not in regions:
+            continue
+        sel = (labels == int(r.index)) & (t > 0)
+        n = int(sel.sum())
+        rows.append({"region": r.region, "hemisphere": r.hemisphere,
+                     "thickness_mm": float(t[sel].mean()) if n >= min_voxels else float("nan"), "n_voxels": n})
+    return pd.DataFrame(rows, columns=["region", "hemisphere", "thickness_mm", "n_voxels"])
+
+
+# ---------------------------------------------------------------------------
+# ANTs wrappers
+# ---------------------------------------------------------------------------
+
+def n4(t1w, mask=None, shrink_factor: int = 4, iterations=(50, 50, 30)):
+    """N4 bias correction of an ANTsImage (the mask restricts the fit)."""
+    import ants
+
+    return ants.n4_bias_field_correction(t1w, mask=mask, shrink_factor=int(shrink_factor),
+                                         convergence={"iters": list(iterations), "tol": 1e-7})
+
+
+def segment(t1w, mask, priors, *, prior_weight: float = 0.25, iterations: int = 5, mrf: float = 0.1):
+    """Three-tissue Atropos segmentation with prior probability images (CSF, GM, WM ANTsImages).
+
+    Returns ``(labels, [p_csf, p_gm, p_wm])`` as ANTsImages (labels 1 CSF, 2 GM, 3 WM).
+    """
+    import ants
+
+    radius = "x".join(["1"] * t1w.dimension)
+    res = ants.atropos(a=t1w, x=mask, i=list(priors), m=f"[{mrf},{radius}]", c=f"[{int(iterations)},0]",
+                       priorweight=float(prior_weight))
+    return res["segmentation"], list(res["probabilityimages"])
+
+
+def thickness(labels, p_gm, p_wm, *, iterations: int = 45, gradient_step: float = 0.025,
+              smoothing: float = 1.5):
+    """Cortical thickness (mm) by DiReCT (Das et al. 2009; ``ants.kelly_kapowski``)."""
+    import ants
+
+    return ants.kelly_kapowski(s=labels, g=p_gm, w=p_wm, its=int(iterations), r=float(gradient_step),
+                               m=float(smoothing), gm_label=2, wm_label=3)
+
+
+def jacobian_determinant(reference, transforms, work_dir=None):
+    """Jacobian determinant on ``reference``'s grid of the mapping that ``transforms`` (the
+    list given to ``ants.apply_transforms`` to bring the T1w onto ``reference``) applies.
+
+    The list is composed into one displacement field (affine included), whose
+    Jacobian is the local volume ratio T1w / template.
+    """
+    import tempfile
+
+    import ants
+
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="qsmbids-jac-") as tmp:
+        field = ants.apply_transforms(reference, reference, [str(t) for t in transforms],
+                                      compose=str(Path(tmp) / "composed_"))
+        return ants.create_jacobian_determinant_image(reference, field, do_log=False, geom=False)
+
+
+# ---------------------------------------------------------------------------
+# The participant step
+# ---------------------------------------------------------------------------
+
+def _template_intracranial(resolution_mm: float):
+    from scipy import ndimage as ndi
+
+    from .atlas import template_image
+
+    t1 = template_image(resolution_mm, "T1w")
+    arr = np.asarray(t1.dataobj)
+    return ndi.binary_fill_holes(arr > 0.02 * arr.max()), t1
+
+
+def _template_probability(kind: str) -> np.ndarray:
+    from .atlas import template_image
+
+    arr = np.asarray(template_image(1.0, kind).dataobj, dtype=np.float32)
+    return arr / 255.0 if arr.max() > 1.5 else arr  # nilearn ships 0..255
+
+
+def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: dict, *, atlas_img, label_table,
+                       params: dict, resolution_mm: float = 2.0, work_dir=None, sidecar: dict | None = None) -> dict:
+    """Segment one T1w, measure thickness and volumes, and write every structural output.
+
+    Parameters
+    ----------
+    t1w_path : path
+    xfm_t1w_template, xfm_template_t1w : path
+        The registration step's composite transforms (T1w -> template, inverse).
+    outputs : dict
+        Paths: ``probseg_csf``, ``probseg_gm``, ``probseg_wm``, ``dseg`` (native T1w),
+        ``thickness`` (native), ``thickness_template``, ``gm_modulated_template``,
+        ``jacobian_template``, ``volumes`` (TSV).
+    atlas_img, label_table : the atlas in template space and its table.
+    params : dict
+        The config's ``structural`` section: ``n4_shrink``, ``prior_weight``,
+        ``atropos_iterations``, ``mrf``, ``thickness_iterations``,
+        ``thickness_gradient_step``, ``thickness_smoothing``.
+    resolution_mm : the template grid of the template-space outputs.
+
+    Returns
+    -------
+    dict with ``timings`` (s per stage), ``icv_mm3`` and ``warnings``.
+    """
+    import ants
+    import nibabel as nib
+
+    from .io import write_nifti, write_tsv
+    from .registration import to_ants, to_nibabel
+
+    timings = {}
+    out = {k: Path(v) for k, v in outputs.items()}
+    info = dict(sidecar or {})
+    try:
+        t1_nib = nib.load(str(t1w_path))
+        t1_nib.get_fdata(dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any read failure is the file's fault: name it
+        raise DataError(f"{t1w_path}: cannot read the T1w for segmentation ({exc})") from None
+    if len(t1_nib.shape) != 3:
+        raise DataError(f"{t1w_path}: T1w must be a 3D image, got shape {t1_nib.shape}")
+    t1 = to_ants(t1_nib)
+    spacing = np.asarray(t1.spacing, dtype=float)
+    voxel_volume = float(np.prod(spacing))
+
+    # template priors and intracranial mask, carried to the T1w
+    t0 = time.perf_counter()
+    intracranial_t, tpl = _template_intracranial(1.0)
+    priors_t = tissue_priors(_template_probability("GM"), _template_probability("WM"), intracranial_t)
+    tx_inv = [str(xfm_template_t1w)]
+    aff = tpl.affine
+
+    def to_native(arr, interp):
+        img = to_ants(nib.Nifti1Image(np.asarray(arr, dtype=np.float32), aff))
+        return ants.apply_transforms(t1, img, tx_inv, interpolator=interp, defaultvalue=0)
+
+    mask = to_native(intracranial_t.astype(np.float32), "linear").numpy() >= 0.5
+    if mask.sum() < 1000:
+        raise DataError(f"{t1w_path}: the template brain mask covers {int(mask.sum())} voxels of the T1w; "
+                        "the T1w -> template registration failed")
+    priors = normalise_priors(np.stack([to_native(p, "linear").numpy() for p in priors_t]))
+    priors[:, ~mask] = 0
+    mask_a = t1.new_image_like(mask.astype(np.float32))
+    priors_a = [t1.new_image_like(p.astype(np.float32)) for p in priors]
+    timings["priors"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    t1c = n4(t1, mask_a, shrink_factor=params["n4_shrink"])
+    timings["n4"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    seg, probs = segment(t1c, mask_a, priors_a, prior_weight=params["prior_weight"],
+                         iterations=params["atropos_iterations"], mrf=params["mrf"])
+    timings["atropos"] = round(time.perf_counter() - t0, 2)
+    prob_arr = np.stack([p.numpy() for p in probs]).astype(np.float32)
+    prob_arr[:, ~mask] = 0
+    icv = intracranial_volume_mm3(prob_arr, mask, voxel_volume)
+
+    t0 = time.perf_counter()
+    thick = thickness(seg, probs[1], probs[2], iterations=params["thickness_iterations"],
+                      gradient_step=params["thickness_gradient_step"], smoothing=params["thickness_smoothing"])
+    timings["direct"] = round(time.perf_counter() - t0, 2)
+    thick_arr = thick.numpy().astype(np.float32)
+
+    # atlas labels in native T1w space: volumes and regional thickness
+    t0 = time.perf_counter()
+    lab = ants.apply_transforms(t1, to_ants(atlas_img, np.float32), tx_inv, interpolator="genericLabel",
+                                defaultvalue=0)
+    labels = np.rint(lab.numpy()).astype(np.int16)
+    labels[~mask] = 0
+    vols = region_volumes(labels, label_table, voxel_volume, SUBCORTICAL_REGIONS, gm_probability=prob_arr[1])
+    thick_tab = region_mean_thickness(thick_arr, labels, label_table, THICKNESS_REGIONS)
+
+    # template space: modulated GM (VBM) and thickness
+    from .registration import brain_template
+
+    ref = to_ants(brain_template(resolution_mm))
+    fwd = [str(xfm_t1w_template)]
+    gm_t = ants.apply_transforms(ref, probs[1], fwd, interpolator="linear", defaultvalue=0)
+    jac = jacobian_determinant(ref, fwd, work_dir=work_dir)
+    gm_mod = modulate(gm_t.numpy(), jac.numpy())
+    thick_t = ants.apply_transforms(ref, thick, fwd, interpolator="linear", defaultvalue=0)
+    timings["template_space"] = round(time.perf_counter() - t0, 2)
+
+    A = to_nibabel(t1).affine
+    A_t = to_nibabel(ref).affine
+    seg_info = {**info, "Software": "ANTs (antspyx): N4BiasFieldCorrection, Atropos",
+                "Priors": "template GM/WM (nilearn MNI152 2009 sym) and CSF = intracranial rest, "
+                          "brought by the from-template_to-T1w transform", "Classes": list(TISSUES)}
+    for k, name in enumerate(TISSUES):
+        write_nifti(out[f"probseg_{name.lower()}"], prob_arr[k], A, sidecar={**seg_info, "Label": name})
+    write_nifti(out["dseg"], seg.numpy().astype(np.uint8) * mask, A, dtype=np.uint8,
+                sidecar={**seg_info, "Labels": {"1": "CSF", "2": "GM", "3": "WM"}})
+    th_info = {**info, "Software": "ANTs (antspyx): KellyKapowski (DiReCT)", "Units": "mm"}
+    write_nifti(out["thickness"], thick_arr, A, sidecar=th_info)
+    res = {"Resolution": f"{resolution_mm:g} mm template grid"}
+    write_nifti(out["thickness_template"], thick_t.numpy(), A_t,
+                sidecar={**th_info, **res, "Interpolation": "linear"})
+    write_nifti(out["jacobian_template"], jac.numpy(), A_t,
+                sidecar={**info, **res, "Description": "Jacobian determinant of the template -> T1w mapping "
+                         "(T1w volume per template volume), affine included"})
+    write_nifti(out["gm_modulated_template"], gm_mod, A_t,
+                sidecar={**info, **res, "Description": "GM probability warped to the template and multiplied "
+                         "by the Jacobian determinant (modulated GM, VBM input)", "Label": "GM"})
+    long = pd.concat([
+        vols[["region", "hemisphere", "n_voxels"]].assign(measure="volume_mm3", value=vols["volume_mm3"]),
+        vols[["region", "hemisphere", "n_voxels"]].assign(measure="gm_volume_mm3", value=vols["gm_volume_mm3"]),
+        thick_tab[["region", "hemisphere", "n_voxels"]].assign(measure="thickness_mm",
+                                                                value=thick_tab["thickness_mm"]),
+        pd.DataFrame([{"region": "intracranial", "hemisphere": "n/a", "n_voxels": int(mask.sum()),
+                       "measure": "icv_mm3", "value": icv}]),
+    ], ignore_index=True)[["region", "hemisphere", "measure", "value", "n_voxels"]]
+    write_tsv(out["volumes"], long, sidecar={
+        **info,
+        "region": {"Description": "Atlas region (or 'intracranial' for the ICV)"},
+        "hemisphere": {"Description": "L, R, or n/a"},
+        "measure": {"Description": "volume_mm3: atlas label voxels in native T1w space x voxel volume; "
+                                   "gm_volume_mm3: GM probability summed over the label; thickness_mm: mean "
+                                   "DiReCT thickness over the label's voxels with a thickness; icv_mm3: sum "
+                                   "of the three tissue probabilities in the intracranial mask",
+                    "Levels": {"volume_mm3": "mm^3", "gm_volume_mm3": "mm^3", "thickness_mm": "mm",
+                               "icv_mm3": "mm^3"}},
+        "value": {"Description": "The measure's value (units per measure)"},
+        "n_voxels": {"Description": "Native T1w voxels behind the value"},
+    })
+    logger.info("structural: ICV %.0f ml, %s", icv / 1000, timings)
+    return {"timings": timings, "icv_mm3": icv, "warnings": []}
