@@ -26,6 +26,7 @@ __all__ = [
     "GroupConfig",
     "RoiStatsConfig",
     "Config",
+    "PRESETS",
     "load_config",
 ]
 
@@ -69,7 +70,7 @@ class ReconConfig:
 
     #: Smoothing kernel (mm, box width) of the coil covariance for the adaptive combination.
     coil_smoothing_mm: float = 6.0
-    #: Brain mask: "auto" (magnitude mask, intersected with a T1w brain mask on the GRE grid when one is given to the reconstruction; the participant workflow gives none yet, so today the same as "magnitude") or "magnitude".
+    #: Brain mask: "auto" (with a T1w: the MNI152 brain mask brought through the T1w->template and GRE->T1w transforms, refined on the magnitude and phase, no erosion; without one: the magnitude mask) or "magnitude".
     mask_method: MaskMethod = "auto"
     #: Fraction of the robust magnitude range used as the initial signal threshold.
     mask_threshold: float = 0.15
@@ -113,6 +114,8 @@ class ReconConfig:
     medi_beta: float = 1e-6
     #: With SHARP, MEDI inverts the SMV-filtered total field as the toolbox's 'smv' option does.
     medi_smv: bool = True
+    #: With the SMV form: smaller spheres (mm) for the rim the SHARP sphere erodes, each voxel high-passed by the largest that fits (empty: the rim is not returned).
+    medi_edge_radii_mm: tuple[float, ...] = ()
     #: MERIT reweighting of the MEDI data term (model-error outliers).
     medi_merit: bool = False
     #: TKD truncation threshold of the dipole kernel.
@@ -233,6 +236,8 @@ class Config:
     group: GroupConfig = field(default_factory=GroupConfig)
     roi_stats: RoiStatsConfig = field(default_factory=RoiStatsConfig)
     seed: int = 0
+    #: The named parameter set applied over the defaults (:data:`PRESETS`; "" for none).
+    preset: str = ""
 
     def to_dict(self) -> dict:
         """Plain, JSON-serialisable dict of every parameter."""
@@ -240,6 +245,14 @@ class Config:
 
     def update(self, overrides: dict, source: str = "overrides") -> "Config":
         """Apply a nested dict of overrides in place; unknown keys raise ConfigError."""
+        if "preset" in overrides:  # a preset first: the other keys of the same source override it
+            name = overrides["preset"]
+            if name not in PRESETS and name not in ("", None):
+                raise ConfigError(f"{source}: unknown preset {name!r} (known: {', '.join(PRESETS)})")
+            if name:
+                self.update(PRESETS[name], source=f"preset {name}")
+            self.preset = name or ""
+            overrides = {k: v for k, v in overrides.items() if k != "preset"}
         for key, value in overrides.items():
             if key == "seed":
                 self.seed = _coerce(int, value, "seed", source)
@@ -247,7 +260,7 @@ class Config:
             section = getattr(self, key, None) if key in _SECTIONS else None
             if section is None:
                 raise ConfigError(f"{source}: unknown configuration key '{key}' "
-                                  f"(sections: {', '.join(_SECTIONS)}, seed)")
+                                  f"(sections: {', '.join(_SECTIONS)}, seed, preset)")
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{key}' must be a mapping of parameters")
             hints = typing.get_type_hints(type(section))
@@ -308,6 +321,25 @@ _SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats")
 _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTIONS}
 
 
+#: Named parameter sets (``--preset NAME`` or ``preset: NAME`` in a config file), applied over the
+#: defaults and under the config file and the command line.
+#: "paper": the chain of Acosta-Cabronero et al. 2018 exactly: brain mask from the GRE magnitude
+#: (eroded 1 mm), SHARP with a 5 mm sphere, nonlinear MEDI with lambda 1000 on the MEDI toolbox's
+#: scaling (its 'smv' form, data weights of mean 1, gradient mask percentage 0.9), no referencing, and
+#: the voxelwise analysis on the voxels every participant covers.
+PRESETS: dict[str, dict] = {
+    "paper": {
+        "recon": {"mask_method": "magnitude", "mask_erode_mm": 1.0, "background": "sharp",
+                  "sharp_radius_mm": 5.0, "sharp_threshold": 0.05, "inversion": "medi", "medi_lambda": 1000.0,
+                  "medi_percentage": 0.9, "medi_max_iter": 10, "medi_tol_norm_ratio": 0.1,
+                  "medi_cg_max_iter": 100, "medi_cg_tol": 0.01, "medi_smv": True, "medi_merit": False,
+                  "medi_edge_radii_mm": [], "reference": "none"},
+        "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000},
+        "atlas": {"erosion_radius_mm": 1.0},
+    },
+}
+
+
 def literal_choices(hint) -> tuple:
     """The values of a ``Literal[...]`` (or ``Literal[...] | None``) annotation; () for other types."""
     if typing.get_origin(hint) is Literal:
@@ -363,8 +395,12 @@ def _coerce(hint, value, name, source):
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
-    """Defaults, then a YAML/JSON file, then command-line overrides."""
+    """Defaults, then a preset (``overrides["preset"]`` or the file's ``preset``), then a YAML/JSON
+    file, then command-line overrides."""
     cfg = Config()
+    overrides = dict(overrides or {})
+    if "preset" in overrides:
+        cfg.update({"preset": overrides.pop("preset")}, source="--preset")
     if path is not None:
         path = Path(path)
         try:
@@ -421,4 +457,6 @@ def parameter_table_markdown() -> str:
             shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
             rows.append(f"| `{section}.{f.name}` | `{shown}` | {comments.get(f.name, '')} |")
     rows.append(f"| `seed` | `{cfg.seed}` | random seed (registration sampling, permutations) |")
+    rows.append(f"| `preset` | `{cfg.preset}` | named parameter set applied under the config file: "
+                f"{', '.join(PRESETS)} (`--preset`) |")
     return "\n".join(rows)

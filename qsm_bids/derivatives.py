@@ -60,6 +60,8 @@ PARTICIPANT_OUTPUTS: dict[str, Output] = {
     "magnitude": Output("MEGRE", ".nii.gz", {"part": "mag", "desc": "firstecho"}),
     "mask": Output("mask", ".nii.gz", {"desc": "brain"}),
     "qsm_mask": Output("mask", ".nii.gz", {"desc": "qsm"}),
+    # the template's brain mask on the GRE grid (with a T1w and recon.mask_method "auto")
+    "template_brain": Output("probseg", ".nii.gz", {"desc": "templatebrain"}),
     "unwrapped_phase": Output("phase", ".nii.gz", {"desc": "unwrapped"}),
     "local_field": Output("fieldmap", ".nii.gz", {"desc": "local"}),
     "chi": Output("Chimap"),

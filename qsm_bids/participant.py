@@ -2,9 +2,12 @@
 
 Steps, each resumable (see :mod:`qsm_bids.steps`):
 
+``register``   with a T1w and ``recon.mask_method = auto`` (no ``--mask-dir``): GRE magnitude -> T1w
+               (rigid), T1w -> template (affine + SyN) before the reconstruction, and the template's
+               brain mask brought onto the GRE grid for the brain mask
 ``qsm``        coil combination, brain mask, Laplacian unwrapping, echo
                combination, background removal, dipole inversion (docs/reconstruction.md)
-``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN),
+``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN) unless ``register`` ran,
                Chimap, mask and T1w resampled to the template (docs/atlas_registration.md)
 ``regions``    atlas to native GRE space, eroded region medians (docs/atlas_registration.md)
 ``report``     the participant QC page ``OUTPUT_DIR/sub-<l>.html``
@@ -44,6 +47,15 @@ from .verify import storage_error
 logger = logging.getLogger(__name__)
 
 __all__ = ["run_participant_level", "ParticipantWorkflow"]
+
+
+#: What each brain-mask method is (the brain mask's sidecar ``Description``).
+_MASK_DESCRIPTIONS = {
+    "t1w": "the template's (MNI152) brain mask brought to the GRE grid through the inverse T1w -> template "
+           "and GRE -> T1w transforms, intersected with the magnitude's support, holes filled, no erosion",
+    "magnitude": "from the GRE magnitude (threshold, opening, hole filling, recon.mask_erode_mm erosion)",
+    "user": "given with --mask-dir",
+}
 
 
 def _sidecar(step: str, **extra) -> dict:
@@ -87,6 +99,10 @@ class ParticipantWorkflow:
                 return cand
         raise DataError(f"--mask-dir {self.mask_dir}: no {stem}.nii[.gz] for {self.subject.label}")
 
+    def uses_t1w_mask(self) -> bool:
+        """With a T1w, ``auto`` masks and no user mask, registration runs first (the T1w brain mask)."""
+        return bool(self.subject.t1w) and self.cfg.recon.mask_method == "auto" and self.mask_dir is None
+
     # -- steps -------------------------------------------------------------------------------------
     def steps(self) -> list:
         cfg = self.cfg
@@ -95,18 +111,32 @@ class ParticipantWorkflow:
         qsm_inputs = gre_files + ([str(user_mask)] if user_mask else [])
         q = self.paths
         t1w = [str(self.subject.t1w)] if self.subject.t1w else []
-        return [
+        xfms = ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w")
+        reg_params = {"registration": dataclasses.asdict(cfg.registration), "seed": cfg.seed}
+        early = self.uses_t1w_mask()
+        steps = []
+        if early:
+            steps.append(Step(
+                "register", gre_files + t1w,
+                {**reg_params, "inputs": dataclasses.asdict(cfg.inputs),
+                 "mask": {k: getattr(cfg.recon, k) for k in ("mask_threshold", "mask_erode_mm")}},
+                {k: q[k] for k in xfms + ("template_brain",)}, self._register,
+                "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN; template brain mask to the GRE grid"))
+            qsm_inputs = qsm_inputs + [str(q["template_brain"])]
+        steps += [
             Step("qsm", qsm_inputs, {"inputs": dataclasses.asdict(cfg.inputs),
                                      "recon": dataclasses.asdict(cfg.recon)},
                  {k: q[k] for k in ("magnitude", "mask", "qsm_mask", "unwrapped_phase", "local_field", "chi")},
                  lambda out: self._qsm(out, user_mask),
                  "coil combination, mask, unwrapping, background removal, dipole inversion",
                  check=self._check_qsm),
-            Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["qsm_mask"])] + t1w,
-                 {"registration": dataclasses.asdict(cfg.registration), "seed": cfg.seed},
-                 {k: q[k] for k in ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w", "chi_template",
-                                    "t1w_template", "mask_template")},
-                 self._normalise, "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN",
+            Step("normalise", [str(q["magnitude"]), str(q["chi"]), str(q["qsm_mask"])] + t1w
+                 + ([str(q[k]) for k in xfms] if early else []),
+                 reg_params,
+                 {k: q[k] for k in (() if early else xfms) + ("chi_template", "t1w_template", "mask_template")},
+                 self._normalise,
+                 "ANTs: " + ("resampling through the transforms of 'register'" if early
+                             else "GRE -> T1w rigid, T1w -> template affine + SyN"),
                  check=self._check_normalise),
             Step("regions", [str(q["chi"]), str(q["qsm_mask"]), str(q["xfm_gre_t1w"]),
                              str(q["xfm_template_t1w"])],
@@ -114,6 +144,32 @@ class ParticipantWorkflow:
                  {k: q[k] for k in ("atlas_native", "regions")}, self._regions,
                  "atlas to native space, eroded region medians"),
         ]
+        return steps
+
+    def _register(self, out: dict) -> dict:
+        """Registration before the reconstruction: the first-echo magnitude (root sum of squares over
+        coils for coil-resolved data) and its magnitude brain mask as the moving mask."""
+        import nibabel as nib
+
+        from . import registration
+        from .recon.mask import brain_mask
+
+        gre = self.gre()
+        try:  # a header the reconstruction would refuse is refused before the registration
+            check_geometry(gre.voxel_size, gre.magnitude.shape[:3], self.cfg.recon)
+        except DataError as exc:
+            raise DataError(f"{self.run_.files()[0]}: {exc}") from None
+        mag = np.asarray(gre.magnitude, dtype=np.float32)
+        if gre.coil_resolved:
+            mag = np.sqrt(np.sum(mag**2, axis=4))
+        mag1 = mag[..., 0] if mag.ndim == 4 else mag
+        mask = brain_mask(mag1, gre.voxel_size, threshold=self.cfg.recon.mask_threshold,
+                          erode_mm=self.cfg.recon.mask_erode_mm)
+        return registration.register_participant(
+            nib.Nifti1Image(mag1, gre.affine), self.subject.t1w,
+            nib.Nifti1Image(mask.astype(np.float32), gre.affine), out, template_brain_out=out["template_brain"],
+            template=self.cfg.registration.template, preset=self.cfg.registration.preset, seed=self.cfg.seed,
+            n_threads=self.n_cpus, work_dir=self.work_dir, sidecar=_sidecar("register"))
 
     def run(self) -> dict:
         """Run every step (reusing finished ones); then the QC page. Returns timings."""
@@ -159,6 +215,13 @@ class ParticipantWorkflow:
 
         gre = self.gre()
         mask = None
+        template_brain = None
+        if self.uses_t1w_mask():
+            tb = nib.load(str(self.paths["template_brain"]))
+            if tb.shape[:3] != gre.magnitude.shape[:3]:
+                raise DataError(f"{self.paths['template_brain']}: shape {tb.shape} differs from the GRE grid "
+                                f"{gre.magnitude.shape[:3]}")
+            template_brain = np.asarray(tb.dataobj, dtype=np.float32)
         if user_mask is not None:
             m_img = nib.load(str(user_mask))
             if m_img.shape[:3] != gre.magnitude.shape[:3]:
@@ -174,11 +237,11 @@ class ParticipantWorkflow:
         try:
             check_geometry(gre.voxel_size, gre.magnitude.shape[:3], self.cfg.recon)
             result = reconstruct(gre.magnitude, gre.phase, gre.echo_times, gre.voxel_size, gre.b0_dir,
-                                 gre.field_strength, self.cfg.recon, mask=mask)
+                                 gre.field_strength, self.cfg.recon, mask=mask, t1w_mask=template_brain)
             # post-conditions before anything is written: a map that is all zero, non-finite or far
             # outside tissue values (a header or units error) must never look like a finished QSM
             check_map(result.local_field_ppm, result.eroded_mask, "local field")
-            check_map(result.chi_ppm, result.eroded_mask, "Chimap")
+            check_map(result.chi_ppm, result.measured_mask, "Chimap")
         except DataError as exc:
             raise DataError(f"{source}: {exc}") from None
         aff = gre.affine
@@ -188,17 +251,20 @@ class ParticipantWorkflow:
         write_nifti(out["magnitude"], result.magnitude[..., 0], aff,
                     sidecar=_sidecar("qsm", Description="combined magnitude of the first echo",
                                      **common))
+        method = result.parameters.get("mask_method")
         write_nifti(out["mask"], result.mask, aff, dtype=np.uint8,
                     sidecar=_sidecar("qsm", Type="Brain",
-                                     Method="user mask" if user_mask else result.parameters.get("mask_method"),
+                                     Method="user mask" if user_mask else method,
+                                     Description=_MASK_DESCRIPTIONS.get("user" if user_mask else method, ""),
                                      **common))
         # Region values and group coverage use the voxels where the local field was measured: MEDI also
         # fills voxels dropped by the phase-quality check from their neighbours, but those values are
         # extrapolated (on the demo cohort they pull the SN medians down by ~0.05 ppm).
-        write_nifti(out["qsm_mask"], result.eroded_mask, aff, dtype=np.uint8,
-                    sidecar=_sidecar("qsm", Type="Brain",
+        write_nifti(out["qsm_mask"], result.measured_mask, aff, dtype=np.uint8,
+                    sidecar=_sidecar("qsm", Type="Brain", BrainMaskMethod=method,
                                      Description="where the local field was measured (brain mask after the "
-                                                 "phase-quality check, eroded by the background kernel); "
+                                                 "phase-quality check, eroded by the background kernel, plus "
+                                                 "MEDI's rim shells when recon.medi_edge_radii_mm is set); "
                                                  "region values and the group coverage use it",
                                      ChiDefinedVoxels=int(result.chi_mask.sum()), **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
@@ -211,6 +277,7 @@ class ParticipantWorkflow:
                                                  "background-removal kernel", **common))
         write_nifti(out["chi"], result.chi_ppm, aff,
                     sidecar=_sidecar("qsm", Units="ppm", Algorithm=self.cfg.recon.inversion,
+                                     BrainMaskMethod=method,
                                      Reference=self.cfg.recon.reference,
                                      ReconParameters=result.parameters, Timings=result.timings_s,
                                      FFTCount=result.fft_counts, **common))
@@ -221,11 +288,12 @@ class ParticipantWorkflow:
 
         info = registration.normalise_participant(
             magnitude_path=self.paths["magnitude"], t1w_path=self.subject.t1w,
-            chi_path=self.paths["chi"], mask_path=self.paths["qsm_mask"], outputs=out,
+            chi_path=self.paths["chi"], mask_path=self.paths["qsm_mask"],
+            outputs={**{k: self.paths[k] for k in ("xfm_gre_t1w", "xfm_t1w_template", "xfm_template_t1w")}, **out},
             template=self.cfg.registration.template,
             resolution_mm=self.cfg.registration.template_resolution_mm,
             preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
-            work_dir=self.work_dir, sidecar=_sidecar("normalise"))
+            work_dir=self.work_dir, sidecar=_sidecar("normalise"), registered=self.uses_t1w_mask())
         if not self.subject.t1w:
             logger.warning("[%s] no T1w: the GRE magnitude is registered to the template directly", self.prefix)
         return info

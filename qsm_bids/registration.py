@@ -404,10 +404,82 @@ def _write_identity(path: Path) -> None:
         ants.write_transform(tx, str(tmp))
 
 
+def template_to_native(img, reference, xfm_gre_t1w, xfm_template_t1w, interpolation: str = "linear"):
+    """A template-space map (e.g. the template brain mask) on the native GRE grid, float32.
+
+    Through the inverse transforms (template -> T1w composite, then the inverted rigid GRE -> T1w),
+    composed by ANTs and resampled once; zero outside the template's field of view.
+    """
+    import ants
+    import nibabel as nib
+
+    if xfm_gre_t1w:
+        tx, inv = [str(xfm_gre_t1w), str(xfm_template_t1w)], [True, False]
+    else:
+        tx, inv = [str(xfm_template_t1w)], [False]
+    out = ants.apply_transforms(to_ants(reference), to_ants(img, np.float32), tx, whichtoinvert=inv,
+                                interpolator=interpolation, defaultvalue=0)
+    return nib.Nifti1Image(out.numpy().astype(np.float32), np.asarray(reference.affine, dtype=float))
+
+
+def register_participant(magnitude, t1w_path, gre_mask, outputs: dict, template_brain_out=None,
+                         template: str = TEMPLATE_NAME, preset: str = "standard", seed: int | None = 0,
+                         n_threads: int = 1, work_dir=None, sidecar: dict | None = None) -> dict:
+    """Register one GRE run before its reconstruction (with a T1w) and write the transforms.
+
+    ``magnitude`` and ``gre_mask`` are nibabel images on the GRE grid (first-echo magnitude, a
+    magnitude brain mask used as the moving mask). Writes ``outputs['xfm_gre_t1w']``,
+    ``['xfm_t1w_template']``, ``['xfm_template_t1w']`` with sidecars (read back by
+    :func:`normalise_participant` with ``registered=True``) and, when ``template_brain_out`` is given,
+    the template's brain mask on the GRE grid (linear, values in [0, 1]). Returns ``timings``.
+    """
+    from .errors import DataError, UsageError
+    from .io import write_nifti, write_sidecar
+    from .templates import template_brain_mask
+
+    if template != TEMPLATE_NAME:
+        raise UsageError(f"registration template {template!r} is not available; only {TEMPLATE_NAME} is shipped")
+    set_threads(n_threads)
+    seed = 0 if seed is None else int(seed)
+    try:
+        t1w = nib_load_checked(t1w_path)
+    except Exception as exc:  # noqa: BLE001 - any reader error is a data error naming the file
+        raise DataError(f"{t1w_path}: cannot read the T1w for registration ({exc})") from None
+    if len(t1w.shape) == 4 and t1w.shape[3] > 1:
+        raise DataError(f"{t1w_path}: T1w must be a 3D image, got shape {t1w.shape}")
+    out = {k: Path(v) for k, v in outputs.items()}
+    reg = register_subject(magnitude, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
+                           out["xfm_gre_t1w"], preset=preset, seed=seed, gre_mask=gre_mask,
+                           work_dir=work_dir)
+    info = {**(sidecar or {}), **reg.sidecar()}
+    for key, desc in (("xfm_gre_t1w", "rigid, ANTs affine"),
+                      ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
+                      ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
+        write_sidecar(out[key], {**info, "Transform": desc})
+    if template_brain_out is not None:
+        t0 = time.perf_counter()
+        tb = template_to_native(template_brain_mask(), magnitude, out["xfm_gre_t1w"], out["xfm_template_t1w"])
+        reg.timings_s["template_brain_to_gre"] = round(time.perf_counter() - t0, 2)
+        write_nifti(template_brain_out, np.clip(np.asarray(tb.dataobj), 0, 1), tb.affine,
+                    sidecar={**info, "Description": f"{TEMPLATE_NAME} brain mask (the template's own brain "
+                             "extraction, holes filled) on the GRE grid through the inverse T1w -> template "
+                             "and GRE -> T1w transforms (linear, values in [0, 1])"})
+    return {"timings": dict(reg.timings_s)}
+
+
+def nib_load_checked(path):
+    """nibabel image read completely now (a truncated file fails here)."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    img.get_fdata(dtype=np.float32)
+    return img
+
+
 def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs: dict,
                           template: str = TEMPLATE_NAME, resolution_mm: float = 2.0,
                           preset: str = "standard", seed: int | None = 0, n_threads: int = 1,
-                          work_dir=None, sidecar: dict | None = None) -> dict:
+                          work_dir=None, sidecar: dict | None = None, registered: bool = False) -> dict:
     """Register one GRE run and write every normalisation output.
 
     Parameters
@@ -429,6 +501,9 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
         Registration preset, ANTs random seed (None: 0), ITK threads, scratch folder.
     sidecar : dict or None
         Common sidecar content (software, parameters) merged into every JSON written.
+    registered : bool
+        The transforms were written by :func:`register_participant` (before the reconstruction):
+        they are read, not recomputed, and their sidecars kept.
 
     Returns
     -------
@@ -458,13 +533,32 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
         raise DataError(f"{t1w_path}: T1w must be a 3D image, got shape {t1w.shape}")
     warnings = []
     out = {k: Path(v) for k, v in outputs.items()}
-    reg = register_subject(mag, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
-                           out["xfm_gre_t1w"] if t1w is not None else None, preset=preset, seed=seed,
-                           gre_mask=mask, work_dir=work_dir)
+    if registered:
+        import json
+
+        from .io import _sidecar_of
+
+        if t1w is None:
+            raise ValueError("registered=True needs the T1w the transforms were made with")
+        try:
+            prior = json.loads(_sidecar_of(out["xfm_t1w_template"]).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{out['xfm_t1w_template']}: its sidecar cannot be read ({exc}); rerun the "
+                            "registration") from None
+        reg = RegistrationResult(out["xfm_t1w_template"], out["xfm_template_t1w"], out["xfm_gre_t1w"],
+                                 False, prior.get("Preset", preset), int(prior.get("RandomSeed", seed)),
+                                 timings_s={})
+    else:
+        reg = register_subject(mag, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
+                               out["xfm_gre_t1w"] if t1w is not None else None, preset=preset, seed=seed,
+                               gre_mask=mask, work_dir=work_dir)
     if reg.direct_to_template:
         _write_identity(out["xfm_gre_t1w"])
         warnings.append("no T1w: the GRE magnitude was registered to the template directly")
     info = {**(sidecar or {}), **reg.sidecar()}
+    if registered:
+        info["TimingsSeconds"] = prior.get("TimingsSeconds", {})
+        info["RegisteredBeforeReconstruction"] = True
     t0 = time.perf_counter()
     chi_t = gre_to_template(chi, out["xfm_t1w_template"], out["xfm_gre_t1w"], resolution_mm, "linear")
     mask_t = gre_to_template(mask, out["xfm_t1w_template"], out["xfm_gre_t1w"], resolution_mm,
@@ -485,5 +579,6 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
     for key, desc in (("xfm_gre_t1w", "identity (no T1w)" if reg.direct_to_template else "rigid, ANTs affine"),
                       ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
                       ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
-        write_sidecar(out[key], {**info, "Transform": desc})
+        if not registered:
+            write_sidecar(out[key], {**info, "Transform": desc})
     return {"timings": dict(reg.timings_s), "warnings": warnings, "direct_to_template": reg.direct_to_template}

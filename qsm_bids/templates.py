@@ -20,7 +20,7 @@ import numpy as np
 from .errors import DataError
 
 __all__ = ["TEMPLATE_NAME", "installed_data_file", "template_path", "template_grid", "template_image",
-           "cache_dir"]
+           "template_brain_mask", "cache_dir"]
 
 #: The template's name in file names (``space-``, ``from-``/``to-`` entities) and sidecars.
 TEMPLATE_NAME = "MNI152NLin2009aSym"
@@ -93,6 +93,18 @@ def template_image(resolution_mm: float = 1.0, kind: str = "T1w"):
     import nibabel as nib
 
     return nib.Nifti1Image(np.asarray(img.dataobj), img.affine.copy())
+
+
+def template_brain_mask(resolution_mm: float = 1.0):
+    """The template's brain mask (float32 0/1 image): nilearn's MNI152 T1w is brain-extracted, so the
+    mask is its non-zero voxels with the holes filled (the template's own brain extraction; it reaches
+    the outer cortical surface and leaves out the dura and sinuses)."""
+    import nibabel as nib
+    from scipy import ndimage
+
+    img = template_image(resolution_mm, "T1w")
+    mask = ndimage.binary_fill_holes(np.asarray(img.dataobj) > 0)
+    return nib.Nifti1Image(mask.astype(np.float32), img.affine.copy())
 
 
 def cache_dir() -> Path:

@@ -81,6 +81,11 @@ def test_participant_outputs(cohort):
             assert (anat / f"sub-{label}_{name}").exists(), name
         side = json.loads((anat / f"sub-{label}_Chimap.json").read_text())
         assert side["Parameters"]["recon"]["medi_lambda"] == 1000.0 and side["Units"] == "ppm"
+        # the brain mask comes from the T1w (template brain mask through the transforms) when there is one
+        has_t1w = label in ("01", "02")
+        mask_side = json.loads((anat / f"sub-{label}_desc-brain_mask.json").read_text())
+        assert mask_side["Method"] == ("t1w" if has_t1w else "magnitude") == side["BrainMaskMethod"]
+        assert (anat / f"sub-{label}_desc-templatebrain_probseg.nii.gz").exists() == has_t1w
         table = pd.read_csv(anat / f"sub-{label}_atlas-qsmbids_stat-median_Chimap.tsv", sep="\t")
         assert list(table.columns) == ["region", "hemisphere", "median_ppm", "n_voxels"]
         assert len(table) == 26 and set(table.hemisphere) == {"L", "R"}
@@ -117,7 +122,8 @@ def test_rerun_reuses_every_step(cohort):
     res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
                "--skip-bids-validation", "--participant-label", "01", "03")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stderr.count("reused") == 6  # qsm, normalise, regions for two subjects
+    # sub-01 (T1w: register, qsm, normalise, regions) and sub-03 (no T1w: qsm, normalise, regions)
+    assert res.stderr.count("reused") == 7
 
 
 def test_changed_parameter_reruns_only_what_depends_on_it(cohort, tmp_path):

@@ -177,7 +177,8 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     progress : callable or None
         Called as ``progress(iteration, max_iter)`` after each outer iteration.
     stats : dict or None
-        Filled with ``outer_iterations``, ``cg_iterations``, ``res_norm_ratio``.
+        Filled with ``outer_iterations``, ``cg_iterations``, ``res_norm_ratio`` and ``data_mask`` (where
+        the data term constrains chi: the mask, SMV-eroded, plus the edge shells).
     edge_radii_mm : sequence of float or None
         With ``smv_radius_mm`` (the toolbox's SMV form): smaller spheres for
         the voxels that sphere erodes, e.g. ``(2, 1)``. Each voxel's data is
@@ -363,6 +364,8 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         stats.update(outer_iterations=it, cg_iterations=cg_total, res_norm_ratio=res_norm_ratio,
                      merit_badpoint_fraction=badpoint_frac, delta_te_s=float(delta_te_s),
                      field_to_rad=float(to_rad))
+        # where the data term measured chi (the SMV-eroded mask, plus the edge shells)
+        stats["data_mask"] = np.ascontiguousarray((done if terms is not None else maskp)[sl])
     if output_mask is None:
         out_mask = done[sl] if terms is not None else maskp[sl]
     else:

@@ -34,7 +34,7 @@ from .coils import adaptive_combine
 from .dipole import GAMMA_HZ_PER_T
 from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd
-from .mask import brain_mask, phase_coherence, refine_with_phase
+from .mask import brain_mask, brain_mask_from_template, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import laplacian_unwrap
 
@@ -59,6 +59,10 @@ class ReconResult:
     eroded_mask : bool (x, y, z)
         Where the local field is defined: the trusted-phase mask eroded by the
         SHARP sphere (the mask itself for PDF).
+    measured_mask : bool (x, y, z)
+        Where chi is backed by measured field: ``eroded_mask``; with MEDI's rim shells
+        (``medi_edge_radii_mm``) every trusted-phase voxel of the brain mask (the shells, and the
+        outermost layer that the shells' data constrain). Region values and group coverage use it.
     chi_mask : bool (x, y, z)
         Where ``chi_ppm`` is defined: ``eroded_mask`` for TKD/Tikhonov; for
         MEDI the brain mask eroded by the sphere, including the
@@ -92,6 +96,7 @@ class ReconResult:
     local_field_ppm: np.ndarray
     chi_ppm: np.ndarray
     magnitude: np.ndarray
+    measured_mask: np.ndarray | None = None
     timings_s: dict = field(default_factory=dict)
     fft_counts: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
@@ -193,9 +198,17 @@ BACKGROUND_METHODS: dict[str, BackgroundMethod] = {
 }
 
 
+def _medi_edges(p) -> tuple:
+    """The rim radii MEDI uses (only in the SMV form, smaller than the SHARP sphere)."""
+    use_smv = bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv
+    return tuple(float(r) for r in p.medi_edge_radii_mm if float(r) < float(p.sharp_radius_mm)) if use_smv else ()
+
+
 def _medi_region(inp: _Inputs):
     # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their neighbours, so chi
-    # is returned on the whole mask eroded by the background kernel
+    # is returned on the whole mask eroded by the background kernel (with rim shells: the whole mask)
+    if _medi_edges(inp.p):
+        return inp.brain
     radius = BACKGROUND_METHODS[inp.p.background].chi_erosion_mm(inp.p)
     if radius is None:
         return inp.brain
@@ -213,7 +226,7 @@ def _medi(inp: _Inputs, region):
         field_strength_t=inp.field_strength_t, delta_te_s=delta_te, noise_std=noise, lam=p.medi_lambda,
         percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
-        output_mask=region, progress=inp.progress, stats=inp.stats)
+        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=_medi_edges(p) or None)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
@@ -338,8 +351,16 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         if t1 is not None and np.shape(t1) != shape:
             raise DataError(f"T1w brain mask shape {np.shape(t1)} differs from the GRE grid {shape}; "
                             "resample it to the GRE grid first")
-        brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=p.mask_threshold,
-                                               erode_mm=p.mask_erode_mm, t1w_mask=t1))
+        if t1 is not None:
+            # the template brain mask on the GRE grid reaches the cortical surface: refined on the
+            # magnitude's support, no erosion (the rim is the background step's business)
+            brain = run("mask", lambda: brain_mask_from_template(t1, mag_rss, voxel_size))
+            if not brain.any():
+                raise DataError("the T1w brain mask does not overlap the GRE magnitude's signal: check the "
+                                "GRE -> T1w registration (orientation, field of view)")
+        else:
+            brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=p.mask_threshold,
+                                                   erode_mm=p.mask_erode_mm))
     # voxels with trusted phase (the mask without incoherent-phase voxels); the user mask as is
     if mask is not None:
         trusted = brain
@@ -404,8 +425,22 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     timings["total"] = time.perf_counter() - t_all
     counts["total"] = sum(v for k, v in counts.items())
-    params_used = {**dataclasses.asdict(p), "mask_method": "user" if mask is not None else p.mask_method,
-                   "vsharp_radii_mm": list(p.vsharp_radii_mm)}
+    if mask is not None:
+        mask_used = "user"
+    elif p.mask_method == "auto" and t1w_mask is not None:
+        mask_used = "t1w"
+    else:
+        mask_used = "magnitude"
+    if _medi_edges(p) and p.inversion == "medi":
+        # the rim shells measure the field down to the smallest sphere; the outermost layer, where no
+        # sphere fits, is constrained by the fields it produces in the shells: chi is kept wherever the
+        # phase was trusted (the incoherent-phase voxels, filled by the regulariser alone, stay out)
+        measured = chi_region & bmask
+    else:
+        measured = eroded
+    params_used = {**dataclasses.asdict(p), "mask_method": mask_used, "mask_method_requested": p.mask_method,
+                   "vsharp_radii_mm": list(p.vsharp_radii_mm), "medi_edge_radii_mm": list(_medi_edges(p)),
+                   "medi_edge_radii_mm_requested": list(p.medi_edge_radii_mm)}
     params_used.update(
         reference_value_ppm=ref_value,
         echo_times_s=te.tolist(), voxel_size_mm=list(voxel_size), b0_dir=b0.tolist(),
@@ -413,13 +448,14 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         gyromagnetic_ratio_hz_per_t=GAMMA_HZ_PER_T,
         medi_outer_iterations=inp.stats.get("outer_iterations"),
         medi_cg_iterations=inp.stats.get("cg_iterations"),
-        mask_voxels=n_mask, eroded_mask_voxels=n_eroded,
+        mask_voxels=n_mask, eroded_mask_voxels=n_eroded, measured_mask_voxels=int(measured.sum()),
         crop_box=[[s.start, s.stop] for s in box],
     )
     return ReconResult(
         mask=brain,
         eroded_mask=full(eroded, bool),
         chi_mask=full(chi_region, bool),
+        measured_mask=full(measured, bool),
         unwrapped_phase=full(unwrapped, np.float32),
         total_field_ppm=full(total, np.float32),
         local_field_ppm=full(local, np.float32),
