@@ -127,11 +127,46 @@ class GREData:
     notes: list = field(default_factory=list)  # what was inferred, for log and sidecar
 
 
-def _layout(bids_dir: Path):
+_NOT_INDEXED = ("code", "models", "sourcedata", "stimuli", "derivatives")
+
+
+def broken_sidecars(bids_dir) -> dict:
+    """JSON files of the dataset that do not parse: {path: one-line message with line and column}.
+
+    pybids indexes every sidecar at once, so one syntax error would stop every subject; these
+    files are left out of the index and fail only the subject they belong to.
+    """
+    import os
+
+    bids_dir = Path(bids_dir)
+    broken = {}
+    for folder, dirs, names in os.walk(bids_dir):
+        here = Path(folder)
+        top = here == bids_dir
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (top and d in _NOT_INDEXED))
+        for name in sorted(names):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            path = here / name
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                broken[path] = (f"{path}: JSON syntax error at line {exc.lineno} column {exc.colno} "
+                                f"({exc.msg}); fix the sidecar")
+            except (OSError, UnicodeDecodeError) as exc:
+                broken[path] = f"{path}: cannot read the sidecar ({exc}); fix or replace the file"
+    return broken
+
+
+def _layout(bids_dir: Path, ignore=()):
     import bids
+    from bids.layout.index import BIDSLayoutIndexer
+    from bids.layout.validation import DEFAULT_LOCATIONS_TO_IGNORE
 
     try:
-        return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False)
+        indexer = BIDSLayoutIndexer(validate=False,
+                                    ignore=list(DEFAULT_LOCATIONS_TO_IGNORE) + [Path(p) for p in ignore])
+        return bids.BIDSLayout(str(bids_dir), validate=False, derivatives=False, indexer=indexer)
     except Exception as exc:  # noqa: BLE001 - pybids raises many types for a broken dataset
         raise DataError(f"{bids_dir}: cannot index the dataset with pybids: {exc}") from None
 
@@ -147,7 +182,10 @@ def discover(bids_dir, participant_labels=None, session_labels=None) -> list:
         The dataset has no subjects at all.
     """
     bids_dir = Path(bids_dir)
-    layout = _layout(bids_dir)
+    broken = broken_sidecars(bids_dir)
+    if bids_dir / "dataset_description.json" in broken:
+        raise DataError(broken[bids_dir / "dataset_description.json"])
+    layout = _layout(bids_dir, ignore=broken)
     subjects = sorted(layout.get_subjects())
     if not subjects:
         raise NoInputError(f"{bids_dir}: no sub-<label> folders found; is this a BIDS dataset?")
@@ -168,9 +206,23 @@ def discover(bids_dir, participant_labels=None, session_labels=None) -> list:
             sessions = [s for s in sessions if s in wanted_ses]
         for ses in sessions:
             found.append(_discover_one(layout, bids_dir, sub, ses))
+    for inputs in found:
+        # a broken sidecar fails its own subject (or session); one at the top level fails everyone
+        mine = [msg for path, msg in broken.items()
+                if path.parent == bids_dir or _owned_by(path.relative_to(bids_dir), inputs)]
+        if mine:
+            inputs.errors = [(65, msg) for msg in mine]
+            inputs.gre_runs = []
     if not found:
         raise NoMatchError(f"--session-label {' '.join(session_labels)} matches no session in {bids_dir}")
     return found
+
+
+def _owned_by(rel: Path, inputs: SubjectInputs) -> bool:
+    parts = rel.parts
+    if not parts or parts[0] != f"sub-{inputs.subject}":
+        return False
+    return not (len(parts) > 2 and parts[1].startswith("ses-") and parts[1] != f"ses-{inputs.session}")
 
 
 def _discover_one(layout, bids_dir: Path, sub: str, ses: str | None) -> SubjectInputs:
@@ -239,10 +291,15 @@ def _make_run(sub, ses, acq, run, suffix, echoes: dict, metadata: dict) -> GRERu
                 raise DataError(f"{have[part]}: EchoTime is a list: echoes stacked in one file are not "
                                 "supported; write one file per echo (echo-<n>) and use the 4th dimension "
                                 "only for coils")
+            as_text = isinstance(te, str)
             try:
                 te = float(te)
             except (TypeError, ValueError):
                 raise DataError(f"{have[part]}: EchoTime {te!r} is not a number (seconds)") from None
+            if as_text:
+                # BIDS says number; a quoted one is unambiguous, so read it and say so
+                logger.warning("%s: EchoTime is the string %r, read as the number %g s; BIDS wants a JSON number",
+                            have[part], meta.get("EchoTime"), te)
             if not (math.isfinite(te) and te > 0):
                 raise DataError(f"{have[part]}: EchoTime {te!r} must be a positive number of seconds")
             if te > 1.0:
@@ -290,21 +347,30 @@ def validate_dataset(bids_dir, timeout_s: int = 600) -> None:
 
 
 def summarise_validator_errors(errors: list, bids_dir) -> str:
-    """One readable block: each error code once, with a count and a few files."""
+    """One readable block: each error code once, with a count and a few files.
+
+    The validator reports one JSON-schema failure several times (``must be number``, ``must be
+    array``, ``must match a schema in anyOf``); each file is listed once per code, with the
+    keys and the first message for each key.
+    """
     by_code: dict = {}
     for err in errors:
         by_code.setdefault(err.get("code", "ERROR"), []).append(err)
     lines = [f"BIDS validation of {bids_dir} failed with {len(errors)} error(s) "
              "(fix them, or pass --skip-bids-validation):"]
     for code, errs in by_code.items():
-        text = (errs[0].get("issueMessage") or errs[0].get("rule") or "").strip().splitlines()
-        lines.append(f"  {code} ({len(errs)}x){': ' + text[0] if text else ''}")
-        for err in errs[:3]:
-            where = err.get("location") or ""
-            if where:
-                lines.append(f"      {where}")
-        if len(errs) > 3:
-            lines.append(f"      ... and {len(errs) - 3} more")
+        per_file: dict = {}
+        for err in errs:
+            keys = per_file.setdefault(err.get("location") or "", {})
+            text = (err.get("issueMessage") or err.get("rule") or "").strip().splitlines()
+            keys.setdefault(err.get("subCode") or "", text[0] if text else "")
+        first = next(iter(next(iter(per_file.values())).values()))
+        lines.append(f"  {code} ({len(per_file)} file(s)){': ' + first if first and len(per_file) == 1 else ''}")
+        for where, keys in list(per_file.items())[:3]:
+            what = "; ".join(f"{key} {msg}".strip() for key, msg in keys.items() if key or msg)
+            lines.append(f"      {where}" + (f": {what}" if what else ""))
+        if len(per_file) > 3:
+            lines.append(f"      ... and {len(per_file) - 3} more file(s)")
     return "\n".join(lines)
 
 
@@ -319,7 +385,16 @@ def phase_to_radians(phase: np.ndarray, units: str | None, path) -> tuple:
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     note = None
     if units is None:
-        units = "rad" if max(abs(lo), abs(hi)) <= np.pi * 1.01 else "arbitrary"
+        if max(abs(lo), abs(hi)) <= np.pi * 1.01:
+            units = "rad"
+        elif finite.size and np.all(finite == np.round(finite)):
+            units = "arbitrary"  # integer scanner phase (e.g. -4096..4095)
+        else:
+            # non-integer values beyond pi: degrees? scaled radians? no unit fits unambiguously
+            raise DataError(f"{path}: phase has no Units and its range [{lo:.4g}, {hi:.4g}] fits no unit "
+                            "unambiguously (not radians, not integer scanner phase; degrees are not "
+                            "supported): add \"Units\" to the sidecar or pass --phase-units, after "
+                            "converting degrees to radians")
         note = (f"{Path(path).name}: phase Units missing; inferred '{units}' from the value range "
                 f"[{lo:.4g}, {hi:.4g}]")
     if units == "rad":
@@ -432,6 +507,28 @@ def load_gre(run: GRERun, field_strength: float | None = None, phase_units: str 
                    coil_resolved=coil_resolved, notes=notes)
 
 
+def check_tsv_columns(path) -> None:
+    """Raise DataError naming the first line whose number of tab-separated fields differs from the header's.
+
+    A tab typed inside a value shifts every later field, which pandas would report as a confusing
+    tokenising error or, worse, as duplicated or misplaced values.
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the table ({exc}); it must be UTF-8 text") from None
+    if not lines:
+        raise DataError(f"{path}: the table is empty; it needs a header line")
+    n_header = len(lines[0].split("\t"))
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        n = len(line.split("\t"))
+        if n != n_header:
+            raise DataError(f"{path}: line {number} has {n} columns but the header has {n_header}; a value "
+                            "holds a tab or a field is missing (write n/a for a missing value)")
+
+
 def read_participants(bids_dir):
     """participants.tsv as a DataFrame with ``participant_id`` stripped of ``sub-``."""
     import pandas as pd
@@ -440,6 +537,7 @@ def read_participants(bids_dir):
     if not path.exists():
         raise NoInputError(f"{path}: not found; the group level needs participants.tsv with "
                            "participant_id and the group column")
+    check_tsv_columns(path)
     try:
         frame = pd.read_csv(path, sep="\t", na_values=["n/a", "N/A", ""], keep_default_na=False,
                             dtype={"participant_id": str})

@@ -164,6 +164,8 @@ class GroupConfig:
     groups: tuple[str, ...] = ("ALS", "control")
     #: Nuisance covariates (participants.tsv columns) in the GLM and the region adjustment.
     covariates: tuple[str, ...] = ("age",)
+    #: Covariates that are categories (dummy coded); any other covariate must be a number in every row.
+    categorical_covariates: tuple[str, ...] = ("sex", "onset")
     #: "study" (ANTs template from the participants' T1w) or "mni".
     template: GroupTemplate = "study"
     #: Iterations of the study template construction.

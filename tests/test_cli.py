@@ -44,7 +44,7 @@ def test_help_documents_every_option():
 
 
 def test_usage_errors_exit_64(tiny_bids, tmp_path, capsys):
-    assert main([str(tiny_bids), str(tmp_path / "out"), "nonsense"]) == 64
+    assert main([str(tiny_bids), str(tmp_path / "out"), "nonsense"]) == 17  # unknown level (execution spec)
     assert main([str(tiny_bids), str(tmp_path / "out"), "participant", "--n-cpus", "0"]) == 64
     err = capsys.readouterr().err
     assert "Traceback" not in err and "qsm-bids: error:" in err

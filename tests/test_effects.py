@@ -103,7 +103,7 @@ def test_three_level_covariate_is_dummy_coded():
     s = np.array([shift[v] for v in site])
     x = s + rng.normal(size=n)
     y = s + 0.4 * x + rng.normal(size=n)
-    z, terms, _ = covariate_matrix(pd.DataFrame({"site": site}), ["site"])
+    z, terms, _ = covariate_matrix(pd.DataFrame({"site": site}), ["site"], categorical=("site",))
     assert terms == ["site[b]", "site[c]"]
     assert z.shape == (45, 2)
     r = partial_spearman(x, y, z)

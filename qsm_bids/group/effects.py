@@ -141,12 +141,13 @@ def partial_spearman(x, y, covariates=None) -> Correlation:
     return Correlation(n, rho, p, df, k)
 
 
-def covariate_matrix(frame: pd.DataFrame, names: Sequence[str]
+def covariate_matrix(frame: pd.DataFrame, names: Sequence[str], categorical=None
                      ) -> tuple[np.ndarray, list[str], list[str]]:
     """Numeric covariate columns of ``frame`` for :func:`partial_spearman`.
 
-    A numeric column is used as it is; a text column (sex, onset) is dummy
-    coded against its first sorted level as ``name[level]`` (the coding of
+    A numeric column is used as it is; a categorical one (``categorical``,
+    default ``group.categorical_covariates``: sex, onset) is dummy coded
+    against its first sorted level as ``name[level]`` (the coding of
     :func:`qsm_bids.group.glm.covariate_columns`). Coding happens within the
     rows given, so a covariate with a single level (or a constant value)
     among them carries no information there and is dropped. Missing values
@@ -175,7 +176,7 @@ def covariate_matrix(frame: pd.DataFrame, names: Sequence[str]
             dropped.append(f"{name} (a single value among these participants)")
             continue
         usable.append(name)
-    coded = covariate_columns(frame, usable)
+    coded = covariate_columns(frame, usable, categorical)
     return coded.to_numpy(dtype=float), list(coded.columns), dropped
 
 

@@ -19,6 +19,7 @@ from ..errors import DataError
 __all__ = [
     "Design",
     "design_matrix",
+    "check_numeric_covariate",
     "covariate_columns",
     "contrast_names",
     "ols_t",
@@ -64,7 +65,7 @@ def contrast_names(groups) -> tuple[str, str]:
     return f"{a}gt{b}", f"{b}gt{a}"
 
 
-def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
+def design_matrix(design, group_column: str, groups, covariates=(), categorical=None) -> Design:
     """Build the cell-means design from a participants table.
 
     Parameters
@@ -79,8 +80,12 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
         The levels compared, the "patient" side first. Rows at other levels
         are a DataError (select the subjects first).
     covariates : sequence of str
-        Nuisance columns. Numeric columns are demeaned; text columns (e.g.
-        sex) are dummy coded against their first sorted level and demeaned.
+        Nuisance columns. Numeric columns are demeaned; categorical ones
+        (e.g. sex) are dummy coded against their first sorted level and
+        demeaned.
+    categorical : sequence of str, optional
+        The covariates that are categories; default
+        ``group.categorical_covariates``. Any other must be numeric.
 
     Returns
     -------
@@ -109,7 +114,7 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
         if values.isna().any():
             bad = list(design.index[values.isna()])
             raise DataError(f"covariate '{name}' is missing for rows {bad}; exclude them first")
-    regressors = covariate_columns(design, covariates)
+    regressors = covariate_columns(design, covariates, categorical)
     for name in regressors.columns:
         v = regressors[name].to_numpy(dtype=float)
         cols.append(v - v.mean())
@@ -128,29 +133,37 @@ def design_matrix(design, group_column: str, groups, covariates=()) -> Design:
     return Design(X=X, columns=columns, contrasts={names[0]: c, names[1]: -c}, groups=groups)
 
 
-def covariate_columns(frame, covariates):
+def covariate_columns(frame, covariates, categorical=None):
     """Numeric regressors of covariates, shared by the GLM and the region statistics.
 
-    A numeric column is used as it is; a text column (e.g. sex) is dummy coded
-    against its first sorted level as ``name[level]`` columns. Missing values
-    stay NaN (the caller decides whether to exclude the rows).
+    A covariate is numeric unless it is named in ``categorical`` (default:
+    ``group.categorical_covariates`` of the config); a categorical one (e.g.
+    sex) is dummy coded against its first sorted level as ``name[level]``
+    columns. Missing values stay NaN (the caller decides whether to exclude
+    the rows).
 
     Raises
     ------
     DataError
-        A covariate column is absent, or a text covariate has a single level.
+        A covariate column is absent, a numeric covariate holds a value that
+        is not a number (naming the participant, column and value), or a
+        categorical covariate has a single level.
     """
     import pandas as pd
 
+    if categorical is None:
+        from ..config import GroupConfig
+
+        categorical = GroupConfig().categorical_covariates
     out = {}
     for name in covariates:
         if name not in frame.columns:
             raise DataError(f"participants table has no covariate column '{name}'; columns are "
                             f"{list(frame.columns)} (change --covariates)")
         col = frame[name]
-        numeric = pd.to_numeric(col, errors="coerce")
-        if numeric.notna().sum() == col.notna().sum():
-            out[name] = numeric.astype(float)
+        if name not in categorical:
+            check_numeric_covariate(frame, name)
+            out[name] = pd.to_numeric(col, errors="coerce").astype(float)
             continue
         text = col.astype("string")
         levels = sorted(text.dropna().unique())
@@ -160,6 +173,27 @@ def covariate_columns(frame, covariates):
         for level in levels[1:]:
             out[f"{name}[{level}]"] = (text == level).astype(float).where(col.notna())
     return pd.DataFrame(out, index=frame.index)
+
+
+def check_numeric_covariate(frame, name: str, source: str = "participants table") -> None:
+    """Raise DataError naming the first participant whose ``name`` value is not a number.
+
+    A typo such as ``sixty`` in an age column would otherwise turn the
+    covariate into dummy regressors and silently change the model.
+    """
+    import pandas as pd
+
+    col = frame[name]
+    numeric = pd.to_numeric(col, errors="coerce")
+    bad = col.notna() & numeric.isna()
+    if bad.any():
+        first = bad.to_numpy().nonzero()[0][0]
+        who = (f"sub-{str(frame['participant_id'].iloc[first]).removeprefix('sub-')}"
+               if "participant_id" in frame.columns else f"row {first + 1}")
+        more = int(bad.sum()) - 1
+        raise DataError(f"{source}: {who} has {name!r} = {col.iloc[first]!r}, "
+                        f"not a number{f' ({more} more such value(s))' if more else ''}; fix the value (n/a "
+                        f"excludes the participant) or declare '{name}' in group.categorical_covariates")
 
 
 def reduced_model_basis(X: np.ndarray, contrast: np.ndarray) -> np.ndarray:

@@ -402,7 +402,7 @@ def compute_roi_stats(
     no_values = sorted(p for p in parts.index[in_study] if p not in with_values)
     if no_values:
         messages.append(f"participant(s) without region values were excluded: {', '.join(no_values)}")
-    cov_frame = covariate_columns(parts, covariates)
+    cov_frame = covariate_columns(parts, covariates, group.categorical_covariates)
     cov_names = list(cov_frame.columns)
     cov_missing = sorted(p for p in parts.index[in_study] if cov_frame.loc[p].isna().any())
     if cov_missing:
@@ -504,7 +504,8 @@ def compute_roi_stats(
     partial_names = [c for c in params.partial_covariates if c in parts.columns]
     partial = {}
     for g, mask in ((group_a, in_a), (group_b, in_b)):
-        z, terms, dropped = covariate_matrix(parts.loc[keep][mask.to_numpy()], partial_names)
+        z, terms, dropped = covariate_matrix(parts.loc[keep][mask.to_numpy()], partial_names,
+                                                 group.categorical_covariates)
         partial[g] = (z, terms)
         if g == group_a and dropped:
             messages.append(f"partial correlations in {g}: not controlled for {', '.join(dropped)}")

@@ -108,7 +108,7 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
         raise DataError(f"{len(chi_images)} maps and {len(mask_images)} masks for {len(design)} "
                         "participants; they must match one to one")
     _check_grid(list(chi_images) + list(mask_images), names + [f"mask of {n}" for n in names])
-    des = design_matrix(design.reset_index(drop=True), group_column, groups, covariates)
+    des = design_matrix(design.reset_index(drop=True), group_column, groups, covariates, p.categorical_covariates)
     affine = np.asarray(chi_images[0].affine, dtype=float)
     vox = voxel_sizes(affine)
     n_subjects = len(chi_images)

@@ -61,7 +61,14 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
     output_dir = Path(output_dir)
     g = cfg.group
     frame = read_participants(bids_dir)
-    left_out = []
+    tsv = Path(bids_dir) / "participants.tsv"
+    left_out, warnings = [], []
+    unlisted = sorted(d.name for d in output_dir.glob("sub-*") if d.is_dir()
+                      and strip_prefix(d.name, "sub") not in set(frame["participant_id"]))
+    if unlisted:
+        warnings.append(f"participant results without a row in {tsv} are not analysed: {', '.join(unlisted)} "
+                        "(add them to participants.tsv to include them)")
+        logger.warning("%s", warnings[-1])
     if participant_labels:
         wanted = {strip_prefix(x, "sub") for x in participant_labels}
         left_out += [(p, "not in --participant-label") for p in frame["participant_id"] if p not in wanted]
@@ -77,7 +84,7 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
         if column not in frame.columns:
             raise DataError(f"{Path(bids_dir) / 'participants.tsv'}: no column '{column}' "
                             f"(columns: {', '.join(frame.columns)}); see --group-column/--covariates")
-    excluded, warnings = [], []
+    excluded = []
     frame = frame.copy()
     frame[g.group_column] = frame[g.group_column].astype("string")
     others = frame[~frame[g.group_column].isin(g.groups) & frame[g.group_column].notna()]
@@ -87,13 +94,24 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
     left_out += [(p, f"{g.group_column}={v} (not one of the compared groups {', '.join(g.groups)})")
                  for p, v in zip(others["participant_id"], others[g.group_column])]
     frame = frame[frame[g.group_column].isin(g.groups) | frame[g.group_column].isna()]
+    from .glm import check_numeric_covariate
+
+    for column in g.covariates:
+        if column not in g.categorical_covariates:
+            check_numeric_covariate(frame, column, source=str(tsv))
     missing_cols = [c for c in (g.group_column, *g.covariates)]
     missing = frame[frame[missing_cols].isna().any(axis=1)]
+    by_columns: dict = {}
     for _, row in missing.iterrows():
-        cols = [c for c in missing_cols if pd.isna(row[c])]
-        excluded.append(f"sub-{row['participant_id']}: no value for {', '.join(cols)} in participants.tsv")
-        left_out.append((row["participant_id"], f"no value for {', '.join(cols)} in participants.tsv"))
+        cols = ", ".join(c for c in missing_cols if pd.isna(row[c]))
+        excluded.append(f"sub-{row['participant_id']}: no value for {cols} in participants.tsv")
+        left_out.append((row["participant_id"], f"no value for {cols} in participants.tsv"))
+        by_columns.setdefault(cols, []).append(f"sub-{row['participant_id']}")
+    for cols, who in by_columns.items():
+        logger.warning("excluded %d participant(s) with no value (n/a or empty) for %s in %s: %s", len(who), cols,
+                       tsv, ", ".join(who))
     frame = frame.drop(missing.index)
+    n_no_value = len(excluded)
 
     files: dict = {}
     keep = []
@@ -110,7 +128,7 @@ def collect_group_inputs(bids_dir, output_dir, cfg, participant_labels=None) -> 
         files[label] = found
         keep.append(label)
     frame = frame[frame["participant_id"].isin(keep)].reset_index(drop=True)
-    for reason in excluded:
+    for reason in excluded[n_no_value:]:
         logger.warning("excluded %s", reason)
     counts = frame[g.group_column].value_counts()
     for level in g.groups:
