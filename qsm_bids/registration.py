@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .templates import TEMPLATE_NAME, template_image
 from .io import atomic_path
+from .templates import TEMPLATE_NAME, template_image
+from .verify import verify_output
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +231,9 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
 
 
 def _copy_atomic(src: str | Path, dest: Path) -> Path:
+    # ANTs/ITK do not always fail when a write fails (a full scratch disk leaves a truncated or empty
+    # transform and a normal return): read the scratch file back before it becomes an output
+    verify_output(src)
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dest)

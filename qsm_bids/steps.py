@@ -29,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from .errors import TemporaryError
 from .io import write_json
+from .native import native_output_to_log
 from .resources import memory_guard
 from .verify import verify_output
 
@@ -167,7 +168,8 @@ class StepRunner:
             self._record_path(step).unlink()  # a stale record must not outlive outputs being rewritten
         start = time.perf_counter()
         try:
-            with memory_guard().step(f"[{self.prefix}] step {step.name}"):
+            with memory_guard().step(f"[{self.prefix}] step {step.name}"), \
+                    native_output_to_log(f"[{self.prefix}] step {step.name}"):
                 info = step.func(step.outputs) or {}
             for out in step.outputs.values():
                 verify_output(out)

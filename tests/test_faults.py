@@ -384,3 +384,29 @@ def test_one_subjects_lock_is_a_temporary_failure_75(tiny_bids, tmp_path, capsys
     assert code.returncode == 75, code.stderr
     assert "sub-01" in code.stderr and "Traceback" not in code.stderr
 
+
+
+# --- native library output -------------------------------------------------------------------------
+
+def test_native_output_goes_to_the_log_not_the_console(capfd, caplog):
+    """What ITK/ANTs print on descriptor 2 lands in the debug log; Python's console log still shows."""
+    import logging
+
+    from qsm_bids.native import native_output_to_log
+
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO)
+    logging.getLogger().addHandler(console)
+    try:
+        with caplog.at_level("DEBUG"), native_output_to_log("[sub-x] step normalise"):
+            os.write(2, b"itk::ExceptionObject (0x1) HDF5 dump\n")
+            os.write(1, b"ANTs progress line\n")
+            logging.getLogger("qsm_bids.test").warning("still on the console")
+    finally:
+        logging.getLogger().removeHandler(console)
+    captured = capfd.readouterr()
+    assert "itk::" not in captured.err and "ANTs progress" not in captured.out
+    assert "still on the console" in captured.err
+    logged = [r.getMessage() for r in caplog.records if r.name == "qsm_bids.native"]
+    assert any("[sub-x] step normalise" in m and "itk::ExceptionObject" in m and "ANTs progress" in m
+               for m in logged)
