@@ -469,7 +469,9 @@ def region_medians(chi_ppm, mask, labels_native, label_table, voxel_size,
     Returns
     -------
     table : DataFrame
-        ``region``, ``hemisphere``, ``median_ppm``, ``n_voxels``, one row per label-table row, in its order.
+        ``region``, ``hemisphere``, ``median_ppm``, ``n_voxels``, ``coverage`` (fraction of the eroded
+        region's voxels inside ``mask``: the median uses only those; NaN for an empty region), one row per
+        label-table row, in its order.
     warnings : list of str
     """
     from scipy.ndimage import binary_erosion
@@ -495,6 +497,7 @@ def region_medians(chi_ppm, mask, labels_native, label_table, voxel_size,
             eroded = np.zeros_like(region_mask)
             eroded[sl] = binary_erosion(region_mask[sl], structure=struct, border_value=0)
             region_mask = eroded
+        n_region = int(region_mask.sum())
         sel = region_mask & mask & finite
         n = int(sel.sum())
         if n < min_voxels:
@@ -503,7 +506,8 @@ def region_medians(chi_ppm, mask, labels_native, label_table, voxel_size,
                             f"erosion and masking ({n_before} before), fewer than {min_voxels}; median set to NaN")
         else:
             median = float(np.median(chi[sel]))
-        rows.append({"region": r.region, "hemisphere": r.hemisphere, "median_ppm": median, "n_voxels": n})
+        rows.append({"region": r.region, "hemisphere": r.hemisphere, "median_ppm": median, "n_voxels": n,
+                     "coverage": n / n_region if n_region else float("nan")})
     for w in warnings:
         logger.warning(w)
-    return pd.DataFrame(rows, columns=["region", "hemisphere", "median_ppm", "n_voxels"]), warnings
+    return pd.DataFrame(rows, columns=["region", "hemisphere", "median_ppm", "n_voxels", "coverage"]), warnings

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .config import Config, ConfigError, choices, load_config
+from .config import PRESETS, Config, ConfigError, choices, load_config
 from .errors import AnalysisLevelError, NoInputError, OutputError, QSMBidsError, UsageError
 from .scratch import run_scratch
 from .verify import storage_error
@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, default=None,
                    help="YAML or JSON file overriding any parameter (sections: inputs, recon, registration, "
                         "atlas, group, roi_stats); see the README for every key")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a named parameter set, applied under --config and the other options: 'paper' is the "
+                        "paper's chain exactly (magnitude mask, SHARP 5 mm, MEDI lambda 1000 on the toolbox "
+                        "scaling, no rim shells, intersection of the participants' masks)")
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                    action="store_true", help="do not run the BIDS validator on bids_dir")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
@@ -174,6 +178,8 @@ def _overrides(args) -> dict:
             out.setdefault(section, {})[key] = value
     if args.seed is not None:
         out["seed"] = args.seed
+    if args.preset is not None:
+        out["preset"] = args.preset
     return out
 
 

@@ -174,8 +174,8 @@ class GroupConfig:
     template_resolution_mm: float = 2.0
     #: Gaussian smoothing sigma (mm), compensated at the brain boundary.
     smoothing_sigma_mm: float = 3.0
-    #: Minimum fraction of participants covering a voxel for the analysis mask.
-    coverage_fraction: float = 1.0
+    #: Analysis mask: voxels covered by at least this fraction of the participants' QSM masks (1: their intersection, the paper's; 0.9 keeps the cortex where a few masks fall short). The coverage map is written beside it.
+    coverage_fraction: float = 0.9
     #: Permutations of the Freedman-Lane test (the observed labelling counts as one).
     n_permutations: int = 20000
     #: Permutations per chunk (memory bound; each chunk has its own seed).

@@ -164,6 +164,8 @@ GROUP_OUTPUTS: dict[str, str] = {
     "template_chi_mni": "tpl-study_space-{template}_desc-mean_Chimap.nii.gz",
     "studyspace": "studyspace",
     "analysis_mask": "desc-analysis_mask.nii.gz",
+    "coverage_map": "desc-coverage_map.nii.gz",
+    "region_coverage": "desc-coverage_regions.tsv",
     "summary": "group.json",
     "regions_summary": "regions.json",
     "permutation_null": "desc-permutation_null.tsv",

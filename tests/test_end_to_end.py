@@ -87,7 +87,9 @@ def test_participant_outputs(cohort):
         assert mask_side["Method"] == ("t1w" if has_t1w else "magnitude") == side["BrainMaskMethod"]
         assert (anat / f"sub-{label}_desc-templatebrain_probseg.nii.gz").exists() == has_t1w
         table = pd.read_csv(anat / f"sub-{label}_atlas-qsmbids_stat-median_Chimap.tsv", sep="\t")
-        assert list(table.columns) == ["region", "hemisphere", "median_ppm", "n_voxels"]
+        assert list(table.columns) == ["region", "hemisphere", "median_ppm", "n_voxels", "coverage"]
+        cov = table.coverage.dropna()
+        assert len(cov) and ((cov >= 0) & (cov <= 1)).all()
         assert len(table) == 26 and set(table.hemisphere) == {"L", "R"}
         assert (out / f"sub-{label}.html").exists()
         assert list((out / "logs").glob(f"sub-{label}_participant_*.log"))
@@ -147,6 +149,22 @@ def test_group_level(cohort):
                  "contrast-ALSgtcontrol_stat-pfwe_statmap.nii.gz", "contrast-controlgtALS_stat-pfwe_statmap.nii.gz",
                  "roi_stats.tsv", "demographics.tsv", "correlations.tsv", "report.html"):
         assert (group / name).exists(), name
+    # the coverage map counts the participants' template-space QSM masks; the analysis mask keeps the voxels
+    # covered by at least group.coverage_fraction of them
+    summary = json.loads((group / "group.json").read_text())
+    n = len(summary["Participants"])
+    frac = summary["Parameters"]["group"]["coverage_fraction"]
+    count = np.zeros(nib.load(str(group / "desc-coverage_map.nii.gz")).shape, int)
+    for label in [s["participant_id"].removeprefix("sub-") for s in summary["Participants"]]:
+        m = nib.load(str(cohort["out"] / f"sub-{label}" / "anat"
+                         / f"sub-{label}_space-MNI152NLin2009aSym_desc-qsm_mask.nii.gz"))
+        count += np.asarray(m.dataobj) > 0
+    cov = np.asarray(nib.load(str(group / "desc-coverage_map.nii.gz")).dataobj)
+    np.testing.assert_array_equal(cov, count)
+    analysis = np.asarray(nib.load(str(group / "desc-analysis_mask.nii.gz")).dataobj) > 0
+    np.testing.assert_array_equal(analysis, count >= int(np.ceil(frac * n - 1e-9)))
+    assert (group / "desc-coverage_regions.tsv").exists()
+    assert 'id="coverage"' in (group / "report.html").read_text()
     p = np.asarray(nib.load(str(group / "contrast-ALSgtcontrol_stat-pfwe_statmap.nii.gz")).dataobj)
     assert np.nanmin(p) >= 1 / 50 - 1e-9 and np.nanmax(p) <= 1
     stats = pd.read_csv(group / "roi_stats.tsv", sep="\t")

@@ -254,3 +254,50 @@ def test_report_from_files_matches_the_in_memory_report(report, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(bids), str(empty), "group", "--report-only"]) == 66
+
+
+def test_coverage_section_and_chain_in_the_methods(tmp_path):
+    """The group report shows the coverage map written by the voxelwise step, the analysis-mask rule
+    and the regions' coverage, all read from the files on disk; the methods say which mask and chain."""
+    import json
+
+    import nibabel as nib
+
+    from qsm_bids.derivatives import GROUP_OUTPUTS
+    from qsm_bids.group.workflow import write_region_coverage
+    from qsm_bids.report.group import coverage_view
+
+    shape, affine = _grid()
+    count = np.zeros(shape, np.int16)
+    count[4:-4, 4:-4, 4:-4] = 9
+    count[6:-6, 6:-6, 6:-6] = 10
+    group = tmp_path / "group"
+    group.mkdir()
+    nib.save(nib.Nifti1Image(count, affine), str(group / GROUP_OUTPUTS["coverage_map"]))
+    (group / GROUP_OUTPUTS["coverage_map"].replace(".nii.gz", ".json")).write_text(
+        json.dumps({"NumberOfSubjects": 10, "MinimumCoverage": 9}))
+    values = pd.DataFrame({"participant_id": ["sub-01", "sub-02", "sub-01", "sub-02"],
+                           "region": ["precentral_gyrus"] * 2 + ["putamen"] * 2, "hemisphere": ["L"] * 4,
+                           "median_ppm": [0.01, 0.02, 0.05, 0.06], "n_voxels": [90, 40, 100, 100],
+                           "coverage": [0.9, 0.4, 1.0, 1.0]})
+    write_region_coverage(group / GROUP_OUTPUTS["region_coverage"], values)
+    view = coverage_view(group)
+    assert view["n"] == 10 and view["need"] == 9 and view["n_voxels"] == int((count >= 9).sum())
+    assert view["figure"].startswith("data:image/png;base64,")
+    text = render_group_report(coverage=view)
+    assert 'id="coverage"' in text and "at least 9 of the 10 participants" in text
+    rows = pd.read_csv(group / GROUP_OUTPUTS["region_coverage"], sep="\t")
+    pre = rows[rows.region == "precentral_gyrus"].iloc[0]
+    assert pre.coverage_median == pytest.approx(0.65) and pre.coverage_min == 0.4 and pre["n_below_0.5"] == 1
+    assert text.index("precentral_gyrus") < text.index("putamen")  # lowest coverage first
+    assert coverage_view(tmp_path) is None
+    # methods: the T1w mask, the rim shells, the preset and the coverage rule
+    cfg = Config()
+    cfg.recon.medi_edge_radii_mm = (2.0, 1.0)
+    cfg.group.coverage_fraction = 0.9
+    text = " ".join(methods_paragraph(cfg.to_dict(), {})[0])
+    assert "brain mask" in text and "T1w" in text and "2, 1 mm spheres" in text and "90 %" in text
+    from qsm_bids.config import load_config
+
+    text = " ".join(methods_paragraph(load_config(None, {"preset": "paper"}).to_dict(), {})[0])
+    assert "'paper' preset" in text and "GRE magnitude (eroded by 1 mm)" in text and "intersection" in text

@@ -108,6 +108,15 @@ def test_run_voxelwise_writes_everything_and_is_reproducible(tmp_path):
     assert table.peak_pfwe[0] < 0.05 and table.peak_t[0] > 0
     assert (tmp_path / "g1" / "contrast-PDgtHC_stat-pfwe_statmap.nii.gz").name == \
         "contrast-PDgtHC_stat-pfwe_statmap.nii.gz"
+    # the coverage map counts the participants' masks; the analysis mask follows the stated rule
+    cov = np.asarray(nib.load(out1["coverage_map"]).dataobj)
+    count = np.sum([np.asarray(m.dataobj) > 0 for m in masks], axis=0)
+    np.testing.assert_array_equal(cov, count)
+    need = int(np.ceil(params.coverage_fraction * len(masks) - 1e-9))
+    analysis = np.asarray(nib.load(out1["analysis_mask"]).dataobj) > 0
+    np.testing.assert_array_equal(analysis, count >= need)
+    side = json.loads((tmp_path / "g1" / "desc-coverage_map.json").read_text())
+    assert side["MinimumCoverage"] == need and side["NumberOfSubjects"] == len(masks)
     null = pd.read_csv(out1["null"], sep="\t")
     assert len(null) == 60 and null.permutation[0] == 0
 

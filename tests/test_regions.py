@@ -31,7 +31,8 @@ def test_box_region_eroded_by_one_mm(voxel, expected_shape):
     assert warn == []
     assert df.loc[0, "n_voxels"] == np.prod(expected_shape)
     assert df.loc[0, "median_ppm"] == pytest.approx(np.median(np.arange(6, 14)) * 0.01)
-    assert list(df.columns) == ["region", "hemisphere", "median_ppm", "n_voxels"]
+    assert list(df.columns) == ["region", "hemisphere", "median_ppm", "n_voxels", "coverage"]
+    assert df.loc[0, "coverage"] == 1.0
 
 
 def test_mask_intersection_and_no_erosion():
@@ -44,6 +45,8 @@ def test_mask_intersection_and_no_erosion():
     mask[5:] = True
     df, _ = region_medians(chi, mask, labels, _table((1, "thalamus", "R")), (1, 1, 1), erosion_radius_mm=0)
     assert df.loc[0, "n_voxels"] == 3 * 6 * 6 and df.loc[0, "median_ppm"] == 3.0
+    # the median uses the covered voxels only, and the coverage says how many of the region's they are
+    assert df.loc[0, "coverage"] == pytest.approx(0.5)
 
 
 def test_small_and_absent_regions_get_nan_and_warning():

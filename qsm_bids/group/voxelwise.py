@@ -54,6 +54,8 @@ class VoxelwiseResult:
     n_subjects: int
     n_permutations: int
     seconds: dict = field(default_factory=dict)
+    coverage: np.ndarray | None = None   # participants covering each voxel (3D int)
+    coverage_need: int = 0               # the fewest that make a voxel part of the analysis mask
 
 
 def analysis_mask(masks, coverage_fraction: float = 1.0) -> np.ndarray:
@@ -126,6 +128,7 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
         count += subject(i)[1]
     need = int(np.ceil(coverage_fraction * n_subjects - 1e-9))
     mask = count >= max(need, 1)
+    coverage = count.astype(np.int16)
     del count
     if mask.sum() < 2:
         raise DataError(f"the participants' masks overlap in {int(mask.sum())} voxel(s) at coverage "
@@ -188,7 +191,8 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
     logger.info("voxelwise inference done in %.0f s", seconds["total"])
     return VoxelwiseResult(affine=affine, mask=mask, contrasts=contrasts, null=nulls,
                            design_columns=des.columns, n_subjects=n_subjects,
-                           n_permutations=int(n_permutations), seconds=seconds)
+                           n_permutations=int(n_permutations), seconds=seconds, coverage=coverage,
+                           coverage_need=max(need, 1))
 
 
 def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
@@ -226,9 +230,19 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     }
     written = {}
     mask_path = out_dir / GROUP_OUTPUTS["analysis_mask"]
+    rule = (f"voxels covered by at least {result.coverage_need} of {result.n_subjects} participants' QSM masks "
+            f"(group.coverage_fraction {(parameters or {}).get('group', {}).get('coverage_fraction', 'n/a')})")
     write_nifti(mask_path, result.mask.astype(np.uint8), result.affine, dtype=np.uint8,
-                sidecar={**sidecar_base, "Description": "Analysis mask (participants' coverage)"})
+                sidecar={**sidecar_base, "Description": f"Analysis mask: {rule}",
+                         "MinimumCoverage": result.coverage_need})
     written["analysis_mask"] = str(mask_path)
+    if result.coverage is not None:
+        cov_path = out_dir / GROUP_OUTPUTS["coverage_map"]
+        write_nifti(cov_path, result.coverage.astype(np.int16), result.affine, dtype=np.int16,
+                    sidecar={**sidecar_base, "Description": "Coverage map: how many participants' QSM masks "
+                             f"cover each voxel; the analysis mask is {rule}",
+                             "MinimumCoverage": result.coverage_need, "Units": "participants"})
+        written["coverage_map"] = str(cov_path)
     stats_desc = {"t": ("t", None, "t statistic of the contrast"),
                   "tfce": ("tfce", None, "TFCE of the contrast's t (E, H, connectivity as in Parameters)"),
                   "pfwe": ("pfwe", None, "FWE-corrected p of TFCE (max-statistic, observed labelling "

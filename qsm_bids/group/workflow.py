@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import __version__
@@ -174,6 +175,33 @@ def run_group_level(bids_dir, output_dir, cfg, *, participant_labels=None, work_
     return 0
 
 
+def write_region_coverage(path, values: pd.DataFrame) -> None:
+    """Per region and hemisphere: how much of it the participants' QSM masks cover (region values are
+    medians over the covered voxels only). Participant tables written before the coverage column
+    give NaN."""
+    from ..io import write_tsv
+
+    v = values.copy()
+    if "coverage" not in v.columns:
+        v["coverage"] = np.nan
+    rows = []
+    for (region, hemi), sel in v.groupby(["region", "hemisphere"], sort=False):
+        c = pd.to_numeric(sel["coverage"], errors="coerce")
+        rows.append({"region": region, "hemisphere": hemi, "n": int(c.notna().sum()),
+                     "coverage_median": float(c.median()) if c.notna().any() else np.nan,
+                     "coverage_min": float(c.min()) if c.notna().any() else np.nan,
+                     "n_below_0.5": int((c < 0.5).sum())})
+    frame = pd.DataFrame(rows, columns=["region", "hemisphere", "n", "coverage_median", "coverage_min",
+                                        "n_below_0.5"])
+    write_tsv(path, frame, sidecar={
+        "Description": "fraction of each eroded atlas region inside the participants' QSM masks (native space)",
+        "n": {"Description": "participants with a coverage value"},
+        "coverage_median": {"Description": "median over participants"},
+        "coverage_min": {"Description": "lowest participant"},
+        "n_below_0.5": {"Description": "participants covering less than half of the region"},
+        "GeneratedBy": generated_by(Step="regions")})
+
+
 class GroupWorkflow:
     """The steps of the group level (as :class:`qsm_bids.participant.ParticipantWorkflow` for one run)."""
 
@@ -233,7 +261,8 @@ class GroupWorkflow:
             "regions", self._files("regions") + [str(Path(self.bids_dir) / "participants.tsv")],
             {**base_params, "roi_stats": dataclasses.asdict(cfg.roi_stats),
              "group": {k: getattr(cfg.group, k) for k in ("group_column", "groups", "covariates")}},
-            {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics", "regions_summary")},
+            {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics", "regions_summary",
+                                        "region_coverage")},
             self._regions, "region statistics, correlations, demographics"))
         return steps
 
@@ -287,6 +316,7 @@ class GroupWorkflow:
                                     yates=r.chi_square_yates, include=result.values["participant_id"].unique())
         write_roi_outputs(self.group_dir, result, demographics=demo,
                           demographics_sidecar=demographics_sidecar(g.groups, yates=r.chi_square_yates))
+        write_region_coverage(out["region_coverage"], values)
         write_json(out["regions_summary"], {"GeneratedBy": generated_by(), "Groups": list(result.groups),
                                             "Covariates": list(result.covariates), "Parameters": result.parameters,
                                             "Warnings": list(result.warnings)})

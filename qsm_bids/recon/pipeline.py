@@ -198,16 +198,19 @@ BACKGROUND_METHODS: dict[str, BackgroundMethod] = {
 }
 
 
-def _medi_edges(p) -> tuple:
-    """The rim radii MEDI uses (only in the SMV form, smaller than the SHARP sphere)."""
-    use_smv = bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv
-    return tuple(float(r) for r in p.medi_edge_radii_mm if float(r) < float(p.sharp_radius_mm)) if use_smv else ()
+def _medi_edges(p, voxel_size) -> tuple:
+    """The rim radii MEDI uses: only in the SMV form, smaller than the SHARP sphere and not smaller than
+    the smallest voxel edge (a sphere within one voxel carries no data)."""
+    use_smv = bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv and p.inversion == "medi"
+    lo = min(float(v) for v in voxel_size)
+    return tuple(float(r) for r in p.medi_edge_radii_mm
+                 if lo <= float(r) < float(p.sharp_radius_mm)) if use_smv else ()
 
 
 def _medi_region(inp: _Inputs):
     # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their neighbours, so chi
     # is returned on the whole mask eroded by the background kernel (with rim shells: the whole mask)
-    if _medi_edges(inp.p):
+    if _medi_edges(inp.p, inp.voxel_size):
         return inp.brain
     radius = BACKGROUND_METHODS[inp.p.background].chi_erosion_mm(inp.p)
     if radius is None:
@@ -226,7 +229,7 @@ def _medi(inp: _Inputs, region):
         field_strength_t=inp.field_strength_t, delta_te_s=delta_te, noise_std=noise, lam=p.medi_lambda,
         percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
-        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=_medi_edges(p) or None)
+        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=_medi_edges(p, inp.voxel_size) or None)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
@@ -431,7 +434,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         mask_used = "t1w"
     else:
         mask_used = "magnitude"
-    if _medi_edges(p) and p.inversion == "medi":
+    if _medi_edges(p, voxel_size):
         # the rim shells measure the field down to the smallest sphere; the outermost layer, where no
         # sphere fits, is constrained by the fields it produces in the shells: chi is kept wherever the
         # phase was trusted (the incoherent-phase voxels, filled by the regulariser alone, stay out)
@@ -439,7 +442,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     else:
         measured = eroded
     params_used = {**dataclasses.asdict(p), "mask_method": mask_used, "mask_method_requested": p.mask_method,
-                   "vsharp_radii_mm": list(p.vsharp_radii_mm), "medi_edge_radii_mm": list(_medi_edges(p)),
+                   "vsharp_radii_mm": list(p.vsharp_radii_mm), "medi_edge_radii_mm": list(_medi_edges(p, voxel_size)),
                    "medi_edge_radii_mm_requested": list(p.medi_edge_radii_mm)}
     params_used.update(
         reference_value_ppm=ref_value,

@@ -319,3 +319,40 @@ def scatter_grid_figure(panels: Sequence[Mapping], *, ncols: int = 3):
             ax.legend(fontsize=6, frameon=False)
     fig.tight_layout()
     return fig
+
+
+def coverage_figure(coverage, n_subjects: int, need: int, *, z_mm: Sequence[float] = (-30, -10, 10, 30, 50, 65),
+                    ncols: int = 6):
+    """Axial slices of the coverage map (participants covering each voxel, 0..n), with the analysis
+    mask's edge (coverage >= ``need``) drawn in white; slices at MNI ``z_mm`` (the motor cortex at
+    +50 and +65)."""
+    img = load_image(coverage)
+    data, affine = to_ras(img)
+    data = np.nan_to_num(np.asarray(data, dtype=float))
+    picks = []
+    for z in z_mm:
+        k = int(round(_index_of(affine, (0.0, 0.0, float(z)))[2]))
+        if 0 <= k < data.shape[2] and k not in picks:
+            picks.append(k)
+    if not picks:
+        picks = [data.shape[2] // 2]
+    nrows = int(np.ceil(len(picks) / ncols))
+    fig = new_figure(figsize=(1.7 * min(ncols, len(picks)), 2.0 * nrows + 0.4), facecolor="black")
+    im = None
+    for i, k in enumerate(picks):
+        ax = fig.add_subplot(nrows, min(ncols, len(picks)), i + 1)
+        sl = _axial(data, k)
+        im = ax.imshow(np.where(sl > 0, sl, np.nan), cmap="viridis", vmin=0, vmax=max(n_subjects, 1),
+                       origin="lower", interpolation="nearest")
+        if (sl >= need).any() and (sl < need).any():
+            ax.contour((sl >= need).astype(float), levels=[0.5], colors="white", linewidths=0.6)
+        ax.set_title(f"z = {_world(affine, (0, 0, k))[2]:.0f}", color="white", fontsize=8, pad=2)
+        ax.set_axis_off()
+    fig.suptitle(f"participants covering each voxel (of {n_subjects}); white: analysis mask (>= {need})",
+                 color="white", fontsize=9)
+    if im is not None:
+        cax = fig.add_axes([0.92, 0.15, 0.015, 0.7])
+        cb = fig.colorbar(im, cax=cax)
+        cb.ax.tick_params(colors="white", labelsize=7)
+    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.01, top=0.85, wspace=0.02, hspace=0.15)
+    return fig

@@ -30,6 +30,7 @@ from . import figure_to_data_uri, render_template
 from .figures import (
     GROUP_COLOURS,
     cluster_slices_figure,
+    coverage_figure,
     load_image,
     roi_bar_figure,
     scatter_grid_figure,
@@ -173,6 +174,24 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
     else:
         recon.append(f"Susceptibility was estimated by closed-form Tikhonov-regularised inversion "
                      f"(lambda {cfg.recon.tikhonov_lambda:g}).")
+    if cfg.recon.mask_method == "auto":
+        recon.insert(1, "The brain mask was the template's (MNI152) brain mask brought onto the GRE grid through "
+                        "the inverse T1w-to-template and GRE-to-T1w transforms and intersected with the "
+                        "magnitude's support (no erosion) where a T1w was available, and otherwise from the "
+                        f"GRE magnitude (eroded by {cfg.recon.mask_erode_mm:g} mm).")
+    else:
+        recon.insert(1, f"The brain mask was made from the GRE magnitude (eroded by {cfg.recon.mask_erode_mm:g} mm).")
+    edges = [r for r in cfg.recon.medi_edge_radii_mm if r < cfg.recon.sharp_radius_mm]
+    if inv == "medi" and bg == "sharp" and cfg.recon.medi_smv and edges:
+        recon.append("MEDI inverted the total field high-passed by the SHARP sphere in the interior and, in "
+                     "the rim that sphere erodes, by the largest of "
+                     + ", ".join(f"{r:g}" for r in sorted(edges, reverse=True))
+                     + " mm spheres that fits (one consistent kernel per shell), so the cortex is measured.")
+    elif inv == "medi" and bg == "sharp" and cfg.recon.medi_smv:
+        recon.append("MEDI inverted the SMV-filtered total field (the MEDI toolbox's 'smv' form).")
+    if cfg.preset:
+        recon.append(f"Parameters followed the '{cfg.preset}' preset"
+                     + (" (the paper's chain exactly)." if cfg.preset == "paper" else "."))
     ref = cfg.recon.reference
     recon.append("Susceptibility values were not referenced." if ref == "none" else
                  f"Susceptibility values were referenced to the mean of the {ref}.")
@@ -203,7 +222,11 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
         f"{cfg.group.tfce_connectivity}-connectivity) and "
         f"{int(cfg.group.n_permutations):,} Freedman-Lane permutations "
         f"{cite('freedman1983', 'winkler2014')}; family-wise error corrected p < "
-        f"{cfg.group.alpha:g} was considered significant.")
+        f"{cfg.group.alpha:g} was considered significant. The analysis mask held the voxels covered by at "
+        f"least {100 * cfg.group.coverage_fraction:g} % of the participants' QSM masks"
+        + (" (their intersection)" if cfg.group.coverage_fraction >= 1 else "")
+        + "; region medians used only the voxels of each region inside a participant's QSM mask, and "
+        "the region coverage is reported.")
     rp = roi_parameters or {}
     lat_alpha = rp.get("laterality_alpha", cfg.roi_stats.laterality_alpha)
     paras.append(
@@ -312,6 +335,7 @@ def render_group_report(
     selection: pd.DataFrame | None = None,
     analysis: str = "",
     participant_pages: str = "../",
+    coverage: Mapping | None = None,
 ) -> str:
     """Render the group report to an HTML string.
 
@@ -339,6 +363,7 @@ def render_group_report(
     selection : ``selection.tsv`` (participant_id, included, reason): who entered and why others did not.
     analysis : name of a subgroup/exclusion analysis ("" for the main one), shown in the title.
     participant_pages : relative folder of the participant pages (``../``, or ``../../`` from group/<analysis>/).
+    coverage : :func:`coverage_view` (the coverage map, the analysis-mask rule and the region coverage).
     """
     groups = tuple(str(g) for g in groups)
     versions = dict(versions) if versions is not None else package_versions()
@@ -424,7 +449,7 @@ def render_group_report(
         selection=_selection_view(selection, config, analysis),
         versions=versions, parameters=params, demographics=_table(demographics, "{:.3g}"),
         voxelwise=voxelwise, alpha=alpha, region=region, correlations=corr, views=views,
-        thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS)
+        thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS, coverage=coverage)
 
 
 def _partial_and_leakage_tables(corr: pd.DataFrame) -> dict:
@@ -456,6 +481,33 @@ def _selection_view(selection: pd.DataFrame | None, config, analysis: str) -> di
             "restrict": list(g.get("restrict", []) or []), "exclude": list(g.get("exclude", []) or []),
             "group_column": col, "left_out": _table(left) if len(left) else None,
             "included": ", ".join(map(str, included["participant_id"]))}
+
+
+def coverage_view(group_dir) -> dict | None:
+    """The coverage section from the files on disk: the coverage map (figure), the analysis-mask rule
+    from its sidecar, and the regions' coverage table (lowest first). None when not written."""
+    group_dir = Path(group_dir)
+    path = group_dir / GROUP_OUTPUTS["coverage_map"]
+    if not path.exists():
+        return None
+    side_path = group_dir / GROUP_OUTPUTS["coverage_map"].replace(".nii.gz", ".json")
+    side = json.loads(side_path.read_text()) if side_path.exists() else {}
+    n = int(side.get("NumberOfSubjects", 0))
+    need = int(side.get("MinimumCoverage", n))
+    import nibabel as nib
+
+    count = np.asarray(nib.load(str(path)).dataobj)
+    view = {"n": n, "need": need, "n_voxels": int((count >= need).sum()),
+            "n_any": int((count > 0).sum()), "figure": None, "regions": None}
+    try:
+        view["figure"] = figure_to_data_uri(coverage_figure(path, n, need), dpi=72)
+    except Exception as exc:  # noqa: BLE001 - a broken map must not lose the whole report
+        view["error"] = f"{type(exc).__name__}: {exc}"
+    regions = _read_table(group_dir / GROUP_OUTPUTS["region_coverage"]) \
+        if (group_dir / GROUP_OUTPUTS["region_coverage"]).exists() else None
+    if regions is not None and len(regions):
+        view["regions"] = _table(regions.sort_values("coverage_median", na_position="last"), "{:.3g}")
+    return view
 
 
 def write_group_report(path: str | Path, **kwargs) -> Path:
@@ -525,4 +577,5 @@ def write_group_report_from_files(output_dir, bids_dir=None, analysis: str = "")
         warnings=summary.get("Warnings", []), alpha=cfg.group.alpha,
         selection=_read_table(group_dir / GROUP_OUTPUTS["selection"])
         if (group_dir / GROUP_OUTPUTS["selection"]).exists() else None,
-        analysis=analysis, participant_pages="../../" if analysis else "../")
+        analysis=analysis, participant_pages="../../" if analysis else "../",
+        coverage=coverage_view(group_dir))
