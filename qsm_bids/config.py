@@ -25,6 +25,7 @@ __all__ = [
     "AtlasConfig",
     "GroupConfig",
     "RoiStatsConfig",
+    "DiffusionConfig",
     "Config",
     "PRESETS",
     "load_config",
@@ -48,6 +49,7 @@ RegistrationPreset = Literal["fast", "standard"]
 GroupTemplate = Literal["study", "mni"]
 PermutationBackend = Literal["processes", "dask"]
 Connectivity = Literal[6, 18, 26]
+TensorFitMethod = Literal["WLS", "OLS", "NLLS"]
 
 
 @dataclass
@@ -228,6 +230,26 @@ class RoiStatsConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Participant DTI when the subject has DWI: gradient checks, tensor fit, CST metrics."""
+
+    #: b-value (s/mm2) of the shell the tensor is fitted to (multi-shell data keep only it and the b=0 volumes).
+    shell_b: float = 1000.0
+    #: Volumes whose b-value is within this of shell_b belong to the shell (s/mm2).
+    shell_tolerance: float = 100.0
+    #: b-values at or below this are b=0 volumes (s/mm2).
+    b0_threshold: float = 50.0
+    #: b-vectors of diffusion-weighted volumes must have unit length within this (else exit 65).
+    unit_tolerance: float = 0.05
+    #: Fewest distinct diffusion directions in the shell (else exit 65).
+    min_directions: int = 6
+    #: DIPY tensor fit: weighted least squares (the default), ordinary least squares or nonlinear.
+    fit_method: TensorFitMethod = "WLS"
+    #: Atlas regions whose median FA, MD, RD and AD are written (native DWI space).
+    regions: tuple[str, ...] = ("corticospinal_tract",)
+
+
+@dataclass
 class Config:
     """All parameters of a qsm-bids run."""
 
@@ -237,6 +259,7 @@ class Config:
     atlas: AtlasConfig = field(default_factory=AtlasConfig)
     group: GroupConfig = field(default_factory=GroupConfig)
     roi_stats: RoiStatsConfig = field(default_factory=RoiStatsConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     seed: int = 0
     #: The named parameter set applied over the defaults (:data:`PRESETS`; "" for none).
     preset: str = ""
@@ -314,12 +337,14 @@ class Config:
             raise ConfigError("group.template_subset_size must be 0 (all participants) or more")
         if self.roi_stats.n_bootstrap < 0:
             raise ConfigError("roi_stats.n_bootstrap must be 0 or more")
+        if not (self.diffusion.shell_b > self.diffusion.b0_threshold >= 0 and self.diffusion.min_directions >= 6):
+            raise ConfigError("diffusion: shell_b must exceed b0_threshold (>= 0) and min_directions be at least 6")
         for pair in self.roi_stats.leakage_pairs:
             if len(pair) != 2:
                 raise ConfigError(f"roi_stats.leakage_pairs: each entry names two regions, got {list(pair)!r}")
 
 
-_SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats")
+_SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats", "diffusion")
 _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTIONS}
 
 

@@ -53,6 +53,7 @@ class Output:
     suffix: str
     extension: str = ".nii.gz"
     entities: dict = field(default_factory=dict)
+    datatype: str = "anat"
 
 
 #: Every participant derivative of one GRE run (entities of the run are prepended).
@@ -73,6 +74,16 @@ PARTICIPANT_OUTPUTS: dict[str, Output] = {
     "mask_template": Output("mask", ".nii.gz", {"space": "{template}", "desc": "qsm"}),
     "atlas_native": Output("dseg", ".nii.gz", {"atlas": "{atlas}"}),
     "regions": Output("Chimap", ".tsv", {"atlas": "{atlas}", "stat": "median"}),
+    # DTI, when the subject has DWI (sub-<l>/[ses-<s>/]dwi/)
+    "dwi_mask": Output("mask", ".nii.gz", {"desc": "brain"}, "dwi"),
+    "dwi_b0": Output("dwiref", ".nii.gz", {"desc": "meanb0"}, "dwi"),
+    "dti_fa": Output("dwimap", ".nii.gz", {"desc": "FA"}, "dwi"),
+    "dti_md": Output("dwimap", ".nii.gz", {"desc": "MD"}, "dwi"),
+    "dti_rd": Output("dwimap", ".nii.gz", {"desc": "RD"}, "dwi"),
+    "dti_ad": Output("dwimap", ".nii.gz", {"desc": "AD"}, "dwi"),
+    "xfm_dwi_t1w": Output("xfm", ".mat", {"from": "dwi", "to": "T1w", "mode": "image"}, "dwi"),
+    "atlas_dwi": Output("dseg", ".nii.gz", {"atlas": "{atlas}"}, "dwi"),
+    "dti_regions": Output("dwimap", ".tsv", {"atlas": "{atlas}", "stat": "median"}, "dwi"),
 }
 
 #: Entities that identify a GRE run (copied from the input); the rest come from the output's entry.
@@ -92,7 +103,8 @@ def participant_report_path(output_dir, entities: dict) -> Path:
 def participant_paths(output_dir, entities: dict, template: str, atlas: str) -> dict:
     """Every derivative of one GRE run (``key -> Path``), plus its ``report`` page."""
     e = {k: v for k, v in entities.items() if v}
-    paths = {key: derivative_path(output_dir, {**e, **_filled(o, template, atlas)}, o.suffix, o.extension)
+    paths = {key: derivative_path(output_dir, {**e, **_filled(o, template, atlas)}, o.suffix, o.extension,
+                                  datatype=o.datatype)
              for key, o in PARTICIPANT_OUTPUTS.items()}
     paths["report"] = participant_report_path(output_dir, e)
     return paths
@@ -176,6 +188,9 @@ GROUP_OUTPUTS: dict[str, str] = {
     "roi_values": "roi_values.tsv",
     "demographics": "demographics.tsv",
     "selection": "selection.tsv",
+    "dti_correlations": "desc-dti_correlations.tsv",
+    "dti_values": "desc-dti_values.tsv",
+    "dti_scatter": "desc-dti_scatter.png",
     "report": "report.html",
 }
 

@@ -33,6 +33,10 @@ __all__ = [
     "TensorFit",
     "TensorModel",
     "b0_brain_mask",
+    "dwi_files",
+    "load_dwi",
+    "process_dwi",
+    "register_b0",
     "check_gradient_table",
     "count_directions",
     "radial_diffusivity_for_fa",
@@ -363,3 +367,176 @@ def region_dti_medians(maps: dict, labels, label_table: pd.DataFrame, regions, m
             rows.append({"region": r.region, "hemisphere": r.hemisphere, "metric": metric,
                          "value": value, "n_voxels": n})
     return pd.DataFrame(rows, columns=["region", "hemisphere", "metric", "value", "n_voxels"])
+
+
+# ---------------------------------------------------------------------------
+# The participant step (file I/O)
+# ---------------------------------------------------------------------------
+
+def dwi_files(path) -> tuple[Path, Path, Path]:
+    """``(image, .bval, .bvec)`` of a BIDS DWI series from any of its files (image, bval, bvec, json).
+
+    Raises DataError naming the image when the image or a gradient file is missing.
+    """
+    path = Path(path)
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".bval", ".bvec", ".json"):
+        if name.endswith(ext):
+            stem = name[: -len(ext)]
+            break
+    else:
+        stem = name
+    image = next((path.with_name(stem + e) for e in (".nii.gz", ".nii") if path.with_name(stem + e).exists()), None)
+    if image is None:
+        raise DataError(f"{path.with_name(stem + '.nii.gz')}: the DWI image is missing")
+    bval, bvec = path.with_name(stem + ".bval"), path.with_name(stem + ".bvec")
+    for p in (bval, bvec):
+        if not p.exists():
+            raise DataError(f"{p}: missing; BIDS DWI needs a .bval and a .bvec beside {image.name}")
+    return image, bval, bvec
+
+
+def load_dwi(dwi_path, params):
+    """Read and check a DWI series: ``(image, data (X, Y, Z, N) float32 of the shell, bvals, bvecs, notes)``.
+
+    ``params``: the ``diffusion`` config section. Every failure is a DataError naming the file.
+    """
+    import nibabel as nib
+
+    image, bval, bvec = dwi_files(dwi_path)
+    try:
+        img = nib.load(str(image))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - any reader error is the file's fault: name it
+        raise DataError(f"{image}: cannot read the DWI ({exc})") from None
+    if data.ndim != 4 or data.shape[3] < 7:
+        raise DataError(f"{image}: DWI must be 4D with at least 7 volumes, got shape {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise DataError(f"{image}: the DWI holds non-finite values")
+    bvals, bvecs = read_gradient_table(bval, bvec, data.shape[3], img.affine, dwi_name=image.name)
+    idx = check_gradient_table(bvals, bvecs, name=f"{bval} / {bvec.name}", shell_b=params.shell_b,
+                               shell_tolerance=params.shell_tolerance, b0_threshold=params.b0_threshold,
+                               unit_tolerance=params.unit_tolerance, min_directions=params.min_directions)
+    notes = []
+    if len(idx) < len(bvals):
+        notes.append(f"{image.name}: {len(idx)} of {len(bvals)} volumes used (b=0 and the b={params.shell_b:g} "
+                     "shell)")
+    return img, data[..., idx], bvals[idx], bvecs[idx], notes
+
+
+def register_b0(b0_img, mask, reference_img, out_mat, *, preset: str, seed: int, work_dir=None) -> float:
+    """Rigid ANTs registration (mutual information) of the mean b=0 to the anatomical reference.
+
+    Writes the ANTs ``.mat`` (DWI -> reference) to ``out_mat``; returns the seconds taken.
+    """
+    import tempfile
+    import time as _time
+
+    import ants
+    import nibabel as nib
+
+    from .registration import PRESETS, _ants_rigid, _copy_atomic, _normalise_intensity, to_ants
+
+    t0 = _time.perf_counter()
+    moving_mask = ants.iMath(to_ants(nib.Nifti1Image(mask.astype(np.float32), b0_img.affine)), "MD", 2)
+    moving = _normalise_intensity(to_ants(b0_img), moving_mask)
+    fixed = _normalise_intensity(to_ants(reference_img))
+    with tempfile.TemporaryDirectory(dir=work_dir, prefix="qsmbids-dwi-") as tmp:
+        reg = _ants_rigid(fixed, moving, str(Path(tmp) / "dwi2t1_"), PRESETS[preset], seed, moving_mask=moving_mask)
+        _copy_atomic(reg["fwdtransforms"][0], Path(out_mat))
+    return _time.perf_counter() - t0
+
+
+def process_dwi(dwi_path, reference_path, xfm_template_t1w, outputs: dict, *, params, atlas_img, label_table,
+                preset: str = "standard", seed: int = 0, min_voxels: int = 5, work_dir=None,
+                sidecar: dict | None = None) -> dict:
+    """The participant's DTI: checks, mask, tensor fit, maps, b0 -> T1w, atlas regions in DWI space, medians.
+
+    Parameters
+    ----------
+    dwi_path : path
+        Any file of the BIDS DWI series (image, .bval, .bvec or .json).
+    reference_path : path
+        The anatomical image the template transforms start from (the T1w, or the GRE magnitude
+        when the subject has no T1w).
+    xfm_template_t1w : path
+        The normalise step's template -> T1w composite transform.
+    outputs : dict
+        ``dwi_mask``, ``dwi_b0``, ``dti_fa``, ``dti_md``, ``dti_rd``, ``dti_ad``, ``xfm_dwi_t1w``,
+        ``atlas_dwi``, ``dti_regions`` (paths).
+    params : the ``diffusion`` config section.
+
+    Returns
+    -------
+    dict with ``timings`` (s), ``notes``, ``warnings`` and ``n_mask_voxels``.
+    """
+    import time as _time
+
+    import nibabel as nib
+
+    from .io import write_nifti, write_sidecar, write_tsv
+    from .registration import atlas_to_native
+
+    out = {k: Path(v) for k, v in outputs.items()}
+    info = dict(sidecar or {})
+    timings = {}
+    t0 = _time.perf_counter()
+    img, data, bvals, bvecs, notes = load_dwi(dwi_path, params)
+    try:
+        ref = nib.load(str(reference_path))
+        ref.get_fdata(dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001
+        raise DataError(f"{reference_path}: cannot read the anatomical reference of the DWI ({exc})") from None
+    aff = img.affine
+    b0 = data[..., bvals <= params.b0_threshold].mean(axis=-1)
+    mask = b0_brain_mask(data, bvals, params.b0_threshold)
+    if mask.sum() < 100:
+        raise DataError(f"{dwi_files(dwi_path)[0]}: the b=0 brain mask has {int(mask.sum())} voxels; "
+                        "check the image")
+    timings["read_mask"] = round(_time.perf_counter() - t0, 2)
+    t0 = _time.perf_counter()
+    fit = TensorModel(bvals, bvecs, fit_method=params.fit_method, b0_threshold=params.b0_threshold).fit(data, mask)
+    maps = fit.metrics()
+    timings["tensor_fit"] = round(_time.perf_counter() - t0, 2)
+    b0_img = nib.Nifti1Image(b0.astype(np.float32), aff)
+    timings["b0_to_t1w"] = round(register_b0(b0_img, mask, ref, out["xfm_dwi_t1w"], preset=preset, seed=seed,
+                                             work_dir=work_dir), 2)
+    t0 = _time.perf_counter()
+    labels = np.asarray(atlas_to_native(atlas_img, b0_img, out["xfm_dwi_t1w"], xfm_template_t1w).dataobj)
+    labels = np.where(mask, labels, 0).astype(np.int16)
+    table = region_dti_medians(maps, labels, label_table, tuple(params.regions), mask=mask, min_voxels=min_voxels)
+    timings["regions"] = round(_time.perf_counter() - t0, 2)
+    warnings = [f"{r.region} {r.hemisphere}: {r.n_voxels} voxel(s) in DWI space, fewer than {min_voxels}; "
+                f"no {r.metric}" for r in table.itertuples() if not np.isfinite(r.value) and r.metric == "FA"]
+    common = {**info, "Sources": [str(p) for p in dwi_files(dwi_path)],
+              "Shell": {"b": params.shell_b, "volumes": int(len(bvals)),
+                        "directions": int(count_directions(bvecs[bvals > params.b0_threshold]))}}
+    model = {"Model": "diffusion tensor", "FitMethod": params.fit_method,
+             "Software": "DIPY dipy.reconst.dti.TensorModel"}
+    write_nifti(out["dwi_mask"], mask, aff, dtype=np.uint8,
+                sidecar={**common, "Type": "Brain", "Method": "median Otsu of the mean b=0 (DIPY), largest "
+                         "component, holes filled"})
+    write_nifti(out["dwi_b0"], b0, aff, sidecar={**common, "Description": "mean of the b=0 volumes"})
+    units = {"FA": None, "MD": "mm^2/s", "RD": "mm^2/s", "AD": "mm^2/s"}
+    desc = {"FA": "fractional anisotropy", "MD": "mean diffusivity", "RD": "radial diffusivity (l2+l3)/2",
+            "AD": "axial diffusivity l1"}
+    for metric in METRICS:
+        side = {**common, **model, "Description": desc[metric]}
+        if units[metric]:
+            side["Units"] = units[metric]
+        write_nifti(out[f"dti_{metric.lower()}"], maps[metric], aff, sidecar=side)
+    write_sidecar(out["xfm_dwi_t1w"], {**common, "Transform": "rigid, ANTs affine (mean b=0 -> anatomical "
+                                       "reference, mutual information)", "Reference": str(reference_path)})
+    write_nifti(out["atlas_dwi"], labels, aff, dtype=np.int16,
+                sidecar={**common, "Description": "atlas in native DWI space (nearest neighbour through "
+                         "from-template_to-T1w and the inverse of from-dwi_to-T1w), inside the DWI mask"})
+    write_tsv(out["dti_regions"], table, sidecar={
+        **common, **model,
+        "region": {"Description": "atlas region"},
+        "hemisphere": {"Description": "L or R"},
+        "metric": {"Description": "tensor metric", "Levels": desc},
+        "value": {"Description": "median of the metric over the region in native DWI space (FA unitless; "
+                                 "MD, RD, AD in mm^2/s)"},
+        "n_voxels": {"Description": "voxels of the region inside the DWI brain mask"},
+    })
+    return {"timings": timings, "notes": notes, "warnings": warnings, "n_mask_voxels": int(mask.sum())}

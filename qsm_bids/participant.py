@@ -144,7 +144,46 @@ class ParticipantWorkflow:
                  {k: q[k] for k in ("atlas_native", "regions")}, self._regions,
                  "atlas to native space, eroded region medians"),
         ]
+        steps += self._dti_steps()
         return steps
+
+    def _dti_steps(self) -> list:
+        """The ``dti`` step when the subject has DWI (issue 13): none otherwise."""
+        if not self.subject.dwi:
+            return []
+        from .diffusion import dwi_files
+
+        q, cfg = self.paths, self.cfg
+        reference = self.subject.t1w or q["magnitude"]
+        try:
+            files = [str(p) for p in dwi_files(self.subject.dwi)]
+        except DataError:  # reported by the step itself, after the QSM steps
+            files = [str(self.subject.dwi)]
+        return [Step("dti", files + [str(reference),
+                                                                            str(q["xfm_template_t1w"])],
+                     {"diffusion": dataclasses.asdict(cfg.diffusion),
+                      "atlas": {k: getattr(cfg.atlas, k) for k in ("name", "atlas_file", "atlas_labels", "min_voxels")},
+                      "preset": cfg.registration.preset, "seed": cfg.seed},
+                     {k: q[k] for k in ("dwi_mask", "dwi_b0", "dti_fa", "dti_md", "dti_rd", "dti_ad",
+                                        "xfm_dwi_t1w", "atlas_dwi", "dti_regions")},
+                     lambda out: self._dti(out, reference),
+                     "DWI checks, b0 mask, DIPY tensor fit, FA/MD/RD/AD, b0 -> T1w rigid, atlas medians")]
+
+    def _dti(self, out: dict, reference) -> dict:
+        from . import atlas as atlas_mod
+        from .diffusion import process_dwi
+
+        if self.cfg.atlas.atlas_file:
+            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
+        else:
+            atlas_img, table = atlas_mod.default_atlas()
+        info = process_dwi(self.subject.dwi, reference, self.paths["xfm_template_t1w"], out,
+                           params=self.cfg.diffusion, atlas_img=atlas_img, label_table=table,
+                           preset=self.cfg.registration.preset, seed=self.cfg.seed,
+                           min_voxels=self.cfg.atlas.min_voxels, work_dir=self.work_dir, sidecar=_sidecar("dti"))
+        for note in info["notes"]:
+            logger.info("[%s] %s", self.prefix, note)
+        return info
 
     def _register(self, out: dict) -> dict:
         """Registration before the reconstruction: the first-echo magnitude (root sum of squares over

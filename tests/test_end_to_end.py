@@ -33,7 +33,7 @@ def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     bids = root / "bids"
     subprocess.run([str(BIN / "qsm-bids-simulate"), str(bids), "--n-patients", "2", "--n-controls", "2",
-                    "--no-t1w", "03", "04",
+                    "--no-t1w", "03", "04", "--dwi", "01", "04",
                     "--effect-scale", "1", "--seed", "7", "--n-jobs", "2"], check=True, capture_output=True)
     # a fifth subject whose magnitude file is truncated: it must fail alone, with exit 65
     bad = bids / "sub-05" / "anat"
@@ -124,8 +124,8 @@ def test_rerun_reuses_every_step(cohort):
     res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
                "--skip-bids-validation", "--participant-label", "01", "03")
     assert res.returncode == 0, res.stderr[-2000:]
-    # sub-01 (T1w: register, qsm, normalise, regions) and sub-03 (no T1w: qsm, normalise, regions)
-    assert res.stderr.count("reused") == 7
+    # sub-01 (T1w: register, qsm, normalise, regions, dti) and sub-03 (no T1w: qsm, normalise, regions)
+    assert res.stderr.count("reused") == 8
 
 
 def test_changed_parameter_reruns_only_what_depends_on_it(cohort, tmp_path):
@@ -171,6 +171,35 @@ def test_group_level(cohort):
     assert {"region", "hemisphere", "z", "p", "p_bonferroni"} <= set(stats.columns)
 
 
+def test_dti_outputs_near_truth_and_in_the_group_report(cohort):
+    """DWI of sub-01 (T1w reference) and sub-04 (GRE magnitude reference): CST metrics near the simulator's
+    truth (a tensor fit to the noise-free signal over the native CST labels); the group section."""
+    out, bids = cohort["out"], cohort["bids"]
+    for label in ("01", "04"):
+        est = pd.read_csv(out / f"sub-{label}" / "dwi" / f"sub-{label}_atlas-qsmbids_stat-median_dwimap.tsv",
+                          sep="\t")
+        truth = pd.read_csv(bids / "derivatives" / "groundtruth" / f"sub-{label}" / "dwi"
+                            / f"sub-{label}_atlas-qsmbids_desc-planted_dwimap.tsv", sep="\t")
+        m = est.merge(truth, on=["region", "hemisphere", "metric"])
+        assert len(m) == 8
+        fa = m[m.metric == "FA"]
+        assert (fa.value - fa.truth_median).abs().max() < 0.06, m
+        md = m[m.metric == "MD"]
+        assert ((md.value - md.truth_median).abs() / md.truth_median).max() < 0.1, m
+        for metric in ("FA", "MD", "RD", "AD"):
+            assert (out / f"sub-{label}" / "dwi" / f"sub-{label}_desc-{metric}_dwimap.nii.gz").exists()
+    assert not (out / "sub-02" / "dwi").exists()
+    group = out / "group"
+    values = pd.read_csv(group / "desc-dti_values.tsv", sep="\t")
+    assert sorted(values.participant_id.astype(str).str.zfill(2)) == ["01", "04"]
+    corr = pd.read_csv(group / "desc-dti_correlations.tsv", sep="\t", keep_default_na=False)
+    assert corr.y.tolist() == ["FA", "MD", "RD", "AD"]
+    assert all(n.startswith("not computed") for n in corr.note)  # at most 2 patients have DTI here
+    html = (group / "report.html").read_text()
+    assert "Structural comparators" in html and "QSM-DTI in the corticospinal tract" in html
+    assert "Cortical thickness (DiReCT)</b>: not computed" in html
+
+
 def test_group_with_too_few_participants_is_65(cohort):
     res = _cli(cohort["bids"], cohort["out"], "group", "--participant-label", "01", "02", "03",
                "--n-permutations", "10", "--template", "mni")
@@ -181,7 +210,26 @@ def test_group_with_too_few_participants_is_65(cohort):
 def test_participant_page_opens_in_chromium(cohort, tmp_path):
     text = (cohort["out"] / "sub-01.html").read_text()
     result = open_in_chromium(text, tmp_path / "sub-01.html", tmp_path)
-    # mask over magnitude, QSM in three planes, T1w and QSM over the template edges
-    assert result.probe["images"] == 4 and result.probe["broken"] == [], result.probe
+    # mask over magnitude, QSM in three planes, T1w and QSM over the template edges, FA with the atlas
+    assert result.probe["images"] == 5 and result.probe["broken"] == [], result.probe
     assert result.probe["errors"] == [] and result.console == [], (result.probe, result.console)
     assert "caudate" in result.dom
+
+
+def test_bad_gradient_table_fails_alone_with_65(cohort):
+    """Last: a b-vector that is not unit length (sub-01's bvec rewritten): exit 65, one line naming the file,
+    the DTI outputs removed, the QSM outputs kept."""
+    bvec = cohort["bids"] / "sub-01" / "dwi" / "sub-01_dwi.bvec"
+    rows = [line.split() for line in bvec.read_text().splitlines()]
+    for r in rows:
+        r[3] = f"{float(r[3]) * 0.5:.6f}"
+    bvec.write_text("\n".join(" ".join(r) for r in rows) + "\n")
+    res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
+               "--skip-bids-validation", "--participant-label", "01")
+    assert res.returncode == 65, res.stderr[-2000:]
+    lines = [ln for ln in res.stderr.splitlines() if "sub-01_dwi.bvec" in ln and "ERROR" in ln]
+    assert len(lines) == 1 and "volume 3" in lines[0] and "unit length" in lines[0], res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    dwi = cohort["out"] / "sub-01" / "dwi"
+    assert not list(dwi.glob("*.nii.gz")) and not list(dwi.glob("*.tsv"))
+    assert (cohort["out"] / "sub-01" / "anat" / "sub-01_Chimap.nii.gz").exists()

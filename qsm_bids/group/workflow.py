@@ -53,7 +53,8 @@ class GroupInputs:
 
 
 #: Participant derivatives the group level reads, and those without which a participant is excluded.
-_KEYS = ("chi_template", "t1w_template", "mask_template", "regions", "chi", "xfm_gre_t1w", "xfm_t1w_template")
+_KEYS = ("chi_template", "t1w_template", "mask_template", "regions", "chi", "xfm_gre_t1w", "xfm_t1w_template",
+         "dti_regions")
 _REQUIRED = ("chi_template", "t1w_template", "mask_template", "regions")
 
 
@@ -264,7 +265,31 @@ class GroupWorkflow:
             {k: self.paths[k] for k in ("roi_stats", "correlations", "demographics", "regions_summary",
                                         "region_coverage")},
             self._regions, "region statistics, correlations, demographics"))
+        with_dti = [p for p in self.selection["participants"] if "dti_regions" in self.inputs.files[p]]
+        if with_dti:
+            steps.append(Step(
+                "dti", [str(self.inputs.files[p][k]) for p in with_dti for k in ("regions", "dti_regions")]
+                + [str(Path(self.bids_dir) / "participants.tsv")],
+                {**base_params, "with_dti": with_dti, "group": {k: getattr(cfg.group, k) for k in
+                                                                ("group_column", "groups")},
+                 "regions": list(cfg.diffusion.regions)},
+                {k: self.paths[k] for k in ("dti_correlations", "dti_values", "dti_scatter")},
+                lambda out: self._dti(out, with_dti), "QSM-DTI Spearman correlations in the CST"))
         return steps
+
+    def _dti(self, out: dict, with_dti: list) -> dict:
+        from .dti import cst_values, dti_correlations, read_dti_tables, write_dti_outputs
+        from .roi_stats import read_region_tables
+
+        g = self.cfg.group
+        qsm = read_region_tables({p: self.inputs.files[p]["regions"] for p in with_dti})
+        dti = read_dti_tables({p: self.inputs.files[p]["dti_regions"] for p in with_dti})
+        values = cst_values(qsm, dti, self.inputs.participants, g.group_column)
+        corr = dti_correlations(values, g.groups[0])
+        write_dti_outputs(values, corr, out, g.groups, {"GeneratedBy": generated_by(Level="group", Step="dti")})
+        n_without = len(self.selection["participants"]) - len(with_dti)
+        warnings = [f"{n_without} participant(s) have no DTI results (no DWI)"] if n_without else []
+        return {"warnings": warnings + [f"QSM-{r.y}: {r.note}" for r in corr.itertuples() if r.note]}
 
     # -- step bodies -------------------------------------------------------------------------------
     def _template(self, out: dict) -> dict:

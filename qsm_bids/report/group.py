@@ -335,6 +335,7 @@ def render_group_report(
     selection: pd.DataFrame | None = None,
     analysis: str = "",
     participant_pages: str = "../",
+    structural: Mapping | None = None,
     coverage: Mapping | None = None,
 ) -> str:
     """Render the group report to an HTML string.
@@ -363,6 +364,7 @@ def render_group_report(
     selection : ``selection.tsv`` (participant_id, included, reason): who entered and why others did not.
     analysis : name of a subgroup/exclusion analysis ("" for the main one), shown in the title.
     participant_pages : relative folder of the participant pages (``../``, or ``../../`` from group/<analysis>/).
+    structural : :func:`structural_view` (the "Structural comparators" section); None: nothing computed.
     coverage : :func:`coverage_view` (the coverage map, the analysis-mask rule and the region coverage).
     """
     groups = tuple(str(g) for g in groups)
@@ -449,7 +451,8 @@ def render_group_report(
         selection=_selection_view(selection, config, analysis),
         versions=versions, parameters=params, demographics=_table(demographics, "{:.3g}"),
         voxelwise=voxelwise, alpha=alpha, region=region, correlations=corr, views=views,
-        thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS, coverage=coverage)
+        thumbnails=thumbs, warnings=all_warnings, colours=GROUP_COLOURS,
+        structural=structural or structural_view(None), coverage=coverage)
 
 
 def _partial_and_leakage_tables(corr: pd.DataFrame) -> dict:
@@ -481,6 +484,38 @@ def _selection_view(selection: pd.DataFrame | None, config, analysis: str) -> di
             "restrict": list(g.get("restrict", []) or []), "exclude": list(g.get("exclude", []) or []),
             "group_column": col, "left_out": _table(left) if len(left) else None,
             "included": ", ".join(map(str, included["participant_id"]))}
+
+
+#: The structural comparators and why each is missing when its files are absent (issue 13).
+_STRUCTURAL_MEASURES = (
+    ("Voxel-based morphometry (modulated GM)", "not implemented in this version (segmentation not yet wired)"),
+    ("Cortical thickness (DiReCT)", "not implemented in this version (segmentation not yet wired)"),
+    ("Subcortical volumes", "not implemented in this version (segmentation not yet wired)"),
+)
+
+
+def structural_view(group_dir) -> dict:
+    """The "Structural comparators" section from the files in ``group_dir`` (None: no group folder)."""
+    view = {"dti": None, "not_computed": [{"measure": m, "reason": r} for m, r in _STRUCTURAL_MEASURES]}
+    corr_path = Path(group_dir) / GROUP_OUTPUTS["dti_correlations"] if group_dir is not None else None
+    if corr_path is None or not corr_path.exists():
+        view["not_computed"].insert(0, {"measure": "QSM-DTI correlations (FA, MD, RD, AD in the CST)",
+                                        "reason": "no participant has DWI (no DTI results)"})
+        return view
+    corr = pd.read_csv(corr_path, sep="\t", na_values=["n/a"], keep_default_na=False)
+    values_path = Path(group_dir) / GROUP_OUTPUTS["dti_values"]
+    n = len(pd.read_csv(values_path, sep="\t")) if values_path.exists() else 0
+    scatter = Path(group_dir) / GROUP_OUTPUTS["dti_scatter"]
+    figure = None
+    if scatter.exists():
+        import base64
+
+        figure = "data:image/png;base64," + base64.b64encode(scatter.read_bytes()).decode()
+    for r in corr.itertuples():
+        if isinstance(r.note, str) and r.note:
+            view["not_computed"].append({"measure": f"QSM-{r.y} correlation", "reason": r.note})
+    view["dti"] = {"table": _table(corr.drop(columns=["note"])), "figure": figure, "n_participants": n}
+    return view
 
 
 def coverage_view(group_dir) -> dict | None:
@@ -578,4 +613,4 @@ def write_group_report_from_files(output_dir, bids_dir=None, analysis: str = "")
         selection=_read_table(group_dir / GROUP_OUTPUTS["selection"])
         if (group_dir / GROUP_OUTPUTS["selection"]).exists() else None,
         analysis=analysis, participant_pages="../../" if analysis else "../",
-        coverage=coverage_view(group_dir))
+        structural=structural_view(group_dir), coverage=coverage_view(group_dir))

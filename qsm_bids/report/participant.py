@@ -186,7 +186,7 @@ def render_participant_report(label: str, paths: dict, parameters: dict | None =
     paths : dict
         Derivative paths; used keys (each optional, a missing file shows as
         "not available"): ``magnitude``, ``mask``, ``chi``, ``t1w_template``,
-        ``chi_template``, ``regions`` (the median TSV).
+        ``chi_template``, ``regions`` (the median TSV), ``dti_fa`` and ``atlas_dwi`` (DTI).
     parameters : dict
         Every parameter used (shown as JSON).
     timings : dict
@@ -223,6 +223,13 @@ def render_participant_report(label: str, paths: dict, parameters: dict | None =
                         "red: edges of the MNI152 2009 template over the warped QSM"))
     else:
         figures.append(("Registration: QSM in template space", None, "not available"))
+    fa, atlas_dwi = _load(paths.get("dti_fa")), _load(paths.get("atlas_dwi"))
+    if fa is not None and atlas_dwi is not None and fa[0].shape == atlas_dwi[0].shape:
+        figures.append(("DTI: FA (native DWI space)", figure_mask_over_magnitude(fa[0], atlas_dwi[0], fa[1]),
+                        "fractional anisotropy; red: atlas regions brought to the DWI (the CST medians of "
+                        "FA, MD, RD, AD are in the dwi/ table)"))
+    else:
+        figures.append(("DTI: FA (native DWI space)", None, "not available (no DWI for this subject)"))
     timings = {str(k): (f"{float(v):.1f}" if isinstance(v, (int, float)) else str(v))
                for k, v in (timings or {}).items()}
     return render_template(

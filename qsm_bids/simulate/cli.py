@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slab along the scanner axes instead of following the head's pitch")
     a.add_argument("--oversample", type=_positive_int, nargs=3, metavar="K", default=None,
                    help="forward-model sub-voxels per acquisition voxel (default: >= 2 per axis, sub-voxels <= 1 mm)")
+    d = p.add_argument_group("DWI protocol")
+    d.add_argument("--dwi", nargs="*", default=None, metavar="LABEL",
+                   help="also write DWI (b=1000, 30 directions + 2 b0, 2 mm; about 25 s per subject): for "
+                        "every subject, or only for the labels given")
+    d.add_argument("--dwi-snr", type=_positive_float, default=None, help="b=0 SNR of the DWI (default 30)")
+    d.add_argument("--dwi-fa-per-ppm", type=float, default=None,
+                   help="patients' CST FA change per ppm of their CST susceptibility change (default 6; "
+                        "0 plants no DTI effect)")
     r = p.add_argument_group("run")
     r.add_argument("--n-jobs", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="subjects simulated at the same time (processes; ~1.5 GB each)")
@@ -110,7 +118,8 @@ def main(argv=None) -> int:
                      phase_units=args.phase_units, effect_scale=args.effect_scale, snr=args.snr,
                      field_strength=args.field_strength, repetition_time=args.repetition_time,
                      flip_angle=args.flip_angle, no_t1w=args.no_t1w, oblique=args.oblique,
-                     oversample=args.oversample, n_jobs=args.n_jobs, overwrite=args.overwrite)
+                     oversample=args.oversample, n_jobs=args.n_jobs, overwrite=args.overwrite, dwi=False if args.dwi is None else (args.dwi or True),
+                     dwi_snr=args.dwi_snr, dwi_fa_per_ppm=args.dwi_fa_per_ppm)
     except QSMBidsError as exc:
         print(f"qsm-bids-simulate: error: {exc}", file=sys.stderr)
         return exc.exit_code

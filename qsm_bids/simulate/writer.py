@@ -5,6 +5,7 @@ Layout (``OUT_DIR``)::
     dataset_description.json  README  participants.tsv  participants.json
     sub-<l>/anat/sub-<l>_echo-<n>_part-{mag,phase}_MEGRE.nii.gz (+ .json)
     sub-<l>/anat/sub-<l>_T1w.nii.gz (+ .json)
+    sub-<l>/dwi/sub-<l>_dwi.nii.gz (+ .bval, .bvec, .json; with ``dwi``)
     derivatives/groundtruth/
         dataset_description.json  effects.tsv  effects.json
         sub-<l>/anat/sub-<l>_Chimap.nii.gz (+ .json: pose, protocol, seed)
@@ -104,12 +105,21 @@ B0 is along the scanner z axis; the image affine gives its direction in voxel ax
 {'Coil-resolved data: the 4th image dimension of each GRE file indexes the receive coils.' if args['coils'] > 1 else ''}
 
 T1w: 1 mm MPRAGE-like image with a smooth bias field and Rician noise.
-
+{_dwi_readme(args)}
 Ground truth (susceptibility in native and template space, brain mask, atlas
 labels, local and total field, planted region values, planted group effects) is
 in `derivatives/groundtruth/`. Simulation seed: {args['seed']}; effect scale:
 {args['effect_scale']}.
 """
+
+
+def _dwi_readme(args: dict) -> str:
+    if not args.get("dwi"):
+        return ""
+    return (f"\nDWI: b = 1000 s/mm2 along 30 directions and two b = 0 volumes, 2 mm isotropic, b = 0 SNR "
+            f"{args['dwi_snr']:g} (Rician), a tensor per tissue with the corticospinal tract's direction "
+            f"along the tract; the patients' CST FA changes by {args['dwi_fa_per_ppm']:g} per ppm of their CST "
+            "susceptibility change (derivatives/groundtruth/dwi_effects.json).\n")
 
 
 def _gre_sidecar(args, te, echo_number, part):
@@ -184,6 +194,8 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
 
     gt = out_dir / GROUNDTRUTH
     ent = {"sub": label}
+    if args["dwi"] is True or (args["dwi"] and label in args["dwi"]):
+        _write_dwi(out_dir, label, index, row, args, data)
     chi_side = {
         "Units": "ppm",
         "Description": "True magnetic susceptibility relative to water, averaged over each acquisition "
@@ -228,6 +240,51 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
     return {"label": label, "seconds": time.perf_counter() - t0}
 
 
+def _dwi_sidecar(args) -> dict:
+    from .dwi import ECHO_TIME_S
+
+    return {"MagneticFieldStrength": float(args["field_strength"]), "EchoTime": ECHO_TIME_S,
+            "RepetitionTime": 8.0, "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05,
+            "MRAcquisitionType": "2D", "PulseSequenceType": "single-shot spin-echo EPI (simulated, no distortion)",
+            "Manufacturer": "qsm-bids digital brain simulator", "ManufacturersModelName": "simulated",
+            "SoftwareVersions": f"qsm-bids-simulate {__version__}"}
+
+
+def _write_dwi(out_dir: Path, label: str, index: int, row: dict, args: dict, data: dict) -> None:
+    """The subject's DWI (``dwi/sub-<l>_dwi.nii.gz`` + ``.bval``/``.bvec``/``.json``) and its truth.
+
+    Its own random stream (seed, index, 13), so adding DWI leaves every other file unchanged.
+    """
+    from ..diffusion import write_gradient_table
+    from .dwi import cst_fa_for_subject, simulate_dwi
+    from .subject import Pose
+
+    rng = np.random.default_rng([int(args["seed"]), int(index), 13])
+    p = data["pose"]
+    pose = Pose(tuple(p["rotation_deg"]), tuple(p["translation_mm"]), tuple(p["scale"]),
+                [(tuple(m["amplitude_mm"]), tuple(m["wave_vector_per_mm"]), m["phase_rad"]) for m in p["modes"]])
+    cst_fa = cst_fa_for_subject(row["group"], data["region_values"], rng, fa_per_ppm=args["dwi_fa_per_ppm"])
+    d = simulate_dwi(pose, rng=rng, cst_fa=cst_fa, snr=args["dwi_snr"], oblique=args["oblique"])
+    folder = out_dir / f"sub-{label}" / "dwi"
+    stem = f"sub-{label}_dwi"
+    write_nifti(folder / f"{stem}.nii.gz", d["dwi"], d["affine"], dtype=np.float32, sidecar=_dwi_sidecar(args))
+    write_gradient_table(folder / f"{stem}.bval", folder / f"{stem}.bvec", d["bvals"], d["bvecs"], d["affine"])
+    gt = out_dir / GROUNDTRUTH
+    truth = d["cst_truth"]
+    write_tsv(derivative_path(gt, {"sub": label, "atlas": "qsmbids", "desc": "planted"}, "dwimap", ".tsv",
+                              datatype="dwi"), truth,
+              sidecar={"Description": "Planted CST tensor metrics (planted: the tensor of the CST compartment; "
+                                      "truth_median: median over the native CST labels of a tensor fit to the "
+                                      "noise-free signal, partial volumes included)",
+                       "PlantedCSTFA": cst_fa, "Group": row["group"], "FAPerPPM": args["dwi_fa_per_ppm"],
+                       "Parameters": d["params"], "SimulationSeed": [int(args["seed"]), int(index), 13],
+                       "metric": {"Levels": {"FA": "fractional anisotropy", "MD": "mean diffusivity (mm2/s)",
+                                             "RD": "radial diffusivity (mm2/s)", "AD": "axial diffusivity (mm2/s)"}}})
+    write_nifti(derivative_path(gt, {"sub": label, "atlas": "qsmbids"}, "dseg", ".nii.gz", datatype="dwi"),
+                d["labels"], d["affine"], dtype=np.int16,
+                sidecar={"Description": "atlas labels on the DWI grid (truth)"})
+
+
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         desc = out_dir / "dataset_description.json"
@@ -255,12 +312,19 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj.DEFAULT_VOXEL_SIZE,
                  matrix=subj.DEFAULT_MATRIX, echo_times=(0.020,), coils=1, phase_units="rad", effect_scale=1.0,
                  snr=subj.DEFAULT_SNR, field_strength=3.0, repetition_time=0.028, flip_angle=15.0,
-                 no_t1w=(), oblique=True, oversample=None, n_jobs=1, overwrite=False) -> pd.DataFrame:
+                 no_t1w=(), oblique=True, oversample=None, n_jobs=1, overwrite=False, dwi=False,
+                 dwi_snr=None, dwi_fa_per_ppm=None) -> pd.DataFrame:
     """Simulate a cohort and write it as a BIDS dataset (see the module docstring).
 
     Returns the participants table. ``n_jobs`` subjects are simulated at a
-    time in worker processes; the files do not depend on ``n_jobs``.
+    time in worker processes; the files do not depend on ``n_jobs``. ``dwi``:
+    also write each subject's DWI (b = 1000, 30 directions, two b = 0, 2 mm,
+    b = 0 SNR ``dwi_snr``; True for every subject or a collection of labels; the patients' CST FA changes by ``dwi_fa_per_ppm``
+    per ppm of their CST susceptibility change, see :mod:`.dwi`), about 25 s
+    per subject.
     """
+    from . import dwi as dwi_mod
+
     out_dir = Path(out_dir)
     if phase_units not in ("rad", "arbitrary"):
         raise ValueError("phase_units must be 'rad' or 'arbitrary'")
@@ -271,7 +335,10 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                 echo_times=tuple(float(t) for t in echo_times), coils=int(coils), phase_units=phase_units,
                 effect_scale=float(effect_scale), snr=float(snr), field_strength=float(field_strength),
                 repetition_time=float(repetition_time), flip_angle=float(flip_angle), no_t1w=no_t1w,
-                oblique=bool(oblique), oversample=tuple(oversample) if oversample else None)
+                oblique=bool(oblique), oversample=tuple(oversample) if oversample else None,
+                dwi=dwi if isinstance(dwi, bool) else {str(x).removeprefix("sub-") for x in dwi},
+                dwi_snr=float(dwi_mod.DWI_SNR if dwi_snr is None else dwi_snr),
+                dwi_fa_per_ppm=float(dwi_mod.FA_PER_PPM if dwi_fa_per_ppm is None else dwi_fa_per_ppm))
     rng = np.random.default_rng([int(seed), 0])
     participants = sample_participants(n_patients, n_controls, rng)
     labels = [p.removeprefix("sub-") for p in participants["participant_id"]]
@@ -301,6 +368,15 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
         "SourceDatasets": [{"URL": "bids::"}],
     })
     write_tsv(gt / "effects.tsv", group_effects(effect_scale), sidecar=_EFFECTS_JSON)
+    if args["dwi"]:  # True or a non-empty set of labels
+        write_json(gt / "dwi_effects.json", {
+            "Description": "Planted diffusion effects: CST FA = CSTFA + CSTFASD z for everyone, plus FAPerPPM x "
+                           "(planted CST susceptibility - control_ppm) for patients, per hemisphere; CST axial "
+                           "diffusivity kept (radial diffusivity follows the FA)",
+            "CSTFA": dwi_mod.CST_FA, "CSTFASD": dwi_mod.CST_FA_SD, "CSTAxialDiffusivity": dwi_mod.CST_AXIAL,
+            "FAPerPPM": args["dwi_fa_per_ppm"], "SNR": args["dwi_snr"], "b": dwi_mod.DWI_B,
+            "Directions": 30, "B0Volumes": 2, "VoxelSize": list(dwi_mod.DWI_VOXEL_SIZE),
+            "Tensors": {k: {"S0": v[0], "AxialDiffusivity": v[1], "FA": v[2]} for k, v in dwi_mod.TENSORS.items()}})
 
     subj.head_model()  # build once before forking workers
     rows = participants.to_dict("records")
