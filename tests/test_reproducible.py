@@ -50,7 +50,8 @@ def _h5_content(path: Path) -> dict:
         def read(name, obj):
             content[name + "@attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
             if isinstance(obj, h5py.Dataset):
-                content[name] = np.asarray(obj[()]).tobytes()
+                value = np.asarray(obj[()])
+                content[name] = value.tolist() if value.dtype == object else value.tobytes()
 
         fh.visititems(read)
     return content
