@@ -3,12 +3,13 @@
     python ci/compare_outputs.py REFERENCE OTHER [--only GLOB ...] [--close GLOB ...]
 
 Images (.nii, .nii.gz) are compared voxel for voxel (data, shape, affine), tables
-(.tsv) cell for cell, transforms (.mat, .h5) byte for byte. Files matching a
-``--close`` glob are held to a weaker test instead, for outputs that depend on
-ANTs registrations, which are not bitwise reproducible from run to run (even
-single-threaded with a fixed seed): same shape and affine, and a correlation of
-at least 0.98 between the two images' voxels, or between each numeric column of
-the two tables; their transforms are not compared. Logs, HTML pages and JSON
+(.tsv) cell for cell, ITK .mat transforms byte for byte and .h5 transforms by
+content (every dataset and attribute; HDF5 stamps its object headers with write
+times). Files matching a ``--close`` glob are held to a weaker test instead, for
+runs that are not expected to be bitwise equal (ANTs registrations with more than
+one thread): same shape and affine, and a correlation of at least 0.98 between the
+two images' voxels, or between each numeric column of the two tables; their
+transforms are not compared. Logs, HTML pages and JSON
 sidecars are left out: they hold timings, host names and paths. Exits 1
 (listing the differences) when a file differs or exists on one side only, or when
 nothing was compared.
@@ -64,7 +65,25 @@ def _same(a: Path, b: Path) -> str | None:
         if not ta.equals(tb):
             return "table differs"
         return None
+    if name.endswith(".h5"):
+        return None if _h5_content(a) == _h5_content(b) else "transform content differs"
     return None if a.read_bytes() == b.read_bytes() else "bytes differ"
+
+
+def _h5_content(path: Path) -> dict:
+    """Every dataset and attribute of an HDF5 file (HDF5 stamps object headers with write times)."""
+    import h5py
+
+    content = {}
+    with h5py.File(str(path), "r") as fh:
+        def read(name, obj):
+            content[name + "@attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                value = np.asarray(obj[()])
+                content[name] = value.tolist() if value.dtype == object else value.tobytes()
+
+        fh.visititems(read)
+    return content
 
 
 def _close(a: Path, b: Path, r_min: float = 0.98) -> str | None:

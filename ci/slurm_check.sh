@@ -5,10 +5,9 @@
 #   3. reference: the participant level run locally
 #   4. the same through examples/slurm/submit.sh: a 4-task job array and the group job with
 #      --dependency=afterok; every task and the group job must exit 0 (the scripts' exit-code files and
-#      SLURM's own job records); the participant outputs before registration must equal the local
-#      run's (registration-dependent ones are compared by correlation and reported: ANTs is not
-#      bitwise reproducible), and the group job's outputs must equal a local group run on the same
-#      participant results
+#      SLURM's own job records); the participant outputs must equal the local run's, registrations
+#      included (--n-cpus 1 and one seed make ANTs bitwise reproducible), and the group job's outputs
+#      must equal a local group run on the same participant results
 #   5. tests/test_slurm.py: exit codes of failing tasks, afterok holding the group job, and the
 #      permutations on dask_jobqueue.SLURMCluster (workers are SLURM jobs) equal to one process
 #   6. when the group level has the Dask option: the group level with its permutations on a
@@ -83,10 +82,9 @@ done
 grep -E "^JobId=$group_id " "$jobcomp" | grep -q "JobState=COMPLETED .*ExitCode=0:0" \
     || fail "group job not recorded as COMPLETED with exit 0 in $jobcomp"
 echo "slurm_check: $n array task(s) and the group job exited 0"
-# participant outputs: everything before registration must be identical; ANTs registrations are not
-# bitwise reproducible from run to run (even single-threaded with a fixed seed), so the outputs that
-# depend on them are compared by correlation and reported, not failed
-"$PY" ci/compare_outputs.py "$LOCAL" "$OUT" --only 'sub-*' --close '*space-*' '*atlas-*' '*_xfm*' --close-warn \
+# participant outputs: identical to the local run, registrations included (both run with --n-cpus 1 and
+# the same seed, which makes ANTs bitwise reproducible: tests/test_reproducible.py)
+"$PY" ci/compare_outputs.py "$LOCAL" "$OUT" --only 'sub-*' \
     || fail "SLURM participant outputs differ from the local run"
 # the group job: the same group level run here on the same participant results must give identical outputs
 REGROUP=$SCRATCH/local-group-on-slurm-results
