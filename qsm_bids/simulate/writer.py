@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from .. import __version__
+from ..atlas import ATLAS_NAME
 from ..errors import OutputError
 from ..io import derivative_path, write_json, write_nifti, write_text, write_tsv
+from ..templates import TEMPLATE_NAME
 from . import subject as subj
 from .cohort import group_effects, sample_participants
 from .forward import phase_to_integer
@@ -210,19 +212,19 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
         "Parameters": data["params"],
     }
     write_nifti(derivative_path(gt, ent, "Chimap", ".nii.gz"), data["chi_ppm"], A, sidecar=chi_side)
-    write_nifti(derivative_path(gt, dict(ent, space="MNI152NLin2009aSym"), "Chimap", ".nii.gz"),
+    write_nifti(derivative_path(gt, dict(ent, space=TEMPLATE_NAME), "Chimap", ".nii.gz"),
                 data["chi_template_ppm"], data["template_affine"],
                 sidecar={"Units": "ppm", "Description": "True susceptibility (relative to water) of this "
-                         "subject in template space (1 mm MNI152NLin2009aSym grid), before its deformation."})
+                         f"subject in template space (1 mm {TEMPLATE_NAME} grid), before its deformation."})
     write_nifti(derivative_path(gt, dict(ent, desc="brain"), "mask", ".nii.gz"), data["brain_mask"], A,
                 dtype=np.uint8, sidecar={"Type": "Brain", "Description": "Intracranial space (brain and CSF) "
                                          "covering at least half of the voxel."})
     table = data["label_table"]
-    write_nifti(derivative_path(gt, dict(ent, atlas="qsmbids"), "dseg", ".nii.gz"), data["labels"], A,
+    write_nifti(derivative_path(gt, dict(ent, atlas=ATLAS_NAME), "dseg", ".nii.gz"), data["labels"], A,
                 dtype=np.int16)
     dseg = pd.DataFrame({"index": table["index"], "name": table["region"] + "_" + table["hemisphere"],
                          "region": table["region"], "hemisphere": table["hemisphere"]})
-    write_tsv(derivative_path(gt, dict(ent, atlas="qsmbids"), "dseg", ".tsv"), dseg)
+    write_tsv(derivative_path(gt, dict(ent, atlas=ATLAS_NAME), "dseg", ".tsv"), dseg)
     write_nifti(derivative_path(gt, dict(ent, desc="local"), "fieldmap", ".nii.gz"), data["local_field_ppm"], A,
                 sidecar={"Units": "ppm", "Description": "Field of the brain's own susceptibility sources "
                          "(the true local field), relative to B0, voxel-averaged."})
@@ -231,7 +233,7 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
                          "skull and air), relative to B0, voxel-averaged."})
     regions = data["region_values"][["index", "region", "hemisphere", "planted_ppm", "truth_median_ppm",
                                      "n_voxels"]]
-    write_tsv(derivative_path(gt, dict(ent, atlas="qsmbids", desc="planted"), "Chimap", ".tsv"), regions,
+    write_tsv(derivative_path(gt, dict(ent, atlas=ATLAS_NAME, desc="planted"), "Chimap", ".tsv"), regions,
               sidecar={"planted_ppm": {"Description": "Susceptibility planted in the region (template space)",
                                        "Units": "ppm"},
                        "truth_median_ppm": {"Description": "Median of the native-space truth Chimap over "
@@ -271,7 +273,7 @@ def _write_dwi(out_dir: Path, label: str, index: int, row: dict, args: dict, dat
     write_gradient_table(folder / f"{stem}.bval", folder / f"{stem}.bvec", d["bvals"], d["bvecs"], d["affine"])
     gt = out_dir / GROUNDTRUTH
     truth = d["cst_truth"]
-    write_tsv(derivative_path(gt, {"sub": label, "atlas": "qsmbids", "desc": "planted"}, "dwimap", ".tsv",
+    write_tsv(derivative_path(gt, {"sub": label, "atlas": ATLAS_NAME, "desc": "planted"}, "dwimap", ".tsv",
                               datatype="dwi"), truth,
               sidecar={"Description": "Planted CST tensor metrics (planted: the tensor of the CST compartment; "
                                       "truth_median: median over the native CST labels of a tensor fit to the "
@@ -280,7 +282,7 @@ def _write_dwi(out_dir: Path, label: str, index: int, row: dict, args: dict, dat
                        "Parameters": d["params"], "SimulationSeed": [int(args["seed"]), int(index), 13],
                        "metric": {"Levels": {"FA": "fractional anisotropy", "MD": "mean diffusivity (mm2/s)",
                                              "RD": "radial diffusivity (mm2/s)", "AD": "axial diffusivity (mm2/s)"}}})
-    write_nifti(derivative_path(gt, {"sub": label, "atlas": "qsmbids"}, "dseg", ".nii.gz", datatype="dwi"),
+    write_nifti(derivative_path(gt, {"sub": label, "atlas": ATLAS_NAME}, "dseg", ".nii.gz", datatype="dwi"),
                 d["labels"], d["affine"], dtype=np.int16,
                 sidecar={"Description": "atlas labels on the DWI grid (truth)"})
 
