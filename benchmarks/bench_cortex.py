@@ -130,7 +130,7 @@ def make_mask(kind, subj):
 
 def run_chain(chain, subj):
     """Mask to chi for one chain; returns (chi on the full grid, info dict)."""
-    mask_kind, bg, inv = chain.split("+")
+    mask_kind, bg, inv = chain.rsplit("+", 2)  # the mask may be "truth+1"
     vox = subj["voxel_size"]
     te = np.asarray(subj["echo_times"], dtype=float)
     b0 = np.asarray(subj["b0_dir"], dtype=float)
