@@ -11,7 +11,7 @@ from scipy import stats
 
 from qsm_bids.config import GroupConfig
 from qsm_bids.errors import DataError
-from qsm_bids.group.nonparametric import rank_sum_test
+from qsm_bids.group.nonparametric import rank_sum_test, significance_marks
 from qsm_bids.group.roi_stats import (
     combine_hemispheres,
     compute_roi_stats,
@@ -19,7 +19,6 @@ from qsm_bids.group.roi_stats import (
     laterality_tests,
     write_roi_outputs,
 )
-from qsm_bids.report.figures import significance_marks
 
 # ----------------------------------------------------------------------------- kernels
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-__all__ = ["rank_sum_test", "mean_sem", "spearman", "bonferroni"]
+__all__ = ["rank_sum_test", "mean_sem", "spearman", "bonferroni", "significance_marks"]
 
 
 def rank_sum_test(a, b, continuity: bool = True) -> tuple[float, float, float]:
@@ -82,3 +82,16 @@ def bonferroni(p: pd.Series) -> pd.Series:
     """Bonferroni-corrected p over the finite p values (capped at 1)."""
     m = int(np.isfinite(p.to_numpy(dtype=float)).sum())
     return (p * m).clip(upper=1.0) if m else p
+
+
+def significance_marks(p: float, p_bonferroni: float) -> str:
+    """The paper's marks: * P<.05, ** P<.01, *** Bonferroni P<.05, **** Bonferroni P<.01."""
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.01:
+        return "****"
+    if np.isfinite(p_bonferroni) and p_bonferroni < 0.05:
+        return "***"
+    if np.isfinite(p) and p < 0.01:
+        return "**"
+    if np.isfinite(p) and p < 0.05:
+        return "*"
+    return ""

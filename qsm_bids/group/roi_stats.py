@@ -41,11 +41,8 @@ from scipy import stats
 from ..bids import with_prefix
 from ..config import GroupConfig, RoiStatsConfig
 from ..errors import DataError
-from ..report.figures import (
-    significance_marks,  # the marks column of roi_stats.tsv (the paper's)
-)
 from .glm import covariate_columns
-from .nonparametric import bonferroni, mean_sem, rank_sum_test, spearman
+from .nonparametric import bonferroni, mean_sem, rank_sum_test, significance_marks, spearman
 from .roi_sidecars import (
     correlations_sidecar,
     roi_stats_sidecar,

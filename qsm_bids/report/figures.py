@@ -169,19 +169,6 @@ def cluster_slices_figure(template, stat, pfwe, *, alpha: float = 0.05, n_slices
     return fig, {"n_significant": n_sig, "z_mm": z_mm}
 
 
-def significance_marks(p: float, p_bonferroni: float) -> str:
-    """The paper's marks: * P<.05, ** P<.01, *** Bonferroni P<.05, **** Bonferroni P<.01."""
-    if np.isfinite(p_bonferroni) and p_bonferroni < 0.01:
-        return "****"
-    if np.isfinite(p_bonferroni) and p_bonferroni < 0.05:
-        return "***"
-    if np.isfinite(p) and p < 0.01:
-        return "**"
-    if np.isfinite(p) and p < 0.05:
-        return "*"
-    return ""
-
-
 def _unit_label(region: str, hemisphere: str) -> str:
     name = str(region).replace("_", " ")
     return name if hemisphere == "bilateral" else f"{name} ({hemisphere})"
@@ -211,8 +198,8 @@ def roi_bar_figure(roi_stats, groups: Sequence[str], *, colours=GROUP_COLOURS,
         if n else np.array([])
     span = float(np.nanmax(top)) if n and np.isfinite(top).any() else 1.0
     for i, row in enumerate(roi_stats.itertuples(index=False)):
-        mark = significance_marks(getattr(row, "p"), getattr(row, "p_bonferroni"))
-        if not mark:
+        mark = getattr(row, "significance", "")  # the marks column of roi_stats.tsv
+        if not isinstance(mark, str) or not mark:
             continue
         sign = 1.0 if np.nansum([means[0][i], means[1][i]]) >= 0 else -1.0
         ax.text(i, sign * (top[i] + 0.04 * span), mark, ha="center",
