@@ -339,19 +339,53 @@ def compute_roi_stats(
     group = group if group is not None else GroupConfig()
     params = params if params is not None else RoiStatsConfig()
     from ..config import Config
-    from .effects import PARTIAL_COLUMNS, covariate_matrix, effect_size_table, pair_correlation_rows, partial_fields
 
     seed = Config().seed if seed is None else seed  # the bootstrap intervals' seed (--seed)
     bootstrap = (params.n_bootstrap, params.bootstrap_confidence, seed)
-    group_column, covariates = group.group_column, tuple(group.covariates)
-    laterality_alpha, continuity = params.laterality_alpha, params.rank_sum_continuity
-    clinical_columns, subgroup_columns = tuple(params.clinical_columns), tuple(params.subgroup_columns)
+    group_column = group.group_column
     groups = tuple(str(g) for g in group.groups)
     if len(groups) != 2 or groups[0] == groups[1]:
         raise DataError(f"two different group levels are needed, got {groups!r}")
     group_a, group_b = groups
     messages: list[str] = []
 
+    parts, vals = _tidy_inputs(values, participants, group_column, min_voxels, messages)
+
+    sample = _analysis_sample(parts, vals, group, messages)
+    keep, cov_frame, cov_names, wide, grp, in_a, in_b = sample
+
+    roi_stats, units, adjusted = _group_comparison(wide, cov_frame.loc[keep], cov_names, in_a, in_b, groups,
+                                                   params, bootstrap, messages)
+
+    # long table of values
+    long_raw = units.stack(["region", "hemisphere"], future_stack=True).rename("value_ppm")
+    long_adj = adjusted.stack(["region", "hemisphere"], future_stack=True).rename("adjusted_ppm")
+    values_long = pd.concat([long_raw, long_adj], axis=1).reset_index()
+    values_long.insert(1, "group", values_long["participant_id"].map(grp))
+
+    correlations, clin, subgroup_columns, partial_names, partial = _correlations(
+        adjusted, parts, keep, in_a, in_b, group, params, messages)
+
+    # 5. subgroups
+    subgroups = _subgroup_tables(adjusted, parts.loc[keep], subgroup_columns, group_column,
+                                 group_a, group_b, params.rank_sum_continuity, bootstrap=bootstrap)
+
+    record = _parameters_record(group, params, cov_names, cov_frame.loc[keep][in_b.to_numpy()], roi_stats, clin,
+                                subgroup_columns, partial_names, partial, seed, in_a, in_b)
+    for m in messages:
+        logger.warning(m)
+    logger.info("region statistics: %d units, %d %s and %d %s participants, %d correlations",
+                len(roi_stats), int(in_a.sum()), group_a, int(in_b.sum()), group_b, len(correlations))
+    return RoiStatsResult(roi_stats=roi_stats, correlations=correlations, subgroups=subgroups,
+                          values=values_long, warnings=messages, groups=(group_a, group_b),
+                          covariates=tuple(cov_names), parameters=record)
+
+
+# ----------------------------------------------------------------------------- its parts
+
+def _tidy_inputs(values: pd.DataFrame, participants: pd.DataFrame, group_column: str, min_voxels,
+                 messages: list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Checked copies: participants indexed by ``sub-`` id, region values with tidy names and units."""
     missing = set(VALUE_COLUMNS) - set(values.columns)
     if missing:
         raise DataError(f"region values lack column(s) {sorted(missing)}")
@@ -385,6 +419,14 @@ def compute_roi_stats(
     if vals.duplicated(["participant_id", "region", "hemisphere"]).any():
         raise DataError("region values list a (participant, region, hemisphere) more than once")
 
+    return parts, vals
+
+
+def _analysis_sample(parts: pd.DataFrame, vals: pd.DataFrame, group: GroupConfig, messages: list):
+    """Who enters (in the two groups, with region values and covariates) and their wide value table."""
+    group_column, covariates = group.group_column, tuple(group.covariates)
+    group_a, group_b = (str(g) for g in group.groups)
+    groups = (group_a, group_b)
     # who is in the analysis
     in_study = parts[group_column].isin(groups).fillna(False).astype(bool)
     other = sorted(set(parts.index[~in_study]))
@@ -428,6 +470,16 @@ def compute_roi_stats(
             messages.append(f"{_unit_name(col)}: {len(absent)} participant(s) without a value "
                             f"excluded from this region: {', '.join(absent)}")
 
+    return keep, cov_frame, cov_names, wide, grp, in_a, in_b
+
+
+def _group_comparison(wide: pd.DataFrame, covariates: pd.DataFrame, cov_names: list, in_a: pd.Series,
+                      in_b: pd.Series, groups: tuple, params: RoiStatsConfig, bootstrap: tuple, messages: list):
+    """Steps 1-3 of the paper: laterality, covariance-method adjustment, rank-sum per region unit."""
+    group_a, group_b = groups
+    laterality_alpha, continuity = params.laterality_alpha, params.rank_sum_continuity
+    from .effects import effect_size_table
+
     # 1. laterality in the first group
     lat = laterality_tests(wide, in_a)
     keep_apart = []
@@ -440,7 +492,7 @@ def compute_roi_stats(
     units = combine_hemispheres(wide, keep_apart)
 
     # 2. covariance-method adjustment
-    adjusted, slopes, adj_msgs = covariance_adjust(units, cov_frame.loc[keep], in_b)
+    adjusted, slopes, adj_msgs = covariance_adjust(units, covariates, in_b)
     messages.extend(adj_msgs)
 
     # 3. group comparison
@@ -480,13 +532,17 @@ def compute_roi_stats(
             messages.append(f"fewer than 3 values in group {c[2:]} for: " + ", ".join(
                 f"{a} ({b})" for a, b in few.itertuples(index=False)))
 
-    # long table of values
-    long_raw = units.stack(["region", "hemisphere"], future_stack=True).rename("value_ppm")
-    long_adj = adjusted.stack(["region", "hemisphere"], future_stack=True).rename("adjusted_ppm")
-    values_long = pd.concat([long_raw, long_adj], axis=1).reset_index()
-    values_long.insert(1, "group", values_long["participant_id"].map(grp))
+    return roi_stats, units, adjusted
 
-    # 4. correlations
+
+def _correlations(adjusted: pd.DataFrame, parts: pd.DataFrame, keep: list, in_a: pd.Series, in_b: pd.Series,
+                  group: GroupConfig, params: RoiStatsConfig, messages: list):
+    """Step 4: clinical, SN-GP and leakage correlations in each group, plain and partial."""
+    from .effects import PARTIAL_COLUMNS, covariate_matrix, pair_correlation_rows, partial_fields
+
+    group_column, covariates = group.group_column, tuple(group.covariates)
+    group_a, group_b = (str(g) for g in group.groups)
+    clinical_columns, subgroup_columns = tuple(params.clinical_columns), tuple(params.subgroup_columns)
     subgroup_columns = [c for c in subgroup_columns if c in parts.columns]
     exclude = {"participant_id", group_column, *covariates, *subgroup_columns}
     if clinical_columns:
@@ -532,17 +588,23 @@ def compute_roi_stats(
         if (correlations["variable"] == c).any() and correlations.loc[correlations["variable"] == c, "rho"].isna().all():
             messages.append(f"clinical column '{c}': fewer than 3 values in {group_a}; not correlated")
 
-    # 5. subgroups
-    subgroups = _subgroup_tables(adjusted, parts.loc[keep], subgroup_columns, group_column,
-                                 group_a, group_b, continuity, bootstrap=bootstrap)
+    return correlations, clin, subgroup_columns, partial_names, partial
 
+
+def _parameters_record(group: GroupConfig, params: RoiStatsConfig, cov_names: list, reference: pd.DataFrame,
+                       roi_stats: pd.DataFrame, clin: list, subgroup_columns: list, partial_names: list,
+                       partial: dict, seed: int, in_a: pd.Series, in_b: pd.Series) -> dict:
+    """What was done, for the sidecars and the report (regions.json)."""
+    group_column, covariates = group.group_column, tuple(group.covariates)
+    groups = tuple(str(g) for g in group.groups)
+    group_a, group_b = groups
+    laterality_alpha, continuity = params.laterality_alpha, params.rank_sum_continuity
     record = {"group_column": group_column, "groups": list(groups), "covariates": list(covariates),
               "covariate_terms": cov_names, "laterality_alpha": laterality_alpha,
               "laterality_test": f"Wilcoxon signed-rank, left vs right, in {group_a}",
               "adjustment": f"covariance method: OLS slope(s) on {', '.join(cov_names) or 'none'} in "
                             f"{group_b}, values adjusted to {group_b}'s covariate mean(s)",
-              "covariate_reference_means": {c: float(cov_frame.loc[keep][in_b.to_numpy()][c].mean())
-                                            for c in cov_names},
+              "covariate_reference_means": {c: float(reference[c].mean()) for c in cov_names},
               "group_test": "two-tailed Wilcoxon rank-sum, normal approximation with tie correction"
                             + (" and continuity correction" if continuity else ""),
               "multiple_comparisons": f"Bonferroni over {int(roi_stats['p'].notna().sum())} regions",
@@ -557,13 +619,7 @@ def compute_roi_stats(
               "n_bootstrap": params.n_bootstrap, "bootstrap_confidence": params.bootstrap_confidence,
               "seed": seed,
               "n_participants": {group_a: int(in_a.sum()), group_b: int(in_b.sum())}}
-    for m in messages:
-        logger.warning(m)
-    logger.info("region statistics: %d units, %d %s and %d %s participants, %d correlations",
-                len(roi_stats), int(in_a.sum()), group_a, int(in_b.sum()), group_b, len(correlations))
-    return RoiStatsResult(roi_stats=roi_stats, correlations=correlations, subgroups=subgroups,
-                          values=values_long, warnings=messages, groups=(group_a, group_b),
-                          covariates=tuple(cov_names), parameters=record)
+    return record
 
 
 def _corr_row(analysis, group, unit, variable, variable_hemisphere, n, rho, p) -> dict:
