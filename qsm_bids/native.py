@@ -28,6 +28,14 @@ def _console_handlers() -> list:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
 
 
+def _swap_stream(handler, stream):
+    """``handler.setStream(stream)``; None when its old stream is closed (it is then left alone)."""
+    try:
+        return handler.setStream(stream)
+    except ValueError:  # flushing a closed stream
+        return None
+
+
 @contextlib.contextmanager
 def native_output_to_log(what: str):
     """Capture descriptors 1 and 2 for the block; log what was written there as DEBUG under ``what``."""
@@ -42,8 +50,11 @@ def native_output_to_log(what: str):
                 stream.flush()
         saved = (os.dup(1), os.dup(2))
         terminal = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
-        handlers = _console_handlers()
-        previous = [h.setStream(terminal) for h in handlers]
+        swapped = []
+        for handler in _console_handlers():
+            old_stream = _swap_stream(handler, terminal)
+            if old_stream is not None:
+                swapped.append((handler, old_stream))
         os.dup2(sink.fileno(), 1)
         os.dup2(sink.fileno(), 2)
         try:
@@ -56,8 +67,8 @@ def native_output_to_log(what: str):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
-            for handler, stream in zip(handlers, previous):
-                handler.setStream(stream if stream is not None else sys.stderr)
+            for handler, old_stream in swapped:
+                _swap_stream(handler, old_stream)
             terminal.close()
             sink.seek(0)
             text = sink.read().decode("utf-8", errors="replace").strip()
