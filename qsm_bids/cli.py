@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .config import PRESETS, Config, ConfigError, choices, load_config
+from .config import PRESETS, SECTIONS, Config, ConfigError, choices, load_config
 from .errors import AnalysisLevelError, NoInputError, OutputError, QSMBidsError, UsageError
 from .scratch import run_scratch
 from .verify import storage_error
@@ -92,8 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help=f"random seed (registration, permutations); default {d.seed}")
     g.add_argument("--config", type=Path, default=None,
-                   help="YAML or JSON file overriding any parameter (sections: inputs, recon, registration, "
-                        "atlas, group, roi_stats); see the README for every key")
+                   help=f"YAML or JSON file overriding any parameter (sections: {', '.join(SECTIONS)}); see the "
+                        "README for every key")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named parameter set, applied under --config and the other options: 'paper' is the "
                         "paper's chain exactly (magnitude mask, SHARP 5 mm, MEDI lambda 1000 on the toolbox "

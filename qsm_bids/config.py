@@ -18,6 +18,7 @@ from typing import Literal
 from .templates import TEMPLATE_NAME
 
 __all__ = [
+    "SECTIONS",
     "ConfigError",
     "InputConfig",
     "ReconConfig",
@@ -344,7 +345,9 @@ class Config:
                 raise ConfigError(f"roi_stats.leakage_pairs: each entry names two regions, got {list(pair)!r}")
 
 
-_SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats", "diffusion")
+#: The configuration file's sections, in the order the README documents them.
+SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats", "diffusion")
+_SECTIONS = SECTIONS
 _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTIONS}
 
 
