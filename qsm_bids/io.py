@@ -19,6 +19,7 @@ import numpy as np
 __all__ = [
     "atomic_path",
     "provenance",
+    "sidecar_of",
     "write_json",
     "write_sidecar",
     "write_text",
@@ -141,10 +142,12 @@ def write_tsv(path, frame, sidecar: dict | None = None) -> Path:
 
 def write_sidecar(data_path, sidecar: dict) -> Path:
     """The JSON sidecar of a data file (image, table, transform), with the provenance of the block."""
-    return write_json(_sidecar_of(Path(data_path)), _stamped(sidecar))
+    return write_json(sidecar_of(Path(data_path)), _stamped(sidecar))
 
 
-def _sidecar_of(path: Path) -> Path:
+def sidecar_of(path) -> Path:
+    """The JSON sidecar path of a data file (``x.nii.gz`` -> ``x.json``)."""
+    path = Path(path)
     name = path.name
     for ext in (".nii.gz", ".nii", ".tsv", ".h5", ".mat", ".html"):
         if name.endswith(ext):

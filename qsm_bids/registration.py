@@ -540,12 +540,12 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
     if registered:
         import json
 
-        from .io import _sidecar_of
+        from .io import sidecar_of
 
         if t1w is None:
             raise ValueError("registered=True needs the T1w the transforms were made with")
         try:
-            prior = json.loads(_sidecar_of(out["xfm_t1w_template"]).read_text())
+            prior = json.loads(sidecar_of(out["xfm_t1w_template"]).read_text())
         except (OSError, ValueError) as exc:
             raise DataError(f"{out['xfm_t1w_template']}: its sidecar cannot be read ({exc}); rerun the "
                             "registration") from None

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import TemporaryError
-from .io import write_json
+from .io import sidecar_of, write_json
 from .native import native_output_to_log
 from .resources import memory_guard
 from .verify import verify_output
@@ -152,8 +152,10 @@ class StepRunner:
     def _discard(self, step: Step) -> None:
         """Remove a failed step's outputs so nothing unverified looks finished."""
         for out in step.outputs.values():
-            with contextlib.suppress(OSError):
-                Path(out).unlink()
+            side = sidecar_of(out)
+            for path in {Path(out), side} if side != Path(out) else {Path(out)}:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def run(self, step: Step) -> dict:
         """Run ``step`` unless it is current; return the info it recorded."""

@@ -410,3 +410,18 @@ def test_native_output_goes_to_the_log_not_the_console(capfd, caplog):
     logged = [r.getMessage() for r in caplog.records if r.name == "qsm_bids.native"]
     assert any("[sub-x] step normalise" in m and "itk::ExceptionObject" in m and "ANTs progress" in m
                for m in logged)
+
+
+def test_failed_step_removes_its_outputs_and_their_sidecars(tmp_path):
+    from qsm_bids.io import write_nifti
+    from qsm_bids.steps import Step, StepRunner
+
+    target = tmp_path / "sub-x_Chimap.nii.gz"
+
+    def write_then_fail(out):
+        write_nifti(out["chi"], np.ones((4, 4, 4), np.float32), np.eye(4), sidecar={"Units": "ppm"})
+        raise RuntimeError("the inversion diverged")
+
+    with pytest.raises(RuntimeError):
+        StepRunner(tmp_path / "records", "sub-x").run(Step("qsm", [], {}, {"chi": target}, write_then_fail))
+    assert not target.exists() and not (tmp_path / "sub-x_Chimap.json").exists()
