@@ -91,22 +91,6 @@ def test_atlas_to_native_dice_and_region_medians(subject):
     assert np.all(np.abs(got.median_ppm[deep] - truth.median_ppm[deep]) <= 0.01)
 
 
-def test_rigid_is_reproducible_with_a_seed(subject):
-    import ants
-
-    files = subject["files"]
-    fixed = R.to_ants(nib.load(str(files["t1w"])))
-    moving = R.to_ants(nib.load(str(files["mag"])))
-    params = []
-    for k in range(2):
-        reg = R._ants_rigid(fixed, moving, str(subject["outputs"]["xfm_gre_t1w"].parent / f"rep{k}_"),
-                            R.PRESETS["fast"], seed=11)
-        params.append(ants.read_transform(reg["fwdtransforms"][0]).parameters)
-    # Same seed and thread count: equal up to the multi-threaded metric's summation order
-    # (~1e-5 mm / rad seen with 2 threads; bitwise only with 1 ITK thread).
-    assert np.allclose(params[0], params[1], atol=1e-3), np.abs(np.subtract(params[0], params[1])).max()
-
-
 def test_to_ants_matches_file_reader(tmp_path):
     import ants
 
