@@ -101,7 +101,7 @@ def runs(tmp_path_factory):
     assert main([str(bids), str(out), "group", *COMMON, "--group-column", "onset", "--groups", "bulbar",
                  "limb", "--restrict", "group=ALS"]) == 0
     assert main([str(bids), str(out), "group", *COMMON, "--exclude", "genetics=C9orf72"]) == 0
-    return {"out": out, "parts": parts, "main_before": main_files}
+    return {"bids": bids, "out": out, "parts": parts, "main_before": main_files}
 
 
 def _tsv(path):
@@ -182,3 +182,13 @@ def test_leakage_check_and_report_tables(runs):
     page = (group / "report.html").read_text()
     for text in ("Leakage check", "partial", "rank-biserial", "Cohen"):
         assert text in page, text
+
+
+def test_bad_selections_exit_with_one_line(runs, capsys):
+    bids, out = str(runs["bids"]), str(runs["out"])
+    assert main([bids, out, "group", *COMMON, "--exclude", "genetics"]) == 64
+    assert "is not COLUMN=VALUE" in capsys.readouterr().err
+    assert main([bids, out, "group", *COMMON, "--exclude", "gene=C9orf72"]) == 65
+    err = capsys.readouterr().err
+    assert "participants.tsv: no column 'gene'" in err and "Traceback" not in err
+    assert _digest(runs["out"] / "group") == runs["main_before"]
