@@ -66,24 +66,10 @@ def _same(a: Path, b: Path) -> str | None:
             return "table differs"
         return None
     if name.endswith(".h5"):
-        return None if _h5_content(a) == _h5_content(b) else "transform content differs"
+        from qsm_bids.verify import hdf5_content
+
+        return None if hdf5_content(a) == hdf5_content(b) else "transform content differs"
     return None if a.read_bytes() == b.read_bytes() else "bytes differ"
-
-
-def _h5_content(path: Path) -> dict:
-    """Every dataset and attribute of an HDF5 file (HDF5 stamps object headers with write times)."""
-    import h5py
-
-    content = {}
-    with h5py.File(str(path), "r") as fh:
-        def read(name, obj):
-            content[name + "@attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
-            if isinstance(obj, h5py.Dataset):
-                value = np.asarray(obj[()])
-                content[name] = value.tolist() if value.dtype == object else value.tobytes()
-
-        fh.visititems(read)
-    return content
 
 
 def _close(a: Path, b: Path, r_min: float = 0.98) -> str | None:

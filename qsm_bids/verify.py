@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import QSMBidsError, StorageError
 
-__all__ = ["IncompleteOutputError", "verify_output", "low_space", "storage_error"]
+__all__ = ["IncompleteOutputError", "verify_output", "hdf5_content", "low_space", "storage_error"]
 
 #: Below this many free bytes a folder counts as full (ANTs/ITK writers fail silently near it).
 LOW_SPACE_BYTES = 64 * 1024 * 1024
@@ -52,6 +52,25 @@ def _h5(path: Path) -> None:
         fh.visititems(read)
     if not n:
         raise ValueError("no datasets")
+
+
+def hdf5_content(path) -> dict:
+    """Every dataset and attribute of an HDF5 file, for comparing two files by content.
+
+    Byte comparison does not work: HDF5 stamps its object headers with write times.
+    """
+    import h5py
+
+    content = {}
+    with h5py.File(str(path), "r") as fh:
+        def read(name, obj):
+            content[name + "@attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
+            if isinstance(obj, h5py.Dataset):
+                value = np.asarray(obj[()])
+                content[name] = value.tolist() if value.dtype == object else value.tobytes()
+
+        fh.visititems(read)
+    return content
 
 
 def _mat(path: Path) -> None:

@@ -21,6 +21,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from qsm_bids.verify import hdf5_content
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
@@ -41,22 +43,6 @@ def _strip(obj):
     return obj
 
 
-def _h5_content(path: Path) -> dict:
-    """Every dataset and attribute of an HDF5 file (HDF5 stamps object headers with write times)."""
-    import h5py
-
-    content = {}
-    with h5py.File(str(path), "r") as fh:
-        def read(name, obj):
-            content[name + "@attrs"] = {k: np.asarray(v).tolist() for k, v in obj.attrs.items()}
-            if isinstance(obj, h5py.Dataset):
-                value = np.asarray(obj[()])
-                content[name] = value.tolist() if value.dtype == object else value.tobytes()
-
-        fh.visititems(read)
-    return content
-
-
 def _differences(a: Path, b: Path, sub="sub-02") -> list:
     """Files of one subject that differ (JSON compared without wall-clock timings, HDF5 by content)."""
     files_a = sorted(p.relative_to(a) for p in (a / sub).rglob("*") if p.is_file())
@@ -70,7 +56,7 @@ def _differences(a: Path, b: Path, sub="sub-02") -> list:
             if _strip(json.loads(pa.read_text())) != _strip(json.loads(pb.read_text())):
                 diffs.append(str(rel))
         elif rel.suffix == ".h5":
-            if _h5_content(pa) != _h5_content(pb):
+            if hdf5_content(pa) != hdf5_content(pb):
                 diffs.append(str(rel))
         elif pa.read_bytes() != pb.read_bytes():
             diffs.append(str(rel))
