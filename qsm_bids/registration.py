@@ -381,16 +381,10 @@ def atlas_to_native(atlas_img, reference, xfm_gre_t1w, xfm_template_t1w,
     -------
     nibabel.Nifti1Image, int16 labels on the reference grid.
     """
-    import ants
     import nibabel as nib
 
-    if xfm_gre_t1w:
-        tx, inv = [str(xfm_gre_t1w), str(xfm_template_t1w)], [True, False]
-    else:
-        tx, inv = [str(xfm_template_t1w)], [False]
-    out = ants.apply_transforms(to_ants(reference), to_ants(atlas_img, np.float32), tx, whichtoinvert=inv,
-                                interpolator=interpolation, defaultvalue=0)
-    labels = np.rint(out.numpy()).astype(np.int16)
+    warped = template_to_native(atlas_img, reference, xfm_gre_t1w, xfm_template_t1w, interpolation)
+    labels = np.rint(warped.get_fdata(dtype=np.float32)).astype(np.int16)
     img = nib.Nifti1Image(labels, np.asarray(reference.affine, dtype=float))
     img.set_data_dtype(np.int16)
     return img
