@@ -25,8 +25,6 @@ from .errors import DataError
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "SUBCORTICAL_REGIONS",
-    "THICKNESS_REGIONS",
     "TISSUES",
     "intracranial_volume_mm3",
     "jacobian_determinant",
@@ -42,10 +40,6 @@ __all__ = [
 ]
 
 TISSUES = ("CSF", "GM", "WM")
-#: Regions whose volumes are reported (the paper's subcortical set), L and R.
-SUBCORTICAL_REGIONS = ("caudate", "putamen", "globus_pallidus", "thalamus", "hippocampus", "amygdala")
-#: Cortical regions whose mean thickness is reported.
-THICKNESS_REGIONS = ("precentral_gyrus", "pars_opercularis")
 
 
 # ---------------------------------------------------------------------------
@@ -76,7 +70,7 @@ def modulate(gm_template, jacobian) -> np.ndarray:
     return (np.asarray(gm_template, dtype=np.float32) * np.clip(np.asarray(jacobian, dtype=np.float32), 0, None))
 
 
-def region_volumes(labels, label_table: pd.DataFrame, voxel_volume_mm3: float, regions=SUBCORTICAL_REGIONS,
+def region_volumes(labels, label_table: pd.DataFrame, voxel_volume_mm3: float, regions,
                    gm_probability=None) -> pd.DataFrame:
     """Volume of each atlas region (mm^3): voxel count times voxel volume, and the GM within it.
 
@@ -107,7 +101,7 @@ def intracranial_volume_mm3(probabilities, mask, voxel_volume_mm3: float) -> flo
     return float(p[:, m].sum() * voxel_volume_mm3)
 
 
-def region_mean_thickness(thickness_mm, labels, label_table: pd.DataFrame, regions=THICKNESS_REGIONS,
+def region_mean_thickness(thickness_mm, labels, label_table: pd.DataFrame, regions,
                           min_voxels: int = 10) -> pd.DataFrame:
     """Mean cortical thickness (mm) over the voxels of each region where DiReCT measured one (> 0)."""
     t = np.asarray(thickness_mm, dtype=np.float64)
@@ -210,9 +204,10 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
         ``jacobian_template``, ``volumes`` (TSV).
     atlas_img, label_table : the atlas in template space and its table.
     params : dict
-        The config's ``structural`` section: ``n4_shrink``, ``prior_weight``,
-        ``atropos_iterations``, ``mrf``, ``thickness_iterations``,
-        ``thickness_gradient_step``, ``thickness_smoothing``.
+        ``n4_shrink``, ``prior_weight``, ``atropos_iterations``, ``mrf`` (N4 + Atropos),
+        ``thickness_resolution_mm`` (the grid DiReCT runs on; 0: the T1w grid), ``thickness_iterations``,
+        ``thickness_gradient_step``, ``thickness_smoothing`` (DiReCT), ``volume_regions``,
+        ``thickness_regions`` (atlas region names).
     resolution_mm : the template grid of the template-space outputs.
 
     Returns
@@ -272,10 +267,21 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     icv = intracranial_volume_mm3(prob_arr, mask, voxel_volume)
 
     t0 = time.perf_counter()
-    thick = thickness(seg, probs[1], probs[2], iterations=params["thickness_iterations"],
-                      gradient_step=params["thickness_gradient_step"], smoothing=params["thickness_smoothing"])
+    seg_d, gm_d, wm_d = seg, probs[1], probs[2]
+    r = float(params["thickness_resolution_mm"])
+    if r > 0 and not np.allclose(spacing, r):
+        # DiReCT's cost grows with the voxel count: run it on a coarser isotropic grid
+        seg_d = ants.resample_image(seg, (r, r, r), use_voxels=False, interp_type=1)
+        gm_d = ants.resample_image_to_target(probs[1], seg_d, interp_type="linear")
+        wm_d = ants.resample_image_to_target(probs[2], seg_d, interp_type="linear")
+    thick_d = thickness(seg_d, gm_d, wm_d, iterations=params["thickness_iterations"],
+                        gradient_step=params["thickness_gradient_step"], smoothing=params["thickness_smoothing"])
+    thick = thick_d if thick_d.shape == t1.shape else ants.resample_image_to_target(
+        thick_d, t1, interp_type="nearestNeighbor")
     timings["direct"] = round(time.perf_counter() - t0, 2)
-    thick_arr = thick.numpy().astype(np.float32)
+    # thickness is defined in grey matter only
+    thick_arr = (thick.numpy() * (seg.numpy() == 2)).astype(np.float32)
+    thick = t1.new_image_like(thick_arr)
 
     # atlas labels in native T1w space: volumes and regional thickness
     t0 = time.perf_counter()
@@ -283,8 +289,9 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
                                 defaultvalue=0)
     labels = np.rint(lab.numpy()).astype(np.int16)
     labels[~mask] = 0
-    vols = region_volumes(labels, label_table, voxel_volume, SUBCORTICAL_REGIONS, gm_probability=prob_arr[1])
-    thick_tab = region_mean_thickness(thick_arr, labels, label_table, THICKNESS_REGIONS)
+    vols = region_volumes(labels, label_table, voxel_volume, tuple(params["volume_regions"]),
+                          gm_probability=prob_arr[1])
+    thick_tab = region_mean_thickness(thick_arr, labels, label_table, tuple(params["thickness_regions"]))
 
     # template space: modulated GM (VBM) and thickness
     from .registration import brain_template
@@ -306,7 +313,8 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
         write_nifti(out[f"probseg_{name.lower()}"], prob_arr[k], A, sidecar={**seg_info, "Label": name})
     write_nifti(out["dseg"], seg.numpy().astype(np.uint8) * mask, A, dtype=np.uint8,
                 sidecar={**seg_info, "Labels": {"1": "CSF", "2": "GM", "3": "WM"}})
-    th_info = {**info, "Software": "ANTs (antspyx): KellyKapowski (DiReCT)", "Units": "mm"}
+    th_info = {**info, "Software": "ANTs (antspyx): KellyKapowski (DiReCT)", "Units": "mm",
+               "ThicknessGrid": f"{r:g} mm isotropic, nearest back to the T1w grid" if r > 0 else "T1w grid"}
     write_nifti(out["thickness"], thick_arr, A, sidecar=th_info)
     res = {"Resolution": f"{resolution_mm:g} mm template grid"}
     write_nifti(out["thickness_template"], thick_t.numpy(), A_t,
