@@ -2,6 +2,8 @@
 
     python benchmarks/bench_nuclei.py --protocol me2 --seeds 1 2 3 4 5 --snr 35 \\
         --variants offset_wrapped base oracle_total
+    python benchmarks/bench_nuclei.py --protocol me2 --seeds 1 2 3 4 --snr 35 \\
+        --variants base unwrap_temporal unwrap_guided unwrap_oracle oracle_total
     python benchmarks/bench_nuclei.py --protocol paper --seeds 1 3 --variants base shell15 oracle_total
 
 For each simulated head (``qsm_bids.simulate.simulate_subject``; "me2": 2 mm
@@ -20,6 +22,13 @@ Variants isolate one factor each:
   change (the behaviour before issue 16); ``offset_unwrapped``: the default;
 - ``no_offset``: no TE = 0 phase-offset removal (the simulator's offset is a
   constant, which the Laplacian unwrapping drops: this is the ideal offset);
+- ``unwrap_laplacian`` / ``unwrap_guided`` / ``unwrap_temporal``: ``recon.unwrap_method``
+  (the Laplacian solution itself; each echo the wrapped phase + 2 pi k nearest a least-squares
+  guide inside the mask; echo 1 so, later echoes from the earlier ones' frequency);
+- ``unwrap_oracle``: each echo's wrapped phase + 2 pi k nearest the true field x TE (the ideal
+  exact unwrapping; what is left of the echo stage: offset removal, noise, the fit);
+- ``echo_average``: ``recon.echo_combination = "average"``; ``offsmN``: the TE = 0 offset's
+  smoothing (``recon.coil_smoothing_mm``) N mm;
 - ``oracle_total``: the echo stage replaced by the simulator's voxel-averaged
   total field (what is left is mask, background removal and inversion);
 - ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
@@ -47,6 +56,8 @@ from qsm_bids.config import ReconConfig
 from qsm_bids.recon import mask as recon_mask
 from qsm_bids.recon import pipeline
 from qsm_bids.recon._ops import crop_box
+from qsm_bids.recon.echoes import phase_to_ppm_factor
+from qsm_bids.recon.unwrap import unwrap_to_reference
 
 NUCLEI = ("red_nucleus", "substantia_nigra_dorsal", "substantia_nigra_ventral", "globus_pallidus",
           "dentate_nucleus")
@@ -97,11 +108,22 @@ def refine_shell(mask, phase, voxel_size, phase_quality=0.5, shell_mm=15.0):
     return recon_mask.largest_component(mask & good)
 
 
+def _box(s, p):
+    """The pipeline's crop box for this head (mask from the RSS magnitude, as ``reconstruct``)."""
+    vs = s["voxel_size"]
+    m4 = s["magnitude"].reshape(s["magnitude"].shape[:3] + (-1,))
+    brain = pipeline.brain_mask(np.sqrt((m4**2).sum(-1)), vs, threshold=p.mask_threshold,
+                                erode_mm=p.mask_erode_mm)
+    margin = max(10.0, p.sharp_radius_mm + 2 * max(vs),
+                 pipeline.BACKGROUND_METHODS[p.background].margin_mm(p) + 2 * max(vs))
+    return crop_box(brain, [int(np.ceil(margin / d)) for d in vs])
+
+
 def run_variant(s, variant):
     parts = variant.split("+")
     p = ReconConfig()
     mag, phase = s["magnitude"], s["phase"]
-    oracle = shell = False
+    oracle = shell = oracle_unwrap = False
     for part in parts:
         if part == "base":
             pass
@@ -109,6 +131,14 @@ def run_variant(s, variant):
             p = replace(p, remove_phase_offset_multiecho=False)
         elif part in ("offset_wrapped", "offset_unwrapped"):
             p = replace(p, phase_offset_method=part.split("_")[1])
+        elif part in ("unwrap_laplacian", "unwrap_guided", "unwrap_temporal"):
+            p = replace(p, unwrap_method=part.split("_")[1])
+        elif part == "unwrap_oracle":
+            oracle_unwrap = True
+        elif part == "echo_average":
+            p = replace(p, echo_combination="average")
+        elif part.startswith("offsm"):
+            p = replace(p, coil_smoothing_mm=float(part[5:]))
         elif part == "oracle_total":
             oracle = True
         elif part == "shell15":
@@ -123,19 +153,23 @@ def run_variant(s, variant):
             pipeline.refine_with_phase = refine_shell
         if oracle:
             # the echo stage's output replaced by the true total field on the pipeline's crop box
-            vs = s["voxel_size"]
-            m4 = mag.reshape(mag.shape[:3] + (-1,))
-            brain = pipeline.brain_mask(np.sqrt((m4**2).sum(-1)), vs, threshold=p.mask_threshold,
-                                        erode_mm=p.mask_erode_mm)
-            margin = max(10.0, p.sharp_radius_mm + 2 * max(vs),
-                         pipeline.BACKGROUND_METHODS[p.background].margin_mm(p) + 2 * max(vs))
-            box = crop_box(brain, [int(np.ceil(margin / d)) for d in vs])
+            box = _box(s, p)
             truth = s["total_field_ppm"]
             pipeline.fit_field = lambda *a, **k: truth[box].astype(np.float32)
+        if oracle_unwrap:
+            # each echo's (offset-removed) wrapped phase + 2 pi k nearest the true field x TE: the ideal
+            # exact unwrapping (what is left: offset removal, noise, intravoxel dephasing, the fit)
+            box = _box(s, p)
+            truth = s["total_field_ppm"][box].astype(np.float64)
+            te = np.asarray(s["echo_times"], float)
+            ref = np.stack([truth / phase_to_ppm_factor(t, s["field_strength"]) for t in te], axis=-1)
+            pipeline.UNWRAP_METHODS["oracle"] = lambda ph, *a: unwrap_to_reference(ph, ref)
+            p = replace(p, unwrap_method="oracle")
         r = pipeline.reconstruct(mag, phase, s["echo_times"], s["voxel_size"], s["b0_dir"],
                                  s["field_strength"], p)
     finally:
         pipeline.fit_field, pipeline.refine_with_phase = saved_fit, saved_refine
+        pipeline.UNWRAP_METHODS.pop("oracle", None)
     return nucleus_errors(r.chi_ppm, r.chi_mask, s)
 
 
@@ -169,6 +203,11 @@ def main(argv=None):
     for v in args.variants:
         errs = np.array([[rows[(v, sd)][k] for k in keys] for sd in args.seeds])
         print(f"{v:28s} " + " ".join(f"{x:7.4f}" for x in np.abs(errs).max(axis=0)))
+    print(f"\nspread over seeds (max - min of the error, ppm) and mean seconds per run:")
+    for v in args.variants:
+        errs = np.array([[rows[(v, sd)][k] for k in keys] for sd in args.seeds])
+        secs = np.mean([rows[(v, sd)].get("seconds", np.nan) for sd in args.seeds])
+        print(f"{v:28s} " + " ".join(f"{x:7.4f}" for x in np.ptp(errs, axis=0)) + f"  {secs:6.1f} s")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from .dipole import GAMMA_HZ_PER_T
-from .unwrap import laplacian_unwrap
+from .unwrap import laplacian_unwrap, unwrap_to_reference
 
 __all__ = [
     "OFFSET_METHODS",
@@ -154,17 +154,6 @@ def unwrap_echo_difference(s1, s2, voxel_size):
             h = np.where(norm > 0, ndimage.gaussian_filter(w * (out - est), sigma) / norm, 0.0)
         out = unwrap_to_reference(d, est + h.astype(np.float32))
     return out
-
-
-def unwrap_to_reference(wrapped, reference):
-    """``wrapped + 2 pi k`` with the integer ``k`` that brings it closest to ``reference`` (rad).
-
-    ``reference`` may have trailing axes fewer than ``wrapped`` (broadcast, e.g. one
-    reference for every coil).
-    """
-    wrapped = np.asarray(wrapped, dtype=np.float32)
-    k = np.round((np.asarray(reference, dtype=np.float32) - wrapped) / np.float32(2 * np.pi))
-    return (wrapped + np.float32(2 * np.pi) * k).astype(np.float32)
 
 
 def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6.0, method="wrapped"):

@@ -36,7 +36,7 @@ from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd
 from .mask import brain_mask, brain_mask_from_template, phase_coherence, refine_with_phase
 from .reference import apply_reference
-from .unwrap import laplacian_unwrap
+from .unwrap import UNWRAP_METHODS
 
 __all__ = ["ReconResult", "reconstruct", "check_geometry", "check_map", "MIN_MASK_VOXELS", "BACKGROUND_METHODS", "INVERSION_METHODS",
            "BackgroundMethod", "InversionMethod"]
@@ -386,7 +386,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     bmag_rss = mag_rss[box]
 
     # 3. unwrapping
-    unwrapped = run("unwrap", lambda: laplacian_unwrap(ph[box], voxel_size))
+    unwrapped = run("unwrap", lambda: UNWRAP_METHODS[p.unwrap_method](ph[box], te, voxel_size,
+                                                                bmag * bmask[..., None]))
     unwrapped *= bmask[..., None]
 
     # multi-echo fit -> total field in ppm

@@ -38,7 +38,14 @@ import numpy as np
 
 from . import fft
 
-__all__ = ["laplacian_unwrap"]
+__all__ = [
+    "UNWRAP_METHODS",
+    "guided_unwrap",
+    "laplacian_unwrap",
+    "masked_ls_unwrap",
+    "temporal_unwrap",
+    "unwrap_to_reference",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +112,178 @@ def laplacian_unwrap(wrapped_phase, voxel_size, dtype=np.float32):
     out = fft.irfftn(fft.rfftn(lap_phi) * inv, work_shape)[sl]
     logger.debug("laplacian unwrap of %s done", shape)
     return np.ascontiguousarray(out, dtype=dtype)
+
+
+def unwrap_to_reference(wrapped, reference):
+    """``wrapped + 2 pi k`` with the integer ``k`` that brings it closest to ``reference`` (rad).
+
+    ``reference`` may have trailing axes fewer than ``wrapped`` (broadcast, e.g. one
+    reference for every coil). Exact (the true phase to float precision) wherever
+    ``reference`` is within pi of the true phase.
+    """
+    wrapped = np.asarray(wrapped, dtype=np.float32)
+    k = np.round((np.asarray(reference, dtype=np.float32) - wrapped) / np.float32(2 * np.pi))
+    return (wrapped + np.float32(2 * np.pi) * k).astype(np.float32)
+
+
+def _masked_neg_laplacian(phi, edges, voxel_size, outside):
+    """``sum_a D_a^T (e_a D_a phi) / h_a^2`` (+ ``phi`` outside the mask): the masked -Laplacian."""
+    out = outside * phi
+    for axis, (e, h) in enumerate(zip(edges, voxel_size)):
+        f = e * (np.roll(phi, -1, axis=axis) - phi) * np.float32(1.0 / float(h) ** 2)
+        out += np.roll(f, 1, axis=axis) - f
+    return out
+
+
+def masked_ls_unwrap(wrapped_phase, mask, voxel_size, tol=1e-4, max_iter=200):
+    """Least-squares unwrapping inside ``mask`` (Ghiglia & Romero 1994, preconditioned CG).
+
+    Minimises ``sum_a sum_edges (D_a phi - wrap(D_a psi))^2 / h_a^2`` over the edges with both
+    voxels in the mask (Neumann conditions at the mask's edge), so, unlike the Laplacian solution on
+    the whole grid, the noise of the air outside does not enter and no harmonic function is added:
+    where the wrapped differences are the true ones (no phase residues) the solution is the true
+    phase up to one constant per connected component. Preconditioner: the inverse of the 7-point
+    Laplacian on the periodic (fast-size padded) grid. Zero outside the mask.
+    """
+    psi = np.asarray(wrapped_phase, dtype=np.float32)
+    m = np.asarray(mask, dtype=bool)
+    mf = m.astype(np.float32)
+    edges, b = [], np.zeros(psi.shape, np.float32)
+    for axis, h in enumerate(voxel_size):
+        e = mf * np.roll(mf, -1, axis=axis)
+        idx = [slice(None)] * 3
+        idx[axis] = -1
+        e[tuple(idx)] = 0.0  # no edge across the (non-periodic) border of the box
+        edges.append(e)
+        g = e * np.angle(np.exp(1j * (np.roll(psi, -1, axis=axis) - psi))).astype(np.float32)
+        g *= np.float32(1.0 / float(h) ** 2)
+        b += np.roll(g, 1, axis=axis) - g
+    outside = (~m).astype(np.float32)
+    work = fft.next_fast_shape(psi.shape)
+    sl = tuple(slice(0, n) for n in psi.shape)
+    sym = -_lap_symbol_half(work, voxel_size)
+    sym.flat[0] = sym[sym > 0].min()
+    inv = (1.0 / sym).astype(np.float32)
+
+    def precond(r):
+        pad = np.zeros(work, np.float32)
+        pad[sl] = r
+        return np.ascontiguousarray(fft.irfftn(fft.rfftn(pad) * inv, work)[sl], dtype=np.float32)
+
+    x = np.zeros(psi.shape, np.float32)
+    r = b.copy()
+    bnorm = float(np.linalg.norm(b)) or 1.0
+    z = precond(r)
+    d = z.copy()
+    rz = float(np.vdot(r, z))
+    for _ in range(int(max_iter)):
+        q = _masked_neg_laplacian(d, edges, voxel_size, outside)
+        alpha = rz / float(np.vdot(d, q))
+        x += np.float32(alpha) * d
+        r -= np.float32(alpha) * q
+        if float(np.linalg.norm(r)) < tol * bnorm:
+            break
+        z = precond(r)
+        rz_new = float(np.vdot(r, z))
+        d = z + np.float32(rz_new / rz) * d
+        rz = rz_new
+    return x * mf
+
+
+def guided_unwrap(wrapped_phase, voxel_size, weights):
+    """Exact unwrapping inside a mask: the wrapped phase + ``2 pi k`` nearest a least-squares guide.
+
+    The guide is :func:`masked_ls_unwrap` on the voxels with ``weights > 0`` (e.g. the magnitude in
+    the brain mask), its free constant aligned to the data (the ``weights``-weighted circular mean of
+    wrapped - guide); each voxel then takes the ``2 pi`` multiple that brings its wrapped value
+    closest to the guide (:func:`unwrap_to_reference`). The result is the true phase to float
+    precision (up to one global ``2 pi k``) wherever the guide is within pi of it, i.e. everywhere
+    except near phase residues; the Laplacian solution on the whole grid (:func:`laplacian_unwrap`)
+    is not: it differs from the truth by a harmonic function set by the air outside, of several
+    radians on a head, and rounding to it fails where that exceeds pi. Zero outside the mask.
+
+    Parameters
+    ----------
+    wrapped_phase : ndarray (x, y, z)
+        Wrapped phase (rad).
+    voxel_size : sequence of 3 float
+        Voxel size in mm.
+    weights : ndarray (x, y, z)
+        Non-negative; > 0 marks the voxels to unwrap.
+
+    Returns
+    -------
+    ndarray float32 (x, y, z)
+    """
+    d = np.asarray(wrapped_phase, dtype=np.float32)
+    if d.ndim != 3:
+        raise ValueError(f"phase must be 3-D, got shape {d.shape}")
+    w = np.asarray(weights, dtype=np.float32)
+    m = w > 0
+    est = masked_ls_unwrap(d, m, voxel_size)
+    est += np.float32(np.angle(np.sum(w * np.exp(1j * (d - est)))))
+    return unwrap_to_reference(d, est) * m
+
+
+def temporal_unwrap(wrapped_phase, echo_times_s, voxel_size, weights):
+    """Exact multi-echo unwrapping: echo 1 guided (:func:`guided_unwrap`), later echoes in time.
+
+    Echo ``n`` takes the ``2 pi`` multiple closest to the phase predicted from the echoes before
+    it, ``TE_n`` times their ``weights^2``-weighted frequency through zero (for echo 2:
+    ``phi_1 TE_2 / TE_1``). The phase offset at TE = 0 must be removed first. Every echo is the
+    wrapped phase plus ``2 pi`` times an integer; exact wherever echo 1 is and the prediction
+    is within pi (phase noise ``TE_n / TE_1`` times echo 1's).
+
+    Parameters
+    ----------
+    wrapped_phase : ndarray (x, y, z, echo)
+    echo_times_s : sequence of float, increasing
+    voxel_size : sequence of 3 float
+    weights : ndarray (x, y, z, echo): echo 1's > 0 marks the voxels to unwrap
+
+    Returns
+    -------
+    ndarray float32 (x, y, z, echo)
+    """
+    ph = np.asarray(wrapped_phase, dtype=np.float32)
+    if ph.ndim == 3:
+        ph = ph[..., None]
+    te = np.asarray(echo_times_s, dtype=np.float64).ravel()
+    w = np.asarray(weights, dtype=np.float32)
+    if w.ndim == 3:
+        w = w[..., None]
+    out = np.empty(ph.shape, np.float32)
+    out[..., 0] = guided_unwrap(ph[..., 0], voxel_size, w[..., 0])
+    num = np.zeros(ph.shape[:3], np.float64)
+    den = np.zeros(ph.shape[:3], np.float64)
+    for n in range(1, ph.shape[3]):
+        w2 = w[..., n - 1].astype(np.float64) ** 2
+        num += w2 * te[n - 1] * out[..., n - 1]
+        den += w2 * te[n - 1] ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            omega = np.where(den > 0, num / den, out[..., n - 1] / te[n - 1])
+        out[..., n] = unwrap_to_reference(ph[..., n], (omega * te[n]).astype(np.float32))
+    return out * (w[..., :1] > 0)
+
+
+def _laplacian_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
+    return laplacian_unwrap(wrapped_phase, voxel_size)
+
+
+def _guided_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
+    ph = np.asarray(wrapped_phase)
+    if ph.ndim == 3:
+        return guided_unwrap(ph, voxel_size, weights)
+    return np.stack([guided_unwrap(ph[..., e], voxel_size, weights[..., e])
+                     for e in range(ph.shape[3])], axis=-1)
+
+
+#: ``recon.unwrap_method`` -> function ``(wrapped (x,y,z[,echo]), echo_times_s, voxel_size, weights)``:
+#: "laplacian" the Laplacian solution itself (Schofield & Zhu 2003; the paper's); "guided" each echo
+#: restored to its wrapped value + 2 pi k with the Laplacian solution as guide; "temporal" echo 1
+#: guided, later echoes by the frequency of the earlier ones.
+UNWRAP_METHODS = {
+    "laplacian": _laplacian_method,
+    "guided": _guided_method,
+    "temporal": temporal_unwrap,
+}
