@@ -43,6 +43,7 @@ PhaseUnits = Literal["rad", "arbitrary"]
 MaskMethod = Literal["auto", "magnitude"]
 EchoCombination = Literal["weighted_fit", "average"]
 PhaseOffsetMethod = Literal["unwrapped", "wrapped"]
+UnwrapMethod = Literal["auto", "laplacian", "guided", "temporal"]
 BackgroundMethod = Literal["sharp", "vsharp", "pdf"]
 InversionMethod = Literal["medi", "tkd", "tikhonov"]
 ReferenceMethod = Literal["none", "csf", "brain"]
@@ -67,8 +68,9 @@ class InputConfig:
 class ReconConfig:
     """Participant steps 1-5: coils, mask, unwrapping, background, inversion.
 
-    Coil-resolved data are combined with the adaptive (modified Walsh) combination and the phase is
-    unwrapped with the Laplacian method (Schofield & Zhu 2003): one method each, so no parameter.
+    Coil-resolved data are combined with the adaptive (modified Walsh) combination (one method, so no
+    parameter); the phase is unwrapped in time over the echoes, or with the Laplacian method
+    (Schofield & Zhu 2003) for one echo (``unwrap_method``).
     """
 
     #: Smoothing kernel (mm, box width) of the coil covariance for the adaptive combination.
@@ -87,6 +89,8 @@ class ReconConfig:
     remove_phase_offset_multiecho: bool = True
     #: TE = 0 offset from the echo-1-to-2 phase change: "unwrapped" first (exact where it exceeds pi) or "wrapped".
     phase_offset_method: PhaseOffsetMethod = "unwrapped"
+    #: Phase unwrapping: "auto" ("temporal" for multi-echo data, "laplacian" for one echo; measured in the README), "laplacian" (the Laplacian solution itself, paper), "guided" (each echo the wrapped phase + 2 pi k nearest a masked least-squares unwrapping) or "temporal" (echo 1 guided, later echoes + 2 pi k nearest the earlier echoes' frequency x TE).
+    unwrap_method: UnwrapMethod = "auto"
     #: Background removal: "sharp" (paper), "vsharp" or "pdf".
     background: BackgroundMethod = "sharp"
     #: SHARP spherical kernel radius in mm (paper: 5 mm).
@@ -353,8 +357,8 @@ _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTION
 
 #: Named parameter sets (``--preset NAME`` or ``preset: NAME`` in a config file), applied over the
 #: defaults and under the config file and the command line.
-#: "paper": the chain of Acosta-Cabronero et al. 2018 exactly: brain mask from the GRE magnitude
-#: (eroded 1 mm), SHARP with a 5 mm sphere, nonlinear MEDI with lambda 1000 on the MEDI toolbox's
+#: "paper": the chain of Acosta-Cabronero et al. 2018 exactly: Laplacian unwrapping, brain mask from the
+#: GRE magnitude (eroded 1 mm), SHARP with a 5 mm sphere, nonlinear MEDI with lambda 1000 on the MEDI toolbox's
 #: scaling (its 'smv' form, data weights of mean 1, gradient mask percentage 0.9), no referencing, and
 #: the voxelwise analysis on the voxels every participant covers.
 PRESETS: dict[str, dict] = {
@@ -363,7 +367,7 @@ PRESETS: dict[str, dict] = {
                   "sharp_radius_mm": 5.0, "sharp_threshold": 0.05, "inversion": "medi", "medi_lambda": 1000.0,
                   "medi_percentage": 0.9, "medi_max_iter": 10, "medi_tol_norm_ratio": 0.1,
                   "medi_cg_max_iter": 100, "medi_cg_tol": 0.01, "medi_smv": True, "medi_merit": False,
-                  "medi_edge_radii_mm": [], "reference": "none"},
+                  "medi_edge_radii_mm": [], "reference": "none", "unwrap_method": "laplacian"},
         "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000},
         "atlas": {"erosion_radius_mm": 1.0},
     },

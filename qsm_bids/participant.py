@@ -5,7 +5,7 @@ Steps, each resumable (see :mod:`qsm_bids.steps`):
 ``register``   with a T1w and ``recon.mask_method = auto`` (no ``--mask-dir``): GRE magnitude -> T1w
                (rigid), T1w -> template (affine + SyN) before the reconstruction, and the template's
                brain mask brought onto the GRE grid for the brain mask
-``qsm``        coil combination, brain mask, Laplacian unwrapping, echo
+``qsm``        coil combination, brain mask, phase unwrapping, echo
                combination, background removal, dipole inversion (docs/reconstruction.md)
 ``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN) unless ``register`` ran,
                Chimap, mask and T1w resampled to the template (docs/atlas_registration.md)

@@ -4,7 +4,7 @@
 radians), the echo times, the voxel size, the B0 direction in voxel axes and
 the field strength, and a :class:`qsm_bids.config.ReconConfig` (``cfg.recon``). It
 validates the input (raising :class:`qsm_bids.errors.DataError` with one
-line), runs coil combination, masking, Laplacian unwrapping, the echo fit,
+line), runs coil combination, masking, phase unwrapping, the echo fit,
 background removal, dipole inversion and the optional referencing, and
 returns a :class:`ReconResult` with every intermediate the derivatives need,
 the time and number of FFTs of each step, and the parameters used.
@@ -69,7 +69,7 @@ class ReconResult:
         incoherent-phase voxels (no trusted data there: MEDI's regulariser
         fills them from their neighbours).
     unwrapped_phase : float32 (x, y, z, echo)
-        Laplacian-unwrapped phase of each echo in rad (after the phase offset
+        unwrapped phase of each echo in rad (after the phase offset
         at TE = 0 is removed for multi-echo data), zero outside ``mask``.
     total_field_ppm : float32 (x, y, z)
         Echo-combined field in ppm before background removal, inside ``mask``.

@@ -278,11 +278,23 @@ def _guided_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
                      for e in range(ph.shape[3])], axis=-1)
 
 
+def _auto_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
+    # Measured (README, issue 16): temporal halves the nuclei's error on 6/13/20 ms echoes, but on
+    # one long echo its guided first step is worse than the Laplacian solution.
+    if np.asarray(wrapped_phase).ndim == 4 and np.asarray(wrapped_phase).shape[3] > 1:
+        logger.info("unwrapping: temporal (%d echoes)", np.asarray(wrapped_phase).shape[3])
+        return temporal_unwrap(wrapped_phase, echo_times_s, voxel_size, weights)
+    logger.info("unwrapping: Laplacian (one echo)")
+    return _laplacian_method(wrapped_phase, echo_times_s, voxel_size, weights)
+
+
 #: ``recon.unwrap_method`` -> function ``(wrapped (x,y,z[,echo]), echo_times_s, voxel_size, weights)``:
 #: "laplacian" the Laplacian solution itself (Schofield & Zhu 2003; the paper's); "guided" each echo
-#: restored to its wrapped value + 2 pi k with the Laplacian solution as guide; "temporal" echo 1
-#: guided, later echoes by the frequency of the earlier ones.
+#: restored to its wrapped value + 2 pi k nearest a masked least-squares unwrapping; "temporal" echo 1
+#: guided, later echoes by the frequency of the earlier ones; "auto" temporal for multi-echo data,
+#: Laplacian for one echo.
 UNWRAP_METHODS = {
+    "auto": _auto_method,
     "laplacian": _laplacian_method,
     "guided": _guided_method,
     "temporal": temporal_unwrap,

@@ -50,6 +50,9 @@ REFERENCES = {
                  "Magn Reson Med 2000;43(5):682-690.",
     "schofield2003": "Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric "
                      "applications. Opt Lett 2003;28(14):1194-1196.",
+    "ghiglia1994": "Ghiglia DC, Romero LA. Robust two-dimensional weighted and unweighted phase "
+                   "unwrapping that uses fast transforms and iterative methods. J Opt Soc Am A "
+                   "1994;11(1):107-117.",
     "schweser2011": "Schweser F, Deistung A, Lehr BW, Reichenbach JR. Quantitative imaging of intrinsic "
                     "magnetic tissue properties using MRI signal phase: an approach to in vivo brain iron "
                     "metabolism? NeuroImage 2011;54(4):2789-2807.",
@@ -127,6 +130,20 @@ class _Citer:
         return [REFERENCES[k] for k in self.keys]
 
 
+def _unwrapping_sentence(method, cite):
+    guided = (f"the wrapped phase plus the multiple of 2\u03c0 nearest a masked weighted least-squares "
+              f"unwrapping {cite('ghiglia1994')}")
+    temporal = (f"in time over the echoes: the first echo as {guided}, each later echo as the wrapped phase "
+                f"plus the multiple of 2\u03c0 nearest the phase predicted by the frequency of the earlier "
+                f"echoes")
+    laplacian = f"with the Laplacian method {cite('schofield2003')}"
+    text = {"auto": f"the phase was unwrapped {temporal} (single-echo data {laplacian}).",
+            "temporal": f"the phase was unwrapped {temporal}.",
+            "guided": f"each echo's phase was unwrapped as {guided}.",
+            "laplacian": f"the phase was unwrapped {laplacian}."}
+    return text[method]
+
+
 def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
                       roi_parameters: Mapping | None = None) -> tuple[list[str], list[str]]:
     """Methods text generated from the configuration actually used.
@@ -148,8 +165,7 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
     recon = [f"Quantitative susceptibility maps were computed with qsm-bids {versions.get('qsm-bids', '')}, "
              f"following Acosta-Cabronero et al. {cite('acosta2018')}. Coil-resolved complex data were "
              f"combined with an adaptive (Walsh-type) combination {cite('walsh2000')} "
-             f"(smoothing {cfg.recon.coil_smoothing_mm:g} mm); the phase was unwrapped with the "
-             f"Laplacian method {cite('schofield2003')}."]
+             f"(smoothing {cfg.recon.coil_smoothing_mm:g} mm); " + _unwrapping_sentence(cfg.recon.unwrap_method, cite)]
     bg = cfg.recon.background
     if bg == "sharp":
         recon.append(f"Background fields were removed with SHARP {cite('schweser2011')} (spherical kernel "
