@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import subprocess
 import sys
 import textwrap
@@ -73,23 +74,29 @@ def test_one_cpu_means_cpu_time_at_most_wall_time():
 
 
 def test_require_names_the_step_and_the_limit():
-    guard = resources.MemoryGuard(0.5)
+    # The limit sits 0.5 GB above what this worker already holds (other tests ran in it before).
+    limit_gb = round(resources.process_memory_bytes() / 1e9 + 0.5, 1)
+    guard = resources.MemoryGuard(limit_gb)
     guard.require(1e6, "small step")  # fits
     with pytest.raises(resources.MemoryLimitError) as info:
         guard.require(4e9, "voxelwise: subjects x voxels matrix", fix="raise --mem-gb to 6")
     msg = str(info.value)
-    assert "voxelwise: subjects x voxels matrix" in msg and "--mem-gb 0.5" in msg and "raise --mem-gb to 6" in msg
+    assert "voxelwise: subjects x voxels matrix" in msg and f"--mem-gb {limit_gb:g}" in msg
+    assert "raise --mem-gb to 6" in msg
     assert isinstance(info.value, QSMBidsError) and info.value.exit_code == 1
     # no limit: never raises
     resources.MemoryGuard(None).require(1e15, "anything")
 
 
-def test_process_memory_counts_a_new_array():
+def test_process_memory_counts_new_pages():
+    # A fresh anonymous mapping, not np.ones: the allocator may hand back pages an earlier test in this
+    # worker freed but kept resident, which rightly does not raise the process's memory.
     before = resources.process_memory_bytes(children=False)
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+    block = mmap.mmap(-1, 64 * 2**20)
+    np.frombuffer(block, dtype=np.uint8)[::4096] = 1  # touch every page
     after = resources.process_memory_bytes(children=False)
     assert after - before > 40e6
-    del block
+    block.close()
 
 
 _GROW = """
