@@ -34,7 +34,8 @@ Variants isolate one factor each:
   total field (what is left is mask, background removal and inversion);
 - ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
   mask edge (a proposal for ``recon/mask.py``: deep incoherent voxels in the
-  dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; combinations with
+  dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; ``nosmv``: MEDI on SHARP's local field
+  instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
 
 Simulations and results are cached under ``--cache`` (the machine is shared:
@@ -146,6 +147,10 @@ def run_variant(s, variant):
             shell = True
         elif part.startswith("lam"):
             p = replace(p, medi_lambda=float(part[3:]))
+        elif part == "nosmv":
+            p = replace(p, medi_smv=False)
+        elif part.startswith("pct"):
+            p = replace(p, medi_percentage=float(part[3:]) / 100)
         else:
             raise SystemExit(f"unknown variant part {part!r}")
     saved_fit, saved_refine = pipeline.fit_field, pipeline.refine_with_phase
