@@ -281,11 +281,12 @@ def _guided_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
 def _auto_method(wrapped_phase, echo_times_s, voxel_size, weights=None):
     # Measured (README, issue 16): temporal halves the nuclei's error on 6/13/20 ms echoes, but on
     # one long echo its guided first step is worse than the Laplacian solution.
-    if np.asarray(wrapped_phase).ndim == 4 and np.asarray(wrapped_phase).shape[3] > 1:
-        logger.info("unwrapping: temporal (%d echoes)", np.asarray(wrapped_phase).shape[3])
-        return temporal_unwrap(wrapped_phase, echo_times_s, voxel_size, weights)
+    ph = np.asarray(wrapped_phase)
+    if ph.ndim == 4 and ph.shape[3] > 1:
+        logger.info("unwrapping: temporal (%d echoes)", ph.shape[3])
+        return temporal_unwrap(ph, echo_times_s, voxel_size, weights)
     logger.info("unwrapping: Laplacian (one echo)")
-    return _laplacian_method(wrapped_phase, echo_times_s, voxel_size, weights)
+    return _laplacian_method(ph, echo_times_s, voxel_size, weights)
 
 
 #: ``recon.unwrap_method`` -> function ``(wrapped (x,y,z[,echo]), echo_times_s, voxel_size, weights)``:
