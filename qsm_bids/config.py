@@ -27,6 +27,7 @@ __all__ = [
     "GroupConfig",
     "RoiStatsConfig",
     "DiffusionConfig",
+    "StructuralConfig",
     "Config",
     "PRESETS",
     "load_config",
@@ -255,6 +256,40 @@ class DiffusionConfig:
 
 
 @dataclass
+class StructuralConfig:
+    """Participant T1w comparators when the subject has a T1w: N4, Atropos tissues, modulated GM (VBM), volumes,
+    and (switched separately, for its cost) DiReCT cortical thickness."""
+
+    #: Run the structural step (priors, N4, Atropos, volumes, modulated GM) for every subject with a T1w (measured ~3 min per simulated 1 mm T1w, one thread).
+    enabled: bool = True
+    #: N4 bias correction: shrink factor of the fitting grid.
+    n4_shrink: int = 4
+    #: Atropos: weight of the template tissue priors (0: data only, 1: priors only).
+    prior_weight: float = 0.25
+    #: Atropos: EM iterations.
+    atropos_iterations: int = 5
+    #: Atropos: Markov random field smoothing factor (radius 1 voxel).
+    mrf: float = 0.1
+    #: Cortical thickness with DiReCT (ants.kelly_kapowski); off by default: measured 927 s per simulated 1 mm T1w at 1.5 mm / 20 iterations, over the 5-minute budget.
+    thickness: bool = False
+    #: Isotropic grid (mm) DiReCT runs on, the thickness brought back to the T1w grid by nearest neighbour (0: the T1w grid).
+    thickness_resolution_mm: float = 1.5
+    #: DiReCT iterations.
+    thickness_iterations: int = 20
+    #: DiReCT gradient step.
+    thickness_gradient_step: float = 0.025
+    #: DiReCT smoothing (sigma, voxels) of the velocity field.
+    thickness_smoothing: float = 1.5
+    #: Atlas regions whose volumes (native T1w, mm3) are written and compared between the groups (ICV- and age-adjusted).
+    volume_regions: tuple[str, ...] = ("caudate", "putamen", "globus_pallidus", "thalamus", "hippocampus",
+                                       "amygdala")
+    #: Atlas regions whose mean cortical thickness is written (motor cortex and pars opercularis).
+    thickness_regions: tuple[str, ...] = ("precentral_gyrus", "pars_opercularis")
+    #: VBM analysis mask: template voxels whose mean modulated GM over the participants is at least this.
+    vbm_gm_threshold: float = 0.2
+
+
+@dataclass
 class Config:
     """All parameters of a qsm-bids run."""
 
@@ -265,6 +300,7 @@ class Config:
     group: GroupConfig = field(default_factory=GroupConfig)
     roi_stats: RoiStatsConfig = field(default_factory=RoiStatsConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    structural: StructuralConfig = field(default_factory=StructuralConfig)
     seed: int = 0
     #: The named parameter set applied over the defaults (:data:`PRESETS`; "" for none).
     preset: str = ""
@@ -344,13 +380,22 @@ class Config:
             raise ConfigError("roi_stats.n_bootstrap must be 0 or more")
         if not (self.diffusion.shell_b > self.diffusion.b0_threshold >= 0 and self.diffusion.min_directions >= 6):
             raise ConfigError("diffusion: shell_b must exceed b0_threshold (>= 0) and min_directions be at least 6")
+        st = self.structural
+        if not (st.n4_shrink >= 1 and st.atropos_iterations >= 1 and st.thickness_iterations >= 1):
+            raise ConfigError("structural: n4_shrink, atropos_iterations and thickness_iterations must be at least 1")
+        if not (0 <= st.prior_weight <= 1 and st.mrf >= 0 and st.thickness_resolution_mm >= 0
+                and st.thickness_gradient_step > 0 and st.thickness_smoothing >= 0):
+            raise ConfigError("structural: prior_weight must lie in [0, 1], mrf, thickness_resolution_mm and "
+                              "thickness_smoothing be 0 or more, thickness_gradient_step positive")
+        if not 0 < st.vbm_gm_threshold < 1:
+            raise ConfigError("structural.vbm_gm_threshold must lie in (0, 1)")
         for pair in self.roi_stats.leakage_pairs:
             if len(pair) != 2:
                 raise ConfigError(f"roi_stats.leakage_pairs: each entry names two regions, got {list(pair)!r}")
 
 
 #: The configuration file's sections, in the order the README documents them.
-SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats", "diffusion")
+SECTIONS = ("inputs", "recon", "registration", "atlas", "group", "roi_stats", "diffusion", "structural")
 _SECTIONS = SECTIONS
 _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTIONS}
 

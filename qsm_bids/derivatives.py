@@ -84,6 +84,18 @@ PARTICIPANT_OUTPUTS: dict[str, Output] = {
     "xfm_dwi_t1w": Output("xfm", ".mat", {"from": "dwi", "to": "T1w", "mode": "image"}, "dwi"),
     "atlas_dwi": Output("dseg", ".nii.gz", {"atlas": "{atlas}"}, "dwi"),
     "dti_regions": Output("dwimap", ".tsv", {"atlas": "{atlas}", "stat": "median"}, "dwi"),
+    # T1w structural comparators, when the subject has a T1w (issue 13): tissues in native T1w space, thickness
+    # (structural.thickness), the VBM input and the Jacobian in template space, the volumes table
+    "probseg_csf": Output("probseg", ".nii.gz", {"label": "CSF"}),
+    "probseg_gm": Output("probseg", ".nii.gz", {"label": "GM"}),
+    "probseg_wm": Output("probseg", ".nii.gz", {"label": "WM"}),
+    "tissue_dseg": Output("dseg", ".nii.gz", {"desc": "tissue"}),
+    "thickness": Output("thickness"),
+    "thickness_template": Output("thickness", ".nii.gz", {"space": "{template}"}),
+    "gm_modulated_template": Output("probseg", ".nii.gz", {"space": "{template}", "label": "GM",
+                                                           "desc": "modulated"}),
+    "jacobian_template": Output("jacobian", ".nii.gz", {"space": "{template}"}),
+    "volumes": Output("morph", ".tsv", {"atlas": "{atlas}", "desc": "volumes"}),
 }
 
 #: Entities that identify a GRE run (copied from the input); the rest come from the output's entry.
@@ -191,6 +203,11 @@ GROUP_OUTPUTS: dict[str, str] = {
     "dti_correlations": "desc-dti_correlations.tsv",
     "dti_values": "desc-dti_values.tsv",
     "dti_scatter": "desc-dti_scatter.png",
+    "volumes_stats": "desc-volumes_stats.tsv",
+    "volumes_values": "desc-volumes_values.tsv",
+    "structural_summary": "structural.json",
+    "vbm": "vbm",
+    "thickness": "thickness",
     "report": "report.html",
 }
 

@@ -157,7 +157,7 @@ def sidecar_of(path) -> Path:
 
 # BIDS derivative entity order (the BIDS specification's entity table).
 _ENTITY_ORDER = ("sub", "ses", "acq", "run", "echo", "part", "space", "res", "atlas",
-                 "from", "to", "mode", "desc", "stat", "contrast")
+                 "from", "to", "mode", "label", "desc", "stat", "contrast")
 
 
 def derivative_name(entities: dict, suffix: str, extension: str) -> str:

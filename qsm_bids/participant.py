@@ -10,6 +10,9 @@ Steps, each resumable (see :mod:`qsm_bids.steps`):
 ``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN) unless ``register`` ran,
                Chimap, mask and T1w resampled to the template (docs/atlas_registration.md)
 ``regions``    atlas to native GRE space, eroded region medians (docs/atlas_registration.md)
+``structural`` with a T1w and ``structural.enabled``: N4, Atropos tissues (template priors), volumes, modulated
+               GM and the Jacobian in template space, DiReCT thickness with ``structural.thickness``
+``dti``        with DWI: gradient checks, tensor fit, FA/MD/RD/AD, CST medians
 ``report``     the participant QC page ``OUTPUT_DIR/sub-<l>.html``
 
 Subjects are independent: one that fails is logged with one line naming the
@@ -144,8 +147,65 @@ class ParticipantWorkflow:
                  {k: q[k] for k in ("atlas_native", "regions")}, self._regions,
                  "atlas to native space, eroded region medians"),
         ]
+        steps += self._structural_steps()
         steps += self._dti_steps()
         return steps
+
+    #: The structural step's outputs; the thickness ones only with ``structural.thickness``.
+    _STRUCTURAL_KEYS = ("probseg_csf", "probseg_gm", "probseg_wm", "tissue_dseg", "gm_modulated_template",
+                        "jacobian_template", "volumes")
+    _THICKNESS_KEYS = ("thickness", "thickness_template")
+
+    def _structural_steps(self) -> list:
+        """The ``structural`` step when the subject has a T1w and ``structural.enabled`` (issue 13)."""
+        cfg = self.cfg
+        if not self.subject.t1w:
+            return []
+        if not cfg.structural.enabled:
+            logger.info("[%s] structural step off (structural.enabled is false)", self.prefix)
+            return []
+        q = self.paths
+        keys = self._STRUCTURAL_KEYS + (self._THICKNESS_KEYS if cfg.structural.thickness else ())
+        atlas_files = [f for f in (cfg.atlas.atlas_file, cfg.atlas.atlas_labels) if f]
+        return [Step("structural", [str(self.subject.t1w), str(q["xfm_t1w_template"]), str(q["xfm_template_t1w"])]
+                     + atlas_files,
+                     {"structural": dataclasses.asdict(cfg.structural),
+                      "atlas": {k: getattr(cfg.atlas, k) for k in ("name", "atlas_file", "atlas_labels", "min_voxels")},
+                      "template": cfg.registration.template,
+                      "template_resolution_mm": cfg.registration.template_resolution_mm},
+                     {k: q[k] for k in keys}, self._structural,
+                     "N4, Atropos tissues with template priors, volumes, modulated GM"
+                     + (", DiReCT thickness" if cfg.structural.thickness else " (thickness off)"))]
+
+    def _structural(self, out: dict) -> dict:
+        import contextlib
+
+        from . import atlas as atlas_mod
+        from .io import sidecar_of
+        from .registration import set_threads
+        from .structural import process_structural
+
+        st = self.cfg.structural
+        if not st.thickness:  # maps of an earlier run with thickness on must not reach the group level
+            for key in self._THICKNESS_KEYS:
+                for path in (self.paths[key], sidecar_of(self.paths[key])):
+                    with contextlib.suppress(FileNotFoundError):
+                        Path(path).unlink()
+        if self.cfg.atlas.atlas_file:
+            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
+        else:
+            atlas_img, table = atlas_mod.default_atlas()
+        set_threads(self.n_cpus)
+        info = process_structural(
+            self.subject.t1w, self.paths["xfm_t1w_template"], self.paths["xfm_template_t1w"], out,
+            atlas_img=atlas_img, label_table=table, params=st,
+            resolution_mm=self.cfg.registration.template_resolution_mm, min_voxels=self.cfg.atlas.min_voxels,
+            work_dir=self.work_dir, sidecar=_sidecar("structural"))
+        logger.info("[%s] structural: ICV %.0f ml; stages %s", self.prefix, info["icv_mm3"] / 1000,
+                    ", ".join(f"{k} {v:.0f} s" for k, v in info["timings"].items()))
+        for w in info["warnings"]:
+            logger.warning("[%s] %s", self.prefix, w)
+        return info
 
     def _dti_steps(self) -> list:
         """The ``dti`` step when the subject has DWI (issue 13): none otherwise."""
@@ -375,7 +435,7 @@ class ParticipantWorkflow:
         from .report.participant import render_participant_report
 
         html = render_participant_report(
-            label=self.prefix, paths=self.paths, parameters=self.cfg.to_dict(),
+            label=self.prefix, paths={**self.paths, "t1w": self.subject.t1w}, parameters=self.cfg.to_dict(),
             timings=dict(self.runner.timings), warnings=self.warnings
             + [w for i in infos.values() for w in (i or {}).get("warnings", [])],
             version=__version__)

@@ -190,7 +190,8 @@ def _template_probability(kind: str) -> np.ndarray:
 
 
 def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: dict, *, atlas_img, label_table,
-                       params: dict, resolution_mm: float = 2.0, work_dir=None, sidecar: dict | None = None) -> dict:
+                       params, resolution_mm: float = 2.0, min_voxels: int = 10, work_dir=None,
+                       sidecar: dict | None = None) -> dict:
     """Segment one T1w, measure thickness and volumes, and write every structural output.
 
     Parameters
@@ -199,16 +200,17 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     xfm_t1w_template, xfm_template_t1w : path
         The registration step's composite transforms (T1w -> template, inverse).
     outputs : dict
-        Paths: ``probseg_csf``, ``probseg_gm``, ``probseg_wm``, ``dseg`` (native T1w),
-        ``thickness`` (native), ``thickness_template``, ``gm_modulated_template``,
-        ``jacobian_template``, ``volumes`` (TSV).
+        Paths: ``probseg_csf``, ``probseg_gm``, ``probseg_wm``, ``tissue_dseg`` (native T1w),
+        ``gm_modulated_template``, ``jacobian_template``, ``volumes`` (TSV), and with
+        ``params.thickness`` ``thickness`` (native) and ``thickness_template``.
     atlas_img, label_table : the atlas in template space and its table.
-    params : dict
+    params : ``Config.structural``
         ``n4_shrink``, ``prior_weight``, ``atropos_iterations``, ``mrf`` (N4 + Atropos),
-        ``thickness_resolution_mm`` (the grid DiReCT runs on; 0: the T1w grid), ``thickness_iterations``,
-        ``thickness_gradient_step``, ``thickness_smoothing`` (DiReCT), ``volume_regions``,
-        ``thickness_regions`` (atlas region names).
+        ``thickness`` (run DiReCT at all), ``thickness_resolution_mm`` (the grid DiReCT runs on; 0: the T1w
+        grid), ``thickness_iterations``, ``thickness_gradient_step``, ``thickness_smoothing`` (DiReCT),
+        ``volume_regions``, ``thickness_regions`` (atlas region names).
     resolution_mm : the template grid of the template-space outputs.
+    min_voxels : a region's mean thickness from fewer voxels is NaN.
 
     Returns
     -------
@@ -256,32 +258,34 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     timings["priors"] = round(time.perf_counter() - t0, 2)
 
     t0 = time.perf_counter()
-    t1c = n4(t1, mask_a, shrink_factor=params["n4_shrink"])
+    t1c = n4(t1, mask_a, shrink_factor=params.n4_shrink)
     timings["n4"] = round(time.perf_counter() - t0, 2)
     t0 = time.perf_counter()
-    seg, probs = segment(t1c, mask_a, priors_a, prior_weight=params["prior_weight"],
-                         iterations=params["atropos_iterations"], mrf=params["mrf"])
+    seg, probs = segment(t1c, mask_a, priors_a, prior_weight=params.prior_weight,
+                         iterations=params.atropos_iterations, mrf=params.mrf)
     timings["atropos"] = round(time.perf_counter() - t0, 2)
     prob_arr = np.stack([p.numpy() for p in probs]).astype(np.float32)
     prob_arr[:, ~mask] = 0
     icv = intracranial_volume_mm3(prob_arr, mask, voxel_volume)
 
-    t0 = time.perf_counter()
-    seg_d, gm_d, wm_d = seg, probs[1], probs[2]
-    r = float(params["thickness_resolution_mm"])
-    if r > 0 and not np.allclose(spacing, r):
-        # DiReCT's cost grows with the voxel count: run it on a coarser isotropic grid
-        seg_d = ants.resample_image(seg, (r, r, r), use_voxels=False, interp_type=1)
-        gm_d = ants.resample_image_to_target(probs[1], seg_d, interp_type="linear")
-        wm_d = ants.resample_image_to_target(probs[2], seg_d, interp_type="linear")
-    thick_d = thickness(seg_d, gm_d, wm_d, iterations=params["thickness_iterations"],
-                        gradient_step=params["thickness_gradient_step"], smoothing=params["thickness_smoothing"])
-    thick = thick_d if thick_d.shape == t1.shape else ants.resample_image_to_target(
-        thick_d, t1, interp_type="nearestNeighbor")
-    timings["direct"] = round(time.perf_counter() - t0, 2)
-    # thickness is defined in grey matter only
-    thick_arr = (thick.numpy() * (seg.numpy() == 2)).astype(np.float32)
-    thick = t1.new_image_like(thick_arr)
+    r = float(params.thickness_resolution_mm)
+    thick = thick_arr = None
+    if params.thickness:
+        t0 = time.perf_counter()
+        seg_d, gm_d, wm_d = seg, probs[1], probs[2]
+        if r > 0 and not np.allclose(spacing, r):
+            # DiReCT's cost grows with the voxel count: run it on a coarser isotropic grid
+            seg_d = ants.resample_image(seg, (r, r, r), use_voxels=False, interp_type=1)
+            gm_d = ants.resample_image_to_target(probs[1], seg_d, interp_type="linear")
+            wm_d = ants.resample_image_to_target(probs[2], seg_d, interp_type="linear")
+        thick_d = thickness(seg_d, gm_d, wm_d, iterations=params.thickness_iterations,
+                            gradient_step=params.thickness_gradient_step, smoothing=params.thickness_smoothing)
+        thick = thick_d if thick_d.shape == t1.shape else ants.resample_image_to_target(
+            thick_d, t1, interp_type="nearestNeighbor")
+        timings["direct"] = round(time.perf_counter() - t0, 2)
+        # thickness is defined in grey matter only
+        thick_arr = (thick.numpy() * (seg.numpy() == 2)).astype(np.float32)
+        thick = t1.new_image_like(thick_arr)
 
     # atlas labels in native T1w space: volumes and regional thickness
     t0 = time.perf_counter()
@@ -289,9 +293,10 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
                                 defaultvalue=0)
     labels = np.rint(lab.numpy()).astype(np.int16)
     labels[~mask] = 0
-    vols = region_volumes(labels, label_table, voxel_volume, tuple(params["volume_regions"]),
+    vols = region_volumes(labels, label_table, voxel_volume, tuple(params.volume_regions),
                           gm_probability=prob_arr[1])
-    thick_tab = region_mean_thickness(thick_arr, labels, label_table, tuple(params["thickness_regions"]))
+    thick_tab = (region_mean_thickness(thick_arr, labels, label_table, tuple(params.thickness_regions),
+                                       min_voxels=min_voxels) if thick_arr is not None else None)
 
     # template space: modulated GM (VBM) and thickness
     from .registration import brain_template
@@ -301,7 +306,8 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     gm_t = ants.apply_transforms(ref, probs[1], fwd, interpolator="linear", defaultvalue=0)
     jac = jacobian_determinant(ref, fwd, work_dir=work_dir)
     gm_mod = modulate(gm_t.numpy(), jac.numpy())
-    thick_t = ants.apply_transforms(ref, thick, fwd, interpolator="linear", defaultvalue=0)
+    thick_t = (ants.apply_transforms(ref, thick, fwd, interpolator="linear", defaultvalue=0)
+               if thick is not None else None)
     timings["template_space"] = round(time.perf_counter() - t0, 2)
 
     A = to_nibabel(t1).affine
@@ -311,14 +317,15 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
                           "brought by the from-template_to-T1w transform", "Classes": list(TISSUES)}
     for k, name in enumerate(TISSUES):
         write_nifti(out[f"probseg_{name.lower()}"], prob_arr[k], A, sidecar={**seg_info, "Label": name})
-    write_nifti(out["dseg"], seg.numpy().astype(np.uint8) * mask, A, dtype=np.uint8,
+    write_nifti(out["tissue_dseg"], seg.numpy().astype(np.uint8) * mask, A, dtype=np.uint8,
                 sidecar={**seg_info, "Labels": {"1": "CSF", "2": "GM", "3": "WM"}})
-    th_info = {**info, "Software": "ANTs (antspyx): KellyKapowski (DiReCT)", "Units": "mm",
-               "ThicknessGrid": f"{r:g} mm isotropic, nearest back to the T1w grid" if r > 0 else "T1w grid"}
-    write_nifti(out["thickness"], thick_arr, A, sidecar=th_info)
     res = {"Resolution": f"{resolution_mm:g} mm template grid"}
-    write_nifti(out["thickness_template"], thick_t.numpy(), A_t,
-                sidecar={**th_info, **res, "Interpolation": "linear"})
+    if thick is not None:
+        th_info = {**info, "Software": "ANTs (antspyx): KellyKapowski (DiReCT)", "Units": "mm",
+                   "ThicknessGrid": f"{r:g} mm isotropic, nearest back to the T1w grid" if r > 0 else "T1w grid"}
+        write_nifti(out["thickness"], thick_arr, A, sidecar=th_info)
+        write_nifti(out["thickness_template"], thick_t.numpy(), A_t,
+                    sidecar={**th_info, **res, "Interpolation": "linear"})
     write_nifti(out["jacobian_template"], jac.numpy(), A_t,
                 sidecar={**info, **res, "Description": "Jacobian determinant of the template -> T1w mapping "
                          "(T1w volume per template volume), affine included"})
@@ -328,13 +335,15 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     long = pd.concat([
         vols[["region", "hemisphere", "n_voxels"]].assign(measure="volume_mm3", value=vols["volume_mm3"]),
         vols[["region", "hemisphere", "n_voxels"]].assign(measure="gm_volume_mm3", value=vols["gm_volume_mm3"]),
-        thick_tab[["region", "hemisphere", "n_voxels"]].assign(measure="thickness_mm",
-                                                                value=thick_tab["thickness_mm"]),
+        *([thick_tab[["region", "hemisphere", "n_voxels"]].assign(measure="thickness_mm",
+                                                                  value=thick_tab["thickness_mm"])]
+          if thick_tab is not None else []),
         pd.DataFrame([{"region": "intracranial", "hemisphere": "n/a", "n_voxels": int(mask.sum()),
                        "measure": "icv_mm3", "value": icv}]),
     ], ignore_index=True)[["region", "hemisphere", "measure", "value", "n_voxels"]]
     write_tsv(out["volumes"], long, sidecar={
-        **info,
+        **info, "Thickness": "DiReCT thickness_mm rows included" if thick is not None
+        else "not computed (structural.thickness is false)",
         "region": {"Description": "Atlas region (or 'intracranial' for the ICV)"},
         "hemisphere": {"Description": "L, R, or n/a"},
         "measure": {"Description": "volume_mm3: atlas label voxels in native T1w space x voxel volume; "
@@ -346,5 +355,9 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
         "value": {"Description": "The measure's value (units per measure)"},
         "n_voxels": {"Description": "Native T1w voxels behind the value"},
     })
+    known = set(label_table["region"].astype(str))
+    wanted = list(params.volume_regions) + (list(params.thickness_regions) if params.thickness else [])
+    warnings = [f"structural: region '{name}' is not in the atlas's label table; no value written"
+                for name in dict.fromkeys(wanted) if name not in known]
     logger.info("structural: ICV %.0f ml, %s", icv / 1000, timings)
-    return {"timings": timings, "icv_mm3": icv, "warnings": []}
+    return {"timings": timings, "icv_mm3": icv, "thickness": bool(params.thickness), "warnings": warnings}

@@ -21,6 +21,8 @@ from browser import NO_CHROMIUM, chromium, open_in_chromium
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
+#: The structural settings of sub-01's runs: DiReCT thickness on a 3 mm grid, 10 iterations (test cost).
+THICKNESS = {"structural": {"thickness": True, "thickness_resolution_mm": 3.0, "thickness_iterations": 10}}
 
 
 def _cli(*args, check=False):
@@ -47,12 +49,15 @@ def cohort(tmp_path_factory):
     before = {p: p.stat().st_mtime_ns for p in bids.rglob("*")}
     out = root / "out"
     common = ["participant", "--registration", "fast", "--n-cpus", "1", "--skip-bids-validation"]
+    # sub-01's job also measures cortical thickness (off by default for its cost), on a coarse grid
+    thickness = root / "thickness.json"
+    thickness.write_text(json.dumps(THICKNESS))
     # two jobs of a job array writing into one OUTPUT_DIR at the same time
-    jobs = [subprocess.Popen([str(BIN / "qsm-bids"), str(bids), str(out), *common, "--participant-label", *labels],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for labels in (["01", "03"], ["02", "04", "05"])]
+    jobs = [subprocess.Popen([str(BIN / "qsm-bids"), str(bids), str(out), *common, "--participant-label", *labels,
+                              *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for labels, extra in ((["01", "03"], ["--config", str(thickness)]), (["02", "04", "05"], []))]
     results = [(j.wait(), *j.communicate()) for j in jobs]
-    return {"bids": bids, "out": out, "results": results, "before": before}
+    return {"bids": bids, "out": out, "results": results, "before": before, "thickness": thickness}
 
 
 def test_participant_jobs(cohort):
@@ -98,6 +103,47 @@ def test_participant_outputs(cohort):
     assert not list(out.rglob(".*.tmp*"))
 
 
+def test_structural_outputs(cohort):
+    """T1w subjects: tissues, volumes (+ ICV), modulated GM and the Jacobian; thickness where it was switched on
+    (sub-01); nothing for the subjects without a T1w; every parameter in the sidecars."""
+    out, tpl = cohort["out"], "MNI152NLin2009aSym"
+    for label in ("01", "02"):
+        anat = out / f"sub-{label}" / "anat"
+        for name in ("label-CSF_probseg", "label-GM_probseg", "label-WM_probseg", "desc-tissue_dseg",
+                     f"space-{tpl}_label-GM_desc-modulated_probseg", f"space-{tpl}_jacobian"):
+            assert (anat / f"sub-{label}_{name}.nii.gz").exists(), name
+            assert (anat / f"sub-{label}_{name}.json").exists(), name
+        side = json.loads((anat / f"sub-{label}_label-GM_probseg.json").read_text())
+        assert side["GeneratedBy"]["Step"] == "structural"
+        assert side["Parameters"]["structural"]["prior_weight"] == 0.25
+        seg = np.asarray(nib.load(str(anat / f"sub-{label}_desc-tissue_dseg.nii.gz")).dataobj)
+        assert set(np.unique(seg)) == {0, 1, 2, 3}
+        vols = pd.read_csv(anat / f"sub-{label}_atlas-qsmbids_desc-volumes_morph.tsv", sep="\t")
+        v = vols[vols.measure == "volume_mm3"]
+        assert sorted(set(v.region)) == sorted(["caudate", "putamen", "globus_pallidus", "thalamus", "hippocampus",
+                                                "amygdala"]) and len(v) == 12
+        assert (v.value > 100).all() and (v.value < 30000).all(), v  # mm3: a putamen is ~5 ml
+        icv = vols.loc[vols.measure == "icv_mm3", "value"].iloc[0]
+        assert 1.0e6 < icv < 2.2e6, icv
+        # the modulated GM integrates (template voxels x GM x Jacobian) to about the native GM volume
+        gm_img = nib.load(str(anat / f"sub-{label}_space-{tpl}_label-GM_desc-modulated_probseg.nii.gz"))
+        gm_native = nib.load(str(anat / f"sub-{label}_label-GM_probseg.nii.gz"))
+        integral = np.asarray(gm_img.dataobj).sum() * np.prod(gm_img.header.get_zooms()[:3])
+        native = np.asarray(gm_native.dataobj).sum() * np.prod(gm_native.header.get_zooms()[:3])
+        assert abs(integral / native - 1) < 0.15, (integral, native)
+        has_thickness = label == "01"
+        assert (anat / f"sub-{label}_thickness.nii.gz").exists() == has_thickness
+        assert (anat / f"sub-{label}_space-{tpl}_thickness.nii.gz").exists() == has_thickness
+        th = vols[vols.measure == "thickness_mm"]
+        assert len(th) == (4 if has_thickness else 0)
+        if has_thickness:
+            assert ((th.value > 0.5) & (th.value < 6)).all(), th
+    for label in ("03", "04"):
+        anat = out / f"sub-{label}" / "anat"
+        assert not list(anat.glob("*_label-*")) and not list(anat.glob("*_morph.tsv"))
+        assert not list(anat.glob("*_thickness.nii.gz")) and not list(anat.glob("*_jacobian.nii.gz"))
+
+
 def test_chimap_close_to_truth(cohort):
     """Deep grey medians of the whole chain near the truth, demeaned (the demo's 2 mm protocol)."""
     out, bids = cohort["out"], cohort["bids"]
@@ -122,20 +168,22 @@ def test_chimap_close_to_truth(cohort):
 
 def test_rerun_reuses_every_step(cohort):
     res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
-               "--skip-bids-validation", "--participant-label", "01", "03")
+               "--skip-bids-validation", "--participant-label", "01", "03", "--config", cohort["thickness"])
     assert res.returncode == 0, res.stderr[-2000:]
-    # sub-01 (T1w: register, qsm, normalise, regions, dti) and sub-03 (no T1w: qsm, normalise, regions)
-    assert res.stderr.count("reused") == 8
+    # sub-01 (T1w: register, qsm, normalise, regions, structural, dti) and sub-03 (no T1w: qsm, normalise,
+    # regions)
+    assert res.stderr.count("reused") == 9
 
 
 def test_changed_parameter_reruns_only_what_depends_on_it(cohort, tmp_path):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"atlas": {"erosion_radius_mm": 2.0}}))
+    cfg.write_text(json.dumps({"atlas": {"erosion_radius_mm": 2.0}, **THICKNESS}))
     res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
                "--skip-bids-validation", "--participant-label", "01", "--config", cfg)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "step qsm          reused" in res.stderr and "step normalise    reused" in res.stderr
     assert "step regions      started" in res.stderr
+    assert "step structural   reused" in res.stderr  # the region erosion is not one of its parameters
 
 
 def test_group_level(cohort):
@@ -200,6 +248,21 @@ def test_dti_outputs_near_truth_and_in_the_group_report(cohort):
     assert "Cortical thickness (DiReCT)</b>: not computed" in html
 
 
+def test_structural_group_says_why_not_computed(cohort):
+    """Only sub-01 and sub-02 have a T1w: the structural step runs and says that the volumes, VBM and thickness
+    need two participants per group (computed cases: tests/test_group_structural.py)."""
+    group = cohort["out"] / "group"
+    summary = json.loads((group / "structural.json").read_text())
+    assert summary["n_with_structural"] == 2 and summary["n_participants"] == 4
+    for key in ("volumes", "vbm", "thickness"):
+        assert not summary[key]["computed"] and "at least 2 per group" in summary[key]["reason"], summary[key]
+    html = (group / "report.html").read_text()
+    assert "Subcortical volumes</b>: not computed" in html and "Voxel-based morphometry (modulated GM)</b>: not " \
+        "computed" in html
+    assert "2 participant(s) have no structural results" in json.dumps(json.loads(
+        (group / "group.json").read_text())["Warnings"])
+
+
 def test_group_with_too_few_participants_is_65(cohort):
     res = _cli(cohort["bids"], cohort["out"], "group", "--participant-label", "01", "02", "03",
                "--n-permutations", "10", "--template", "mni")
@@ -210,8 +273,9 @@ def test_group_with_too_few_participants_is_65(cohort):
 def test_participant_page_opens_in_chromium(cohort, tmp_path):
     text = (cohort["out"] / "sub-01.html").read_text()
     result = open_in_chromium(text, tmp_path / "sub-01.html", tmp_path)
-    # mask over magnitude, QSM in three planes, T1w and QSM over the template edges, FA with the atlas
-    assert result.probe["images"] == 5 and result.probe["broken"] == [], result.probe
+    # mask over magnitude, QSM in three planes, T1w and QSM over the template edges, FA with the atlas,
+    # tissue segmentation and thickness over the T1w
+    assert result.probe["images"] == 7 and result.probe["broken"] == [], result.probe
     assert result.probe["errors"] == [] and result.console == [], (result.probe, result.console)
     assert "caudate" in result.dom
 
@@ -225,8 +289,9 @@ def test_bad_gradient_table_fails_alone_with_65(cohort):
         r[3] = f"{float(r[3]) * 0.5:.6f}"
     bvec.write_text("\n".join(" ".join(r) for r in rows) + "\n")
     res = _cli(cohort["bids"], cohort["out"], "participant", "--registration", "fast", "--n-cpus", "1",
-               "--skip-bids-validation", "--participant-label", "01")
+               "--skip-bids-validation", "--participant-label", "01", "--config", cohort["thickness"])
     assert res.returncode == 65, res.stderr[-2000:]
+    assert "step structural   reused" in res.stderr
     lines = [ln for ln in res.stderr.splitlines() if "sub-01_dwi.bvec" in ln and "ERROR" in ln]
     assert len(lines) == 1 and "volume 3" in lines[0] and "unit length" in lines[0], res.stderr[-2000:]
     assert "Traceback" not in res.stderr

@@ -52,3 +52,20 @@ def test_render_participant_report(tmp_path):
 def test_render_with_nothing_available(tmp_path):
     html = render_participant_report("sub-02", {}, None, None, None)
     assert html.count("not available") >= 5
+
+
+def test_segmentation_and_thickness_figures(tmp_path):
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    shape = (20, 24, 18)
+    ii, jj, kk = np.indices(shape)
+    r = np.sqrt(((ii - 10) / 8) ** 2 + ((jj - 12) / 10) ** 2 + ((kk - 9) / 7) ** 2)
+    seg = np.select([r < 0.6, r < 0.8, r < 1.0], [3, 2, 1], 0)
+    paths = {"t1w": _save(tmp_path / "t1w.nii.gz", np.where(r < 1, 100.0 * seg, 5.0), aff),
+             "tissue_dseg": _save(tmp_path / "dseg.nii.gz", seg, aff)}
+    html = render_participant_report("sub-01", paths)
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', html)) == 1
+    assert "Tissue segmentation" in html and "not available (no T1w, or structural.thickness is false)" in html
+    paths["thickness"] = _save(tmp_path / "thickness.nii.gz", np.where(seg == 2, 2.5, 0.0), aff)
+    html = render_participant_report("sub-01", paths)
+    assert len(re.findall(r'src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"', html)) == 2
+    assert "Cortical thickness (DiReCT" in html

@@ -29,9 +29,18 @@ BIN = Path(sys.executable).parent
 TIMING_KEYS = {"Timings", "TimingsSeconds", "timings", "seconds", "finished"}
 
 
+def _no_structural(bids) -> str:
+    """A config that switches the T1w structural step off (3 min per T1w, not what these tests are about)."""
+    path = Path(bids).parent / "no-structural.json"
+    if not path.exists():
+        path.write_text(json.dumps({"structural": {"enabled": False}}))
+    return str(path)
+
+
 def _cli(bids, out, *extra, env=None):
     return subprocess.run([str(BIN / "qsm-bids"), str(bids), str(out), "participant", "--registration", "fast",
-                           "--n-cpus", "1", "--skip-bids-validation", *map(str, extra)],
+                           "--n-cpus", "1", "--skip-bids-validation", "--config", _no_structural(bids),
+                           *map(str, extra)],
                           capture_output=True, text=True, env=env, preexec_fn=lambda: os.umask(0o022))
 
 
@@ -149,7 +158,8 @@ def test_kill_during_registration_then_rerun_matches_uninterrupted(cohort):
     tmpdir.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir))
     cmd = [str(BIN / "qsm-bids"), str(cohort["bids"]), str(out), "participant", "--registration", "fast",
-           "--n-cpus", "1", "--skip-bids-validation", "--participant-label", "02"]
+           "--n-cpus", "1", "--skip-bids-validation", "--participant-label", "02",
+           "--config", _no_structural(cohort["bids"])]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=lambda: os.umask(0o022))
     deadline = time.monotonic() + 600

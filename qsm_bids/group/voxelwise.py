@@ -197,7 +197,8 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
 
 def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
                     tfce_connectivity: int = 26, to_mni=None, label_lookup="default",
-                    parameters: dict | None = None) -> dict:
+                    parameters: dict | None = None, measure: str = "absolute QSM (ppm)",
+                    mask_rule: str | None = None) -> dict:
     """Write maps (analysis space and MNI), cluster tables and sidecars.
 
     Parameters
@@ -209,6 +210,8 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     label_lookup : "default", callable or None
         Atlas names at the cluster peaks (MNI mm); "default" uses the
         package's default atlas.
+    measure : what the maps are (the sidecars' description), e.g. "modulated GM probability (VBM)".
+    mask_rule : how the analysis mask was made (default: the QSM masks' coverage rule).
 
     Returns
     -------
@@ -220,7 +223,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     if label_lookup == "default":
         label_lookup = default_atlas_lookup()
     sidecar_base = {
-        "Description": "Voxelwise two-group comparison of absolute QSM (ppm): Gaussian smoothing "
+        "Description": f"Voxelwise two-group comparison of {measure}: Gaussian smoothing "
                        "compensated at the brain boundary, GLM, Freedman-Lane permutations, exact "
                        "TFCE, FWE-corrected p from the maximum statistic.",
         "NumberOfSubjects": result.n_subjects,
@@ -230,8 +233,9 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     }
     written = {}
     mask_path = out_dir / GROUP_OUTPUTS["analysis_mask"]
-    rule = (f"voxels covered by at least {result.coverage_need} of {result.n_subjects} participants' QSM masks "
-            f"(group.coverage_fraction {(parameters or {}).get('group', {}).get('coverage_fraction', 'n/a')})")
+    rule = mask_rule or (
+        f"voxels covered by at least {result.coverage_need} of {result.n_subjects} participants' QSM masks "
+        f"(group.coverage_fraction {(parameters or {}).get('group', {}).get('coverage_fraction', 'n/a')})")
     write_nifti(mask_path, result.mask.astype(np.uint8), result.affine, dtype=np.uint8,
                 sidecar={**sidecar_base, "Description": f"Analysis mask: {rule}",
                          "MinimumCoverage": result.coverage_need})
@@ -239,7 +243,7 @@ def write_voxelwise(result: VoxelwiseResult, out_dir, *, alpha: float = 0.05,
     if result.coverage is not None:
         cov_path = out_dir / GROUP_OUTPUTS["coverage_map"]
         write_nifti(cov_path, result.coverage.astype(np.int16), result.affine, dtype=np.int16,
-                    sidecar={**sidecar_base, "Description": "Coverage map: how many participants' QSM masks "
+                    sidecar={**sidecar_base, "Description": "Coverage map: how many participants' masks "
                              f"cover each voxel; the analysis mask is {rule}",
                              "MinimumCoverage": result.coverage_need, "Units": "participants"})
         written["coverage_map"] = str(cov_path)

@@ -7,6 +7,8 @@ has only the derivatives. Steps, each resumable:
 ``template``   study template from the participants' template-space T1w (or MNI)
 ``voxelwise``  smoothing, GLM, Freedman-Lane permutations with TFCE, FWE p
 ``regions``    region statistics, correlations, demographics
+``structural`` with T1w results: subcortical volumes, VBM, cortical thickness (group/vbm/, group/thickness/)
+``dti``        with DTI results: QSM-DTI Spearman correlations in the CST
 ``report``     ``group/report.html``
 """
 
@@ -54,7 +56,7 @@ class GroupInputs:
 
 #: Participant derivatives the group level reads, and those without which a participant is excluded.
 _KEYS = ("chi_template", "t1w_template", "mask_template", "regions", "chi", "xfm_gre_t1w", "xfm_t1w_template",
-         "dti_regions")
+         "dti_regions", "volumes", "gm_modulated_template", "thickness_template")
 _REQUIRED = ("chi_template", "t1w_template", "mask_template", "regions")
 
 
@@ -275,7 +277,34 @@ class GroupWorkflow:
                  "regions": list(cfg.diffusion.regions)},
                 {k: self.paths[k] for k in ("dti_correlations", "dti_values", "dti_scatter")},
                 lambda out: self._dti(out, with_dti), "QSM-DTI Spearman correlations in the CST"))
+        with_structural = [p for p in self.selection["participants"] if "volumes" in self.inputs.files[p]]
+        if with_structural:
+            steps.append(Step(
+                "structural", [str(v) for p in with_structural for k, v in self.inputs.files[p].items()
+                               if k in ("volumes", "gm_modulated_template", "thickness_template")]
+                + [str(Path(self.bids_dir) / "participants.tsv")],
+                {**base_params, "with_structural": with_structural, "group": dataclasses.asdict(cfg.group),
+                 "roi_stats": {k: getattr(cfg.roi_stats, k) for k in ("laterality_alpha", "rank_sum_continuity")},
+                 "structural": {k: getattr(cfg.structural, k) for k in ("volume_regions", "vbm_gm_threshold")}},
+                {"structural_summary": self.paths["structural_summary"]},
+                lambda out: self._structural(out, with_structural),
+                "subcortical volumes (ICV- and age-adjusted rank-sum), VBM and thickness (GLM, TFCE, FWE)"))
+        else:  # a summary of an earlier run must not describe participants that are not here
+            self.paths["structural_summary"].unlink(missing_ok=True)
         return steps
+
+    def _structural(self, out: dict, with_structural: list) -> dict:
+        from .structural import run_structural_group
+
+        summary = run_structural_group(
+            {p: self.inputs.files[p] for p in with_structural}, self.inputs.participants,
+            {**{k: self.paths[k] for k in ("volumes_stats", "volumes_values", "vbm", "thickness")}, **out},
+            group=self.cfg.group, roi_stats=self.cfg.roi_stats, structural=self.cfg.structural, seed=self.cfg.seed,
+            n_jobs=self.n_cpus, work_dir=self.work_dir, parameters=self.cfg.to_dict(),
+            sidecar={"GeneratedBy": generated_by(Level="group", Step="structural")})
+        return {"warnings": summary["warnings"]
+                + [f"{k}: not computed: {summary[k]['reason']}" for k in ("volumes", "vbm", "thickness")
+                   if not summary[k]["computed"]]}
 
     def _dti(self, out: dict, with_dti: list) -> dict:
         from .dti import cst_values, dti_correlations, read_dti_tables, write_dti_outputs

@@ -502,17 +502,62 @@ def _selection_view(selection: pd.DataFrame | None, config, analysis: str) -> di
             "included": ", ".join(map(str, included["participant_id"]))}
 
 
-#: The structural comparators and why each is missing when its files are absent (issue 13).
+#: The T1w comparators in the group's structural summary (``structural.json``), as the report names them.
 _STRUCTURAL_MEASURES = (
-    ("Voxel-based morphometry (modulated GM)", "not implemented in this version (segmentation not yet wired)"),
-    ("Cortical thickness (DiReCT)", "not implemented in this version (segmentation not yet wired)"),
-    ("Subcortical volumes", "not implemented in this version (segmentation not yet wired)"),
+    ("volumes", "Subcortical volumes"),
+    ("vbm", "Voxel-based morphometry (modulated GM)"),
+    ("thickness", "Cortical thickness (DiReCT)"),
 )
+
+
+def _voxelwise_view(group_dir: Path, entry: dict, alpha: float) -> dict:
+    """Contrasts (significant voxels, lowest FWE p), cluster tables and a figure of a VBM/thickness analysis."""
+    from nilearn.datasets import load_mni152_template
+
+    rows, clusters, figures = [], [], []
+    files = entry.get("files", {})
+    for cname, c in entry.get("contrasts", {}).items():
+        rows.append({"contrast": cname, "n_voxels": entry.get("n_voxels"), "n_significant": c["n_significant_voxels"],
+                     "min_pfwe": c["min_pfwe"]})
+        table_path = group_dir / files.get(f"{cname}_clusters", "")
+        table = _read_table(table_path) if f"{cname}_clusters" in files and table_path.exists() else None
+        if table is not None and len(table):
+            clusters.append({"contrast": cname, "table": _table(table, "{:.3g}")})
+        if c["n_significant_voxels"] and f"{cname}_tfce" in files:
+            try:
+                fig, _ = cluster_slices_figure(load_mni152_template(resolution=2), group_dir / files[f"{cname}_tfce"],
+                                               group_dir / files[f"{cname}_pfwe"], alpha=alpha,
+                                               title=f"{cname}: FWE p < {alpha:g}")
+                figures.append(figure_to_data_uri(fig, dpi=72))
+            except Exception as exc:  # noqa: BLE001 - a broken map must not lose the report
+                logger.warning("structural figure of %s failed: %s", cname, exc)
+    return {"table": _table(pd.DataFrame(rows)), "clusters": clusters, "figures": figures,
+            "n_participants": entry.get("n_participants"), "covariates": ", ".join(entry.get("covariates", []))}
 
 
 def structural_view(group_dir) -> dict:
     """The "Structural comparators" section from the files in ``group_dir`` (None: no group folder)."""
-    view = {"dti": None, "not_computed": [{"measure": m, "reason": r} for m, r in _STRUCTURAL_MEASURES]}
+    view = {"dti": None, "volumes": None, "vbm": None, "thickness": None, "not_computed": []}
+    summary_path = Path(group_dir) / GROUP_OUTPUTS["structural_summary"] if group_dir is not None else None
+    if summary_path is None or not summary_path.exists():
+        for _, measure in _STRUCTURAL_MEASURES:
+            view["not_computed"].append({"measure": measure, "reason": "no participant has structural results (no "
+                                         "T1w, or the participant level ran with structural.enabled false)"})
+    else:
+        summary = json.loads(summary_path.read_text())
+        alpha = float(summary.get("alpha", 0.05))
+        for key, measure in _STRUCTURAL_MEASURES:
+            entry = summary.get(key, {})
+            if not entry.get("computed"):
+                view["not_computed"].append({"measure": measure, "reason": str(entry.get("reason", "not run"))})
+            elif key == "volumes":
+                path = Path(group_dir) / GROUP_OUTPUTS["volumes_stats"]
+                if path.exists():
+                    view["volumes"] = {"table": _table(_read_table(path)), "n_participants": entry.get("n_participants")}
+                else:
+                    view["not_computed"].append({"measure": measure, "reason": f"{path.name} is missing"})
+            else:
+                view[key] = _voxelwise_view(Path(group_dir), entry, alpha)
     corr_path = Path(group_dir) / GROUP_OUTPUTS["dti_correlations"] if group_dir is not None else None
     if corr_path is None or not corr_path.exists():
         view["not_computed"].insert(0, {"measure": "QSM-DTI correlations (FA, MD, RD, AD in the CST)",

@@ -18,7 +18,7 @@ from . import figure_to_data_uri, new_figure, render_template
 logger = logging.getLogger(__name__)
 
 __all__ = ["render_participant_report", "figure_mask_over_magnitude", "figure_qsm_planes",
-           "figure_registration_overlay"]
+           "figure_registration_overlay", "figure_overlay_on_image"]
 
 _PLANES = ("sagittal", "coronal", "axial")
 
@@ -75,21 +75,30 @@ def _robust(vol, mask=None):
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
-def figure_mask_over_magnitude(magnitude, mask, zooms) -> str:
-    """Magnitude in grey with the brain mask outline, three planes through the mask centre."""
-    fig = new_figure(figsize=(10, 3.6))
-    centre = _centre(mask)
-    vmin, vmax = _robust(magnitude)
+def _grey_planes(fig, image, centre, zooms, draw_over=None) -> None:
+    """``image`` in grey in three planes through ``centre``; ``draw_over(ax, plane, index)`` adds an overlay."""
+    vmin, vmax = _robust(image)
     for k, plane in enumerate(_PLANES):
         ax = fig.add_subplot(1, 3, k + 1)
         i = _plane_index(centre, plane)
-        ax.imshow(_slice(magnitude, plane, i), cmap="gray", vmin=vmin, vmax=vmax, origin="lower",
+        ax.imshow(_slice(image, plane, i), cmap="gray", vmin=vmin, vmax=vmax, origin="lower",
                   aspect=_aspect(zooms, plane), interpolation="nearest")
+        if draw_over is not None:
+            draw_over(ax, plane, i)
+        ax.set_title(plane, fontsize=9)
+        ax.axis("off")
+
+
+def figure_mask_over_magnitude(magnitude, mask, zooms) -> str:
+    """Magnitude in grey with the brain mask outline, three planes through the mask centre."""
+    fig = new_figure(figsize=(10, 3.6))
+
+    def outline(ax, plane, i):
         m = _slice(mask, plane, i)
         if (m > 0).any() and (m == 0).any():
             ax.contour(m > 0, levels=[0.5], colors="red", linewidths=0.8)
-        ax.set_title(plane, fontsize=9)
-        ax.axis("off")
+
+    _grey_planes(fig, magnitude, _centre(mask), zooms, outline)
     fig.set_facecolor("white")
     return figure_to_data_uri(fig)
 
@@ -118,6 +127,26 @@ def figure_qsm_planes(chi, mask, zooms, window_ppm: float = 0.15) -> str:
     if im is not None:
         cb = fig.colorbar(im, ax=fig.axes, shrink=0.6, fraction=0.03)
         cb.set_label("ppm")
+    fig.set_facecolor("white")
+    return figure_to_data_uri(fig)
+
+
+def figure_overlay_on_image(image, overlay, zooms, *, cmap: str, vmin: float, vmax: float,
+                            colorbar: str | None = None) -> str:
+    """An overlay (tissue labels, thickness) in colour over an image in grey, zero shown transparent,
+    three planes through the overlay's centre."""
+    fig = new_figure(figsize=(10, 3.6))
+    drawn = []
+
+    def colour(ax, plane, i):
+        o = _slice(overlay, plane, i)
+        drawn.append(ax.imshow(np.ma.masked_where(o <= 0, o), cmap=cmap, vmin=vmin, vmax=vmax, alpha=0.6,
+                               origin="lower", aspect=_aspect(zooms, plane), interpolation="nearest"))
+
+    _grey_planes(fig, image, _centre(overlay), zooms, colour)
+    if colorbar and drawn:
+        cb = fig.colorbar(drawn[-1], ax=fig.axes, shrink=0.6, fraction=0.03)
+        cb.set_label(colorbar)
     fig.set_facecolor("white")
     return figure_to_data_uri(fig)
 
@@ -186,7 +215,8 @@ def render_participant_report(label: str, paths: dict, parameters: dict | None =
     paths : dict
         Derivative paths; used keys (each optional, a missing file shows as
         "not available"): ``magnitude``, ``mask``, ``chi``, ``t1w_template``,
-        ``chi_template``, ``regions`` (the median TSV), ``dti_fa`` and ``atlas_dwi`` (DTI).
+        ``chi_template``, ``regions`` (the median TSV), ``dti_fa`` and ``atlas_dwi`` (DTI),
+        ``t1w`` (the input T1w) with ``tissue_dseg`` and ``thickness`` (structural).
     parameters : dict
         Every parameter used (shown as JSON).
     timings : dict
@@ -230,6 +260,24 @@ def render_participant_report(label: str, paths: dict, parameters: dict | None =
                         "FA, MD, RD, AD are in the dwi/ table)"))
     else:
         figures.append(("DTI: FA (native DWI space)", None, "not available (no DWI for this subject)"))
+    t1w, dseg, thick = _load(paths.get("t1w")), _load(paths.get("tissue_dseg")), _load(paths.get("thickness"))
+    if t1w is not None and dseg is not None and t1w[0].shape == dseg[0].shape:
+        figures.append(("Tissue segmentation (native T1w space)",
+                        figure_overlay_on_image(t1w[0], dseg[0], t1w[1], cmap="viridis", vmin=1, vmax=3),
+                        "Atropos with template priors after N4: CSF (purple), GM (green), WM (yellow); the "
+                        "volumes and the ICV are in the anat/ _desc-volumes_morph table"))
+    else:
+        figures.append(("Tissue segmentation (native T1w space)", None,
+                        "not available (no T1w, or structural.enabled is false)"))
+    if t1w is not None and thick is not None and t1w[0].shape == thick[0].shape:
+        figures.append(("Cortical thickness (DiReCT, native T1w space)",
+                        figure_overlay_on_image(t1w[0], thick[0], t1w[1], cmap="hot", vmin=0,
+                                                vmax=max(float(np.percentile(thick[0][thick[0] > 0], 99))
+                                                         if (thick[0] > 0).any() else 1.0, 1.0), colorbar="mm"),
+                        "DiReCT thickness over the grey matter (mm)"))
+    else:
+        figures.append(("Cortical thickness (DiReCT, native T1w space)", None,
+                        "not available (no T1w, or structural.thickness is false)"))
     timings = {str(k): (f"{float(v):.1f}" if isinstance(v, (int, float)) else str(v))
                for k, v in (timings or {}).items()}
     return render_template(
