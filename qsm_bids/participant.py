@@ -156,6 +156,14 @@ class ParticipantWorkflow:
                         "jacobian_template", "volumes")
     _THICKNESS_KEYS = ("thickness", "thickness_template")
 
+    def _atlas(self):
+        """The configured atlas (a user atlas file, else the package's) in template space and its label table."""
+        from . import atlas as atlas_mod
+
+        if self.cfg.atlas.atlas_file:
+            return atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
+        return atlas_mod.default_atlas()
+
     def _structural_steps(self) -> list:
         """The ``structural`` step when the subject has a T1w and ``structural.enabled`` (issue 13)."""
         cfg = self.cfg
@@ -180,7 +188,6 @@ class ParticipantWorkflow:
     def _structural(self, out: dict) -> dict:
         import contextlib
 
-        from . import atlas as atlas_mod
         from .io import sidecar_of
         from .registration import set_threads
         from .structural import process_structural
@@ -191,10 +198,7 @@ class ParticipantWorkflow:
                 for path in (self.paths[key], sidecar_of(self.paths[key])):
                     with contextlib.suppress(FileNotFoundError):
                         Path(path).unlink()
-        if self.cfg.atlas.atlas_file:
-            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
-        else:
-            atlas_img, table = atlas_mod.default_atlas()
+        atlas_img, table = self._atlas()
         set_threads(self.n_cpus)
         info = process_structural(
             self.subject.t1w, self.paths["xfm_t1w_template"], self.paths["xfm_template_t1w"], out,
@@ -230,13 +234,9 @@ class ParticipantWorkflow:
                      "DWI checks, b0 mask, DIPY tensor fit, FA/MD/RD/AD, b0 -> T1w rigid, atlas medians")]
 
     def _dti(self, out: dict, reference) -> dict:
-        from . import atlas as atlas_mod
         from .diffusion import process_dwi
 
-        if self.cfg.atlas.atlas_file:
-            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
-        else:
-            atlas_img, table = atlas_mod.default_atlas()
+        atlas_img, table = self._atlas()
         info = process_dwi(self.subject.dwi, reference, self.paths["xfm_template_t1w"], out,
                            params=self.cfg.diffusion, atlas_img=atlas_img, label_table=table,
                            preset=self.cfg.registration.preset, seed=self.cfg.seed,
@@ -403,10 +403,7 @@ class ParticipantWorkflow:
         from . import atlas as atlas_mod
         from . import registration
 
-        if self.cfg.atlas.atlas_file:
-            atlas_img, table = atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
-        else:
-            atlas_img, table = atlas_mod.default_atlas()
+        atlas_img, table = self._atlas()
         chi_img = nib.load(str(self.paths["chi"]))
         labels_native = registration.atlas_to_native(
             atlas_img, reference=chi_img, xfm_gre_t1w=self.paths["xfm_gre_t1w"],
