@@ -88,6 +88,11 @@ def test_same_seed_same_bytes_whatever_the_jobs(dataset, tmp_path):
 def test_errors(tmp_path, capsys):
     assert main([str(tmp_path / "x"), "--coils", "0"]) == 64
     assert main([str(tmp_path / "x"), "--echo-times", "0.02", "0.01"]) == 64
+    assert main([str(tmp_path / "x"), "--atrophy", "cerebellum=0.1"]) == 64
+    assert "no atlas region 'cerebellum'" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "--atrophy", "putamen=0.7"]) == 64
+    assert "0 < LOSS < 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing written for a bad request
     full = tmp_path / "full"
     full.mkdir()
     (full / "something.txt").write_text("x")

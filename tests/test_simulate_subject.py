@@ -137,3 +137,35 @@ def test_participants_table():
     assert p.age.between(39, 77).all()
     assert p.loc[p.group == "control", "alsfrs_r"].isna().all()
     assert p.loc[p.group == "ALS", "onset"].isin(["limb", "bulbar"]).all()
+
+
+def test_planted_atrophy_shrinks_the_region_and_nothing_far_away():
+    """The putamen loses its planted fraction of volume; regions far from it keep theirs to the voxel;
+    without atrophy the subject is bit-identical to one simulated with a zero loss."""
+    kw = dict(echo_times=(0.02,), pose="identity", **SMALL)
+    base = simulate_subject(3, group="ALS", **kw)
+    none = simulate_subject(3, group="ALS", atrophy={"putamen": 0.0}, **kw)
+    assert none["t1w"].tobytes() == base["t1w"].tobytes()
+    assert none["phase"].tobytes() == base["phase"].tobytes()
+    shrunk = simulate_subject(3, group="ALS", atrophy={"putamen": 0.15}, **kw)
+    v0 = base["t1w_region_volumes"].set_index(["region", "hemisphere"])["volume_mm3"]
+    v1 = shrunk["t1w_region_volumes"].set_index(["region", "hemisphere"])["volume_mm3"]
+    change = v1 / v0 - 1
+    for hemi in "LR":
+        assert -0.18 < change[("putamen", hemi)] < -0.11, change[("putamen", hemi)]
+        for far in ("dentate_nucleus", "red_nucleus", "precentral_gyrus"):
+            assert v1[(far, hemi)] == v0[(far, hemi)], far
+    assert shrunk["pose"]["atrophy"][0]["volume_loss"] == 0.15
+    assert Pose.from_dict(shrunk["pose"]).atrophy[0][2] == 0.15
+
+
+def test_atrophy_sites_reject_bad_requests():
+    from qsm_bids.simulate.subject import atrophy_sites
+
+    with pytest.raises(ValueError, match="no atlas region"):
+        atrophy_sites({"cerebellar_cortex": 0.1})
+    with pytest.raises(ValueError, match=r"\[0, 0.5\)"):
+        atrophy_sites({"putamen": 0.6})
+    sites = atrophy_sites({"caudate": 0.1})
+    assert [s[0] for s in sites] == [1, 2]  # both hemispheres, by label index
+    assert sites[0][1][0] < 0 < sites[1][1][0]  # left centroid at negative x (RAS)

@@ -35,6 +35,17 @@ def _count(text):
     return v
 
 
+def _atrophy(text):
+    region, sep, loss = text.partition("=")
+    try:
+        v = float(loss)
+    except ValueError:
+        v = None
+    if not sep or not region or v is None or not 0 < v < 0.5:
+        raise argparse.ArgumentTypeError(f"expected REGION=LOSS with 0 < LOSS < 0.5, got {text!r}")
+    return region, v
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .subject import DEFAULT_MATRIX, DEFAULT_SNR, DEFAULT_VOXEL_SIZE
 
@@ -51,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, identical files)")
     g.add_argument("--effect-scale", type=float, default=1.0,
                    help="multiplier of the paper's ALS-control differences (0: no group effect)")
+    g.add_argument("--atrophy", nargs="+", default=[], metavar="REGION=LOSS", type=_atrophy,
+                   help="planted atrophy in the patients: the atlas region (both hemispheres) loses the "
+                        "fraction LOSS of its volume, e.g. caudate=0.1; true volumes in the ground truth")
     g.add_argument("--no-t1w", nargs="+", default=[], metavar="LABEL",
                    help="participant labels written without a T1w image")
     a = p.add_argument_group("GRE protocol")
@@ -110,6 +124,13 @@ def main(argv=None) -> int:
             raise UsageError("--n-patients and --n-controls are both 0: nothing to simulate")
         if list(args.echo_times) != sorted(set(args.echo_times)):
             raise UsageError(f"--echo-times must increase strictly, got {args.echo_times}")
+        if args.atrophy:
+            from .subject import atrophy_sites
+
+            try:
+                atrophy_sites(dict(args.atrophy))
+            except ValueError as exc:
+                raise UsageError(f"--atrophy: {exc}") from None
         voxel, matrix = (PAPER_VOXEL_SIZE, PAPER_MATRIX) if args.paper_protocol else (args.voxel_size, args.matrix)
         if not math.isfinite(args.snr):
             log.info("no noise (--snr inf)")
@@ -119,7 +140,7 @@ def main(argv=None) -> int:
                      field_strength=args.field_strength, repetition_time=args.repetition_time,
                      flip_angle=args.flip_angle, no_t1w=args.no_t1w, oblique=args.oblique,
                      oversample=args.oversample, n_jobs=args.n_jobs, overwrite=args.overwrite, dwi=False if args.dwi is None else (args.dwi or True),
-                     dwi_snr=args.dwi_snr, dwi_fa_per_ppm=args.dwi_fa_per_ppm)
+                     dwi_snr=args.dwi_snr, dwi_fa_per_ppm=args.dwi_fa_per_ppm, atrophy=dict(args.atrophy))
     except QSMBidsError as exc:
         print(f"qsm-bids-simulate: error: {exc}", file=sys.stderr)
         return exc.exit_code

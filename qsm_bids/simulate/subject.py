@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_SNR",
     "Pose",
     "sample_pose",
+    "atrophy_sites",
     "simulate_subject",
 ]
 
@@ -75,19 +76,98 @@ class Pose:
 
     ``rotation_deg`` (pitch, roll, yaw) and ``translation_mm`` place the head in
     the scanner; ``scale`` stretches it per axis; ``modes`` are the plane-wave
-    modes of the nonlinear displacement (see :func:`.forward.smooth_displacement`).
+    modes of the nonlinear displacement (see :func:`.forward.smooth_displacement`);
+    ``atrophy`` are local shrinkages (see :func:`atrophy_sites`), each
+    ``(label_index, centre_mm, volume_loss)``.
     """
 
     rotation_deg: tuple = (0.0, 0.0, 0.0)
     translation_mm: tuple = (0.0, 0.0, 0.0)
     scale: tuple = (1.0, 1.0, 1.0)
     modes: list = field(default_factory=list)
+    atrophy: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["modes"] = [{"amplitude_mm": list(map(float, a)), "wave_vector_per_mm": list(map(float, w)),
                        "phase_rad": float(p)} for a, w, p in self.modes]
+        d["atrophy"] = [{"label_index": int(i), "centre_mm": list(map(float, c)), "volume_loss": float(f),
+                         "edge_sigma_mm": _ATROPHY_EDGE_MM} for i, c, f in self.atrophy]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Pose":
+        """The pose written by :meth:`to_dict` (ground-truth sidecars)."""
+        return cls(tuple(d["rotation_deg"]), tuple(d["translation_mm"]), tuple(d["scale"]),
+                   [(tuple(m["amplitude_mm"]), tuple(m["wave_vector_per_mm"]), m["phase_rad"]) for m in d["modes"]],
+                   [(int(a["label_index"]), tuple(a["centre_mm"]), float(a["volume_loss"]))
+                    for a in d.get("atrophy", [])])
+
+
+_ATROPHY_EDGE_MM = 1.0  # width of the shell outside a shrunk region that takes up the slack
+
+
+@functools.lru_cache(maxsize=8)
+def _atrophy_weight(label_index: int):
+    """The region's mask smoothed by the edge width (template grid, float32): 1 inside, 0 a few mm out."""
+    h = head_model()
+    return ndi.gaussian_filter((h.labels == label_index).astype(np.float32), _ATROPHY_EDGE_MM)
+
+
+def _atrophy_gain(loss):
+    return (1.0 - loss) ** (-1.0 / 3.0) - 1.0
+
+
+def atrophy_sites(volume_loss: dict) -> list:
+    """Local shrinkages of atlas regions, for :attr:`Pose.atrophy`.
+
+    ``volume_loss`` maps a region name (both hemispheres) to the fraction of
+    volume it loses, e.g. ``{"putamen": 0.15}``. Each hemisphere's region
+    shrinks about its centroid c: the subject's point at template offset d
+    shows the template at ``d (1 + a w)``, where w is the region's mask
+    smoothed by ``_ATROPHY_EDGE_MM`` (1 inside, 0 a few mm out) and
+    ``(1 + a)^3 = 1 / (1 - loss)``. Inside, the map is a uniform scaling, so
+    the region loses ``loss`` of its volume; the shell just outside is
+    stretched (as CSF spaces widen around an atrophic nucleus) and the map
+    is the identity beyond it, so neighbours change only where they touch
+    the region. The true native volumes are in the ground truth.
+
+    Raises ValueError for an unknown region, a loss outside [0, 0.5), or a
+    loss so large for the region's extent that the map would fold.
+
+    Returns
+    -------
+    list of ``(label_index, centre_mm (3,), volume_loss)``.
+    """
+    h = head_model()
+    table = h.label_table
+    sites = []
+    for region, loss in volume_loss.items():
+        loss = float(loss)
+        if not 0.0 <= loss < 0.5:
+            raise ValueError(f"atrophy of {region!r}: the volume loss must lie in [0, 0.5), got {loss}")
+        rows = table[table["region"] == region]
+        if rows.empty:
+            raise ValueError(f"atrophy: no atlas region {region!r} (regions: {sorted(set(table['region']))})")
+        if loss == 0.0:
+            continue
+        a = _atrophy_gain(loss)
+        for idx in rows["index"]:
+            vox = np.argwhere(h.labels == int(idx))
+            centre_vox = vox.mean(axis=0)
+            w = _atrophy_weight(int(idx))
+            # the radial stretch 1 + a (w + d . grad w) must stay positive (no fold)
+            near = np.argwhere(w > 1e-3)
+            grads = [g[tuple(near.T)] for g in np.gradient(w)]
+            d_dot_grad = sum(grads[c] * ((near[:, c] - centre_vox[c]) * h.affine[c, c]) / h.affine[c, c]
+                             for c in range(3))
+            radial = 1.0 + a * (w[tuple(near.T)] + d_dot_grad)
+            if radial.min() < 0.5:
+                raise ValueError(f"atrophy of {region!r}: a volume loss of {loss} folds the map at the "
+                                 f"region's edge; use at most about {loss * 0.5 / (1 - radial.min()):.2f}")
+            sites.append((int(idx), tuple(float(v) for v in centre_vox @ h.affine[:3, :3].T + h.affine[:3, 3]),
+                          loss))
+    return sites
 
 
 def sample_pose(rng, rotation_sd_deg=(7.0, 3.0, 3.0), translation_sd_mm=4.0, scale_sd=0.04,
@@ -176,6 +256,14 @@ def _template_coords(grid_affine, shape, pose: Pose, head_affine):
         wave_value = np.sin(arg, out=arg)
         for c in range(3):
             coords[c] += (amp[c] * inv[c, c]) * wave_value
+    for label_index, centre_mm, loss in pose.atrophy:
+        # radial map about the centre, only where the region is: sampling farther out shrinks it
+        gain = fw.warp(_atrophy_weight(label_index), coords)
+        gain *= np.float32(_atrophy_gain(loss))
+        for c in range(3):
+            cv = centre_mm[c] * inv[c, c] + inv[c, 3]
+            coords[c] += (coords[c] - cv) * gain
+        del gain
     return coords
 
 
@@ -222,7 +310,7 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
                      group="control", age=60.0, effect_scale=1.0, region_values=None, pose="random",
                      oblique=True, oversample=None, pad_mm=32.0, with_t1w=True,
                      t1w_matrix=DEFAULT_T1W_MATRIX, t1w_snr=DEFAULT_T1W_SNR, texture_seed=0,
-                     rotation_sd_deg=(7.0, 3.0, 3.0), deformation_mm=1.5):
+                     rotation_sd_deg=(7.0, 3.0, 3.0), deformation_mm=1.5, atrophy=None):
     """Simulate one subject's GRE (and T1w) data with its ground truth, in memory.
 
     Parameters
@@ -261,6 +349,10 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
         ``t1w_snr`` in white matter, a smooth bias field).
     texture_seed : int
         Seed of the fine susceptibility texture shared by a cohort.
+    atrophy : dict, optional
+        Region name -> fraction of volume lost (both hemispheres; see
+        :func:`atrophy_sites`), added to the pose's deformation; draws no
+        random numbers, so the rest of the subject is unchanged.
 
     Returns
     -------
@@ -276,7 +368,9 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
         the 1 mm template grid), ``region_values`` (DataFrame: index, region,
         hemisphere, planted_ppm, truth_median_ppm, n_voxels), ``noise_sigma``,
         ``pose`` (dict), ``params`` (dict), and ``t1w`` + ``t1w_affine`` when
-        ``with_t1w``.
+        ``with_t1w``, with ``t1w_region_volumes`` (DataFrame: index, region,
+        hemisphere, volume_mm3: the atlas labels on the T1w grid, the true
+        native volumes).
     """
     t_start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -294,6 +388,8 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
         pose_ = sample_pose(rng, rotation_sd_deg=rotation_sd_deg, deformation_mm=deformation_mm)
     else:
         raise ValueError(f"pose must be 'random', 'identity' or a Pose, not {pose!r}")
+    if atrophy:
+        pose_ = replace(pose_, atrophy=list(pose_.atrophy) + atrophy_sites(atrophy))
     if region_values is None:
         region_values = sample_region_values(group, age, rng, effect_scale=effect_scale)
     table = h.label_table.merge(region_values, on=["region", "hemisphere"], how="left")
@@ -416,7 +512,8 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
         },
     }
     if with_t1w:
-        out["t1w"], out["t1w_affine"] = _simulate_t1w(pose_, oblique, t1w_matrix, t1w_snr, rng)
+        out["t1w"], out["t1w_affine"], out["t1w_region_volumes"] = _simulate_t1w(
+            pose_, oblique, t1w_matrix, t1w_snr, rng)
     logger.debug("subject simulated in %.1f s", time.perf_counter() - t_start)
     return out
 
@@ -434,7 +531,12 @@ def _simulate_t1w(pose: Pose, oblique, matrix, snr, rng):
     A = _acquisition_affine((1.0, 1.0, 1.0), matrix, pose, oblique, centre_offset=(0.0, 0.0, 10.0))
     coords = _template_coords(A, matrix, pose, h.affine)
     img = fw.warp(_t1w_intensity(), coords)
+    labels = fw.warp(h.labels, coords, order=0)
     del coords
+    counts = np.bincount(labels.ravel(), minlength=int(h.labels.max()) + 1)
+    volumes = h.label_table[["index", "region", "hemisphere"]].copy()
+    volumes["volume_mm3"] = counts[volumes["index"].to_numpy()].astype(float)  # 1 mm voxels
+    del labels
     # Bias field: exp of a random low-order polynomial over the FOV (+-20 %).
     axes = [np.linspace(-1, 1, n, dtype=np.float32) for n in matrix]
     g = [axes[0].reshape(-1, 1, 1), axes[1].reshape(1, -1, 1), axes[2].reshape(1, 1, -1)]
@@ -446,4 +548,4 @@ def _simulate_t1w(pose: Pose, oblique, matrix, snr, rng):
     noise = rng.standard_normal(matrix + (2,), dtype=np.float32) * sigma
     img = np.sqrt((img + noise[..., 0]) ** 2 + noise[..., 1] ** 2)
     t1w = np.clip(np.round(img * _T1W_SCALE), 0, 32767).astype(np.int16)
-    return t1w, A
+    return t1w, A, volumes

@@ -174,7 +174,7 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
         field_strength=args["field_strength"], repetition_time=args["repetition_time"],
         flip_angle=args["flip_angle"], group=row["group"], age=row["age"], effect_scale=args["effect_scale"],
         oblique=args["oblique"], oversample=args.get("oversample"), with_t1w=label not in args["no_t1w"],
-        texture_seed=int(args["seed"]))
+        texture_seed=int(args["seed"]), atrophy=args["atrophy"] if row["group"] == "ALS" else None)
     anat = out_dir / f"sub-{label}" / "anat"
     A = data["affine"]
     for e, te in enumerate(args["echo_times"], start=1):
@@ -193,6 +193,12 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
         side = dict(_T1W_SIDECAR, MagneticFieldStrength=float(args["field_strength"]))
         write_nifti(anat / f"sub-{label}_T1w.nii.gz", data["t1w"], data["t1w_affine"], dtype=np.int16,
                     sidecar=side)
+        write_tsv(derivative_path(out_dir / GROUNDTRUTH, {"sub": label, "atlas": ATLAS_NAME, "desc": "volumes"},
+                                  "morph", ".tsv"), data["t1w_region_volumes"],
+                  sidecar={"volume_mm3": {"Description": "Volume of the atlas region in the subject's T1w "
+                                          "(labels carried by the simulation's own deformation, 1 mm voxels "
+                                          "counted)", "Units": "mm3"},
+                           "PlantedAtrophy": data["pose"]["atrophy"], "Group": row["group"]})
 
     gt = out_dir / GROUNDTRUTH
     ent = {"sub": label}
@@ -262,9 +268,7 @@ def _write_dwi(out_dir: Path, label: str, index: int, row: dict, args: dict, dat
     from .subject import Pose
 
     rng = np.random.default_rng([int(args["seed"]), int(index), 13])
-    p = data["pose"]
-    pose = Pose(tuple(p["rotation_deg"]), tuple(p["translation_mm"]), tuple(p["scale"]),
-                [(tuple(m["amplitude_mm"]), tuple(m["wave_vector_per_mm"]), m["phase_rad"]) for m in p["modes"]])
+    pose = Pose.from_dict(data["pose"])
     cst_fa = cst_fa_for_subject(row["group"], data["region_values"], rng, fa_per_ppm=args["dwi_fa_per_ppm"])
     d = simulate_dwi(pose, rng=rng, cst_fa=cst_fa, snr=args["dwi_snr"], oblique=args["oblique"])
     folder = out_dir / f"sub-{label}" / "dwi"
@@ -315,7 +319,7 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                  matrix=subj.DEFAULT_MATRIX, echo_times=(0.020,), coils=1, phase_units="rad", effect_scale=1.0,
                  snr=subj.DEFAULT_SNR, field_strength=3.0, repetition_time=0.028, flip_angle=15.0,
                  no_t1w=(), oblique=True, oversample=None, n_jobs=1, overwrite=False, dwi=False,
-                 dwi_snr=None, dwi_fa_per_ppm=None) -> pd.DataFrame:
+                 dwi_snr=None, dwi_fa_per_ppm=None, atrophy=None) -> pd.DataFrame:
     """Simulate a cohort and write it as a BIDS dataset (see the module docstring).
 
     Returns the participants table. ``n_jobs`` subjects are simulated at a
@@ -323,13 +327,16 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
     also write each subject's DWI (b = 1000, 30 directions, two b = 0, 2 mm,
     b = 0 SNR ``dwi_snr``; True for every subject or a collection of labels; the patients' CST FA changes by ``dwi_fa_per_ppm``
     per ppm of their CST susceptibility change, see :mod:`.dwi`), about 25 s
-    per subject.
+    per subject. ``atrophy``: region name -> fraction of volume the
+    patients lose there (see :func:`.subject.atrophy_sites`).
     """
     from . import dwi as dwi_mod
 
     out_dir = Path(out_dir)
     if phase_units not in ("rad", "arbitrary"):
         raise ValueError("phase_units must be 'rad' or 'arbitrary'")
+    if atrophy:
+        subj.atrophy_sites(atrophy)  # a bad region or fraction fails before anything is written
     _prepare_out_dir(out_dir, overwrite)
     no_t1w = {str(x).removeprefix("sub-") for x in no_t1w}
     args = dict(n_patients=int(n_patients), n_controls=int(n_controls), seed=int(seed),
@@ -340,7 +347,8 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                 oblique=bool(oblique), oversample=tuple(oversample) if oversample else None,
                 dwi=dwi if isinstance(dwi, bool) else {str(x).removeprefix("sub-") for x in dwi},
                 dwi_snr=float(dwi_mod.DWI_SNR if dwi_snr is None else dwi_snr),
-                dwi_fa_per_ppm=float(dwi_mod.FA_PER_PPM if dwi_fa_per_ppm is None else dwi_fa_per_ppm))
+                dwi_fa_per_ppm=float(dwi_mod.FA_PER_PPM if dwi_fa_per_ppm is None else dwi_fa_per_ppm),
+                atrophy={str(k): float(v) for k, v in (atrophy or {}).items()})
     rng = np.random.default_rng([int(seed), 0])
     participants = sample_participants(n_patients, n_controls, rng)
     labels = [p.removeprefix("sub-") for p in participants["participant_id"]]
@@ -380,6 +388,14 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
             "Directions": 30, "B0Volumes": 2, "VoxelSize": list(dwi_mod.DWI_VOXEL_SIZE),
             "Tensors": {k: {"S0": v[0], "AxialDiffusivity": v[1], "FA": v[2]} for k, v in dwi_mod.TENSORS.items()}})
 
+    if args["atrophy"]:
+        write_json(gt / "atrophy.json", {
+            "Description": "Planted atrophy: each patient's region (both hemispheres) shrinks about its "
+                           "centroid by a uniform scaling that loses VolumeLoss of its volume, taken up by a "
+                           "shell about 3 mm wide outside it (neighbours that touch the region change "
+                           "too); the true native volumes of every region, patients and controls, are in "
+                           "sub-<label>/anat/sub-<label>_atlas-<atlas>_desc-volumes_morph.tsv",
+            "VolumeLoss": args["atrophy"], "Group": "ALS"})
     subj.head_model()  # build once before forking workers
     rows = participants.to_dict("records")
     n = len(rows)
