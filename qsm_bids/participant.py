@@ -180,9 +180,10 @@ class ParticipantWorkflow:
                      {"structural": dataclasses.asdict(cfg.structural),
                       "atlas": {k: getattr(cfg.atlas, k) for k in ("name", "atlas_file", "atlas_labels", "min_voxels")},
                       "template": cfg.registration.template,
-                      "template_resolution_mm": cfg.registration.template_resolution_mm},
+                      "template_resolution_mm": cfg.registration.template_resolution_mm, "seed": cfg.seed},
                      {k: q[k] for k in keys}, self._structural,
-                     "N4, Atropos tissues with template priors, volumes, modulated GM"
+                     "N4, Atropos tissues with template priors, volumes"
+                     + (" (local SyN refinement)" if cfg.structural.volume_refinement else "") + ", modulated GM"
                      + (", DiReCT thickness" if cfg.structural.thickness else " (thickness off)"))]
 
     def _structural(self, out: dict) -> dict:
@@ -204,7 +205,7 @@ class ParticipantWorkflow:
             self.subject.t1w, self.paths["xfm_t1w_template"], self.paths["xfm_template_t1w"], out,
             atlas_img=atlas_img, label_table=table, params=st,
             resolution_mm=self.cfg.registration.template_resolution_mm, min_voxels=self.cfg.atlas.min_voxels,
-            work_dir=self.work_dir, sidecar=_sidecar("structural"))
+            work_dir=self.work_dir, sidecar=_sidecar("structural"), seed=self.cfg.seed)
         logger.info("[%s] structural: ICV %.0f ml; stages %s", self.prefix, info["icv_mm3"] / 1000,
                     ", ".join(f"{k} {v:.0f} s" for k, v in info["timings"].items()))
         for w in info["warnings"]:

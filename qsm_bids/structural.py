@@ -33,6 +33,7 @@ __all__ = [
     "normalise_priors",
     "process_structural",
     "region_mean_thickness",
+    "refine_labels_locally",
     "region_volumes",
     "segment",
     "thickness",
@@ -168,6 +169,54 @@ def jacobian_determinant(reference, transforms, work_dir=None):
         return ants.create_jacobian_determinant_image(reference, field, do_log=False, geom=False)
 
 
+def refine_labels_locally(t1w, template_native, labels, region_indices, *, margin_mm: float = 12.0,
+                          iterations=(30, 15, 5), radius: int = 2, seed: int = 0):
+    """Refine atlas labels in native T1w space by a local SyN around some regions.
+
+    The whole-brain T1w -> template warp lives on a 2-4 mm grid, too coarse to
+    follow a nucleus' own size; here the template already brought to the T1w
+    (``template_native``) is registered again to the T1w (SyNOnly, CC of the
+    given radius, no affine) inside the box around ``region_indices`` plus
+    ``margin_mm``, at the T1w's resolution, and the labels follow.
+
+    Parameters
+    ----------
+    t1w, template_native : ANTsImage on the same grid (the bias-corrected T1w; the template there).
+    labels : ANTsImage of integer atlas labels on that grid.
+    region_indices : label values that define the box.
+
+    Returns
+    -------
+    numpy int16 array of the labels, refined inside the box, unchanged outside; and the box
+    (tuple of slices), or None when none of the regions is present (labels unchanged).
+    """
+    import ants
+
+    from .registration import ants_seed
+
+    lab = np.rint(labels.numpy()).astype(np.int16)
+    present = np.isin(lab, list(region_indices))
+    if not present.any():
+        return lab, None
+    spacing = np.asarray(t1w.spacing, dtype=float)
+    pad = np.ceil(float(margin_mm) / spacing).astype(int)
+    nz = np.nonzero(present)
+    lo = [max(int(a.min()) - p, 0) for a, p in zip(nz, pad)]
+    hi = [min(int(a.max()) + p + 1, n) for a, p, n in zip(nz, pad, lab.shape)]  # exclusive, as crop_indices
+    fixed = ants.iMath(ants.crop_indices(t1w, lo, hi), "Normalize")
+    moving = ants.iMath(ants.crop_indices(template_native, lo, hi), "Normalize")
+    lab_box = ants.crop_indices(labels, lo, hi)
+    with ants_seed(seed):
+        reg = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyNOnly", syn_metric="CC",
+                                syn_sampling=int(radius), reg_iterations=tuple(int(n) for n in iterations),
+                                initial_transform="identity")
+    refined = ants.apply_transforms(fixed, lab_box, reg["fwdtransforms"], interpolator="genericLabel",
+                                    defaultvalue=0)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    lab[box] = np.rint(refined.numpy()).astype(np.int16)
+    return lab, box
+
+
 # ---------------------------------------------------------------------------
 # The participant step
 # ---------------------------------------------------------------------------
@@ -191,7 +240,7 @@ def _template_probability(kind: str) -> np.ndarray:
 
 def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: dict, *, atlas_img, label_table,
                        params, resolution_mm: float = 2.0, min_voxels: int = 10, work_dir=None,
-                       sidecar: dict | None = None) -> dict:
+                       sidecar: dict | None = None, seed: int = 0) -> dict:
     """Segment one T1w, measure thickness and volumes, and write every structural output.
 
     Parameters
@@ -208,9 +257,11 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
         ``n4_shrink``, ``prior_weight``, ``atropos_iterations``, ``mrf`` (N4 + Atropos),
         ``thickness`` (run DiReCT at all), ``thickness_resolution_mm`` (the grid DiReCT runs on; 0: the T1w
         grid), ``thickness_iterations``, ``thickness_gradient_step``, ``thickness_smoothing`` (DiReCT),
-        ``volume_regions``, ``thickness_regions`` (atlas region names).
+        ``volume_regions``, ``thickness_regions`` (atlas region names), ``volume_refinement`` and its
+        ``_iterations``, ``_radius``, ``_margin_mm`` (:func:`refine_labels_locally`).
     resolution_mm : the template grid of the template-space outputs.
     min_voxels : a region's mean thickness from fewer voxels is NaN.
+    seed : the ANTs random seed of the local refinement (the app's ``--seed``).
 
     Returns
     -------
@@ -291,7 +342,25 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
     t0 = time.perf_counter()
     lab = ants.apply_transforms(t1, to_ants(atlas_img, np.float32), tx_inv, interpolator="genericLabel",
                                 defaultvalue=0)
-    labels = np.rint(lab.numpy()).astype(np.int16)
+    refinement = "off (structural.volume_refinement is false)"
+    if params.volume_refinement:
+        from .registration import brain_template
+
+        tpl_native = ants.apply_transforms(t1, to_ants(brain_template(1.0)), tx_inv, interpolator="linear",
+                                           defaultvalue=0)
+        idx = label_table.loc[label_table["region"].isin(list(params.volume_regions)), "index"].astype(int)
+        labels, box = refine_labels_locally(
+            t1c, tpl_native, lab, idx.tolist(), margin_mm=params.volume_refinement_margin_mm,
+            iterations=params.volume_refinement_iterations, radius=params.volume_refinement_radius, seed=seed)
+        timings["volume_refinement"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        refinement = ("off: none of the volume regions is in the native labels" if box is None else
+                      f"local SyN (CC radius {params.volume_refinement_radius}, iterations "
+                      f"{list(params.volume_refinement_iterations)}) of the template to the T1w in a box of "
+                      f"{[b.stop - b.start for b in box]} voxels around the volume regions "
+                      f"(+{params.volume_refinement_margin_mm:g} mm)")
+    else:
+        labels = np.rint(lab.numpy()).astype(np.int16)
     labels[~mask] = 0
     vols = region_volumes(labels, label_table, voxel_volume, tuple(params.volume_regions),
                           gm_probability=prob_arr[1])
@@ -342,7 +411,7 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
                        "measure": "icv_mm3", "value": icv}]),
     ], ignore_index=True)[["region", "hemisphere", "measure", "value", "n_voxels"]]
     write_tsv(out["volumes"], long, sidecar={
-        **info, "Thickness": "DiReCT thickness_mm rows included" if thick is not None
+        **info, "LabelRefinement": refinement, "Thickness": "DiReCT thickness_mm rows included" if thick is not None
         else "not computed (structural.thickness is false)",
         "region": {"Description": "Atlas region (or 'intracranial' for the ICV)"},
         "hemisphere": {"Description": "L, R, or n/a"},

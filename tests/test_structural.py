@@ -79,3 +79,34 @@ def test_direct_thickness_of_flat_slabs():
     thin, thick = _slab_thickness(2.0), _slab_thickness(4.0)
     assert 1.0 <= thin <= 2.5 and 3.0 <= thick <= 4.5
     assert thick - thin == pytest.approx(2.0, abs=0.5)
+
+
+def _ball_image(radius, shape=(56, 56, 56), centre=(28, 28, 28)):
+    import ants
+
+    g = np.indices(shape, dtype=np.float32)
+    r = np.sqrt(sum((g[i] - centre[i]) ** 2 for i in range(3)))
+    # a bright nucleus with a soft edge in a mid-grey surround
+    return ants.from_numpy((200.0 / (1.0 + np.exp((r - radius) / 0.7)) + 50.0).astype(np.float32)), r
+
+
+def test_local_refinement_brings_a_label_to_the_smaller_nucleus():
+    """The template's nucleus (radius 9 voxels) brought to a T1w whose nucleus has radius 7.5: the label,
+    drawn on the template, refined by the local SyN, takes the T1w's volume ((7.5/9)^3 = 0.58 of it)."""
+    import ants
+
+    t1w, _ = _ball_image(7.5)
+    template_native, r = _ball_image(9.0)
+    lab = np.zeros(r.shape, np.float32)
+    lab[r <= 9.0] = 2  # putamen R
+    lab[2, 2, 2] = 3  # a label far outside the box: untouched
+    labels = ants.from_numpy(lab)
+    refined, box = st.refine_labels_locally(t1w, template_native, labels, [1, 2], margin_mm=6.0,
+                                            iterations=(40, 20, 10), radius=2)
+    assert box is not None and refined[2, 2, 2] == 3
+    before, after, truth = (lab == 2).sum(), (refined == 2).sum(), (r <= 7.5).sum()
+    assert after / truth == pytest.approx(1.0, abs=0.12), (before, after, truth)
+    assert after / before < 0.7
+    # none of the regions there: nothing to refine
+    same, none = st.refine_labels_locally(t1w, template_native, labels, [7, 8])
+    assert none is None and np.array_equal(same, np.rint(lab).astype(np.int16))
