@@ -344,10 +344,7 @@ def process_structural(t1w_path, xfm_t1w_template, xfm_template_t1w, outputs: di
                                 defaultvalue=0)
     refinement = "off (structural.volume_refinement is false)"
     if params.volume_refinement:
-        from .registration import brain_template
-
-        tpl_native = ants.apply_transforms(t1, to_ants(brain_template(1.0)), tx_inv, interpolator="linear",
-                                           defaultvalue=0)
+        tpl_native = to_native(np.asarray(tpl.dataobj), "linear")  # the template T1w, as for the priors
         idx = label_table.loc[label_table["region"].isin(list(params.volume_regions)), "index"].astype(int)
         labels, box = refine_labels_locally(
             t1c, tpl_native, lab, idx.tolist(), margin_mm=params.volume_refinement_margin_mm,

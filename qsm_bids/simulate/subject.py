@@ -156,11 +156,11 @@ def atrophy_sites(volume_loss: dict) -> list:
             vox = np.argwhere(h.labels == int(idx))
             centre_vox = vox.mean(axis=0)
             w = _atrophy_weight(int(idx))
-            # the radial stretch 1 + a (w + d . grad w) must stay positive (no fold)
+            # the radial stretch 1 + a (w + d . grad w) must stay positive (no fold); d and the
+            # gradient both in voxels, so their product needs no voxel size
             near = np.argwhere(w > 1e-3)
             grads = [g[tuple(near.T)] for g in np.gradient(w)]
-            d_dot_grad = sum(grads[c] * ((near[:, c] - centre_vox[c]) * h.affine[c, c]) / h.affine[c, c]
-                             for c in range(3))
+            d_dot_grad = sum(grads[c] * (near[:, c] - centre_vox[c]) for c in range(3))
             radial = 1.0 + a * (w[tuple(near.T)] + d_dot_grad)
             if radial.min() < 0.5:
                 raise ValueError(f"atrophy of {region!r}: a volume loss of {loss} folds the map at the "
