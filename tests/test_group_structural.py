@@ -13,6 +13,7 @@ from scipy import stats
 
 from qsm_bids.config import Config
 from qsm_bids.derivatives import GROUP_OUTPUTS
+from qsm_bids.errors import DataError
 from qsm_bids.group import structural as gs
 from qsm_bids.io import write_tsv
 from qsm_bids.report.group import render_group_report, structural_view
@@ -83,6 +84,24 @@ def test_too_few_per_group_is_a_clear_error():
     with pytest.raises(Exception, match="group 'ALS' has 1 participant"):
         gs.volume_statistics(tables[tables.participant_id.isin(keep)], participants, Config().group,
                              Config().roi_stats)
+
+
+def test_read_volume_tables(tmp_path):
+    (tmp_path / "a.tsv").write_text("region\themisphere\tmeasure\tvalue\textra\nputamen\tleft\tvolume_mm3\t5000\tx\n"
+                                    "NA\tn/a\ticv_mm3\tn/a\ty\n")
+    (tmp_path / "b.tsv").write_text("region\themisphere\tvalue\nputamen\tL\t1\n")
+    (tmp_path / "empty.tsv").write_text("")
+    tables = gs.read_volume_tables({"01": tmp_path / "a.tsv"})
+    assert list(tables.columns) == ["participant_id", "region", "hemisphere", "measure", "value"]
+    assert tables["participant_id"].tolist() == ["sub-01", "sub-01"]
+    assert tables["region"].tolist() == ["putamen", "NA"]  # only "n/a" is missing
+    assert tables["hemisphere"].tolist() == ["L", "bilateral"]
+    assert tables["value"].iloc[0] == 5000 and np.isnan(tables["value"].iloc[1])
+    assert len(gs.read_volume_tables({})) == 0
+    with pytest.raises(DataError, match=r"volumes table lacks column\(s\) \['measure'\]$"):
+        gs.read_volume_tables({"01": tmp_path / "b.tsv"})
+    with pytest.raises(DataError, match="cannot read the volumes table"):
+        gs.read_volume_tables({"01": tmp_path / "empty.tsv"})
 
 
 def test_vbm_mask():

@@ -17,8 +17,30 @@ from qsm_bids.group.roi_stats import (
     compute_roi_stats,
     covariance_adjust,
     laterality_tests,
+    read_region_tables,
     write_roi_outputs,
 )
+
+# ----------------------------------------------------------------------------- input
+
+def test_read_region_tables(tmp_path):
+    (tmp_path / "a.tsv").write_text("region\themisphere\tmedian_ppm\tn_voxels\textra\nputamen\tL\t0.1\t100\tx\n"
+                                    "caudate\tNA\tn/a\t5\ty\n")
+    (tmp_path / "b.tsv").write_text("region\tmedian_ppm\nputamen\t0.1\n")
+    values = read_region_tables({"01": tmp_path / "a.tsv", "sub-02": tmp_path / "a.tsv"})
+    assert list(values.columns) == ["participant_id", "region", "hemisphere", "median_ppm", "n_voxels", "extra"]
+    assert values["participant_id"].tolist() == ["sub-01", "sub-01", "sub-02", "sub-02"]
+    assert values["hemisphere"].isna().sum() == 2 and values["median_ppm"].isna().sum() == 2
+    assert list(read_region_tables({}).columns) == ["participant_id", "region", "hemisphere", "median_ppm",
+                                                    "n_voxels"]
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['hemisphere'\]; expected region, hemisphere"):
+        read_region_tables({"01": tmp_path / "b.tsv"})
+    with pytest.raises(DataError, match="cannot read the region table .*; rerun the participant level"):
+        read_region_tables({"01": tmp_path / "absent.tsv"})
+    (tmp_path / "empty.tsv").write_text("")  # a truncated write: one line, no traceback
+    with pytest.raises(DataError, match="empty.tsv: cannot read the region table"):
+        read_region_tables({"01": tmp_path / "empty.tsv"})
+
 
 # ----------------------------------------------------------------------------- kernels
 

@@ -23,7 +23,8 @@ The analysis follows Acosta-Cabronero et al. (Radiology 2018):
    in each group; subgroup comparisons (``onset``, ``sex``).
 
 Every function here is pure (DataFrames in, DataFrames out) except
-:func:`read_region_tables` and :func:`write_roi_outputs`, which do the I/O.
+:func:`read_participant_tables`, :func:`read_region_tables` and
+:func:`write_roi_outputs`, which do the I/O.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from .roi_sidecars import (
 
 __all__ = [
     "RoiStatsResult",
+    "normalise_hemisphere",
+    "read_participant_tables",
     "read_region_tables",
     "laterality_tests",
     "combine_hemispheres",
@@ -107,7 +110,12 @@ class RoiStatsResult:
 
 # ----------------------------------------------------------------------------- input handling
 
-def _normalise_hemisphere(h) -> str:
+def normalise_hemisphere(h) -> str:
+    """One spelling per hemisphere: ``L``, ``R`` or ``bilateral``.
+
+    Missing, empty and midline labels are ``bilateral``; a label not
+    recognised is returned stripped, as it is.
+    """
     if h is None or (isinstance(h, float) and np.isnan(h)):
         return BILATERAL
     s = str(h).strip()
@@ -119,6 +127,56 @@ def _normalise_hemisphere(h) -> str:
     if low in ("", "n/a", "b", "bilateral", "both", "midline", "none"):
         return BILATERAL
     return s
+
+
+def read_participant_tables(
+    paths: Mapping[str, str | Path],
+    required: Sequence[str],
+    *,
+    name: str,
+    expected: Sequence[str] | None = None,
+    extra_columns: bool = True,
+    keep_default_na: bool = True,
+) -> pd.DataFrame:
+    """Read one TSV per participant into one long table with a ``participant_id`` column first.
+
+    Parameters
+    ----------
+    paths : mapping participant label -> TSV path
+        Labels with or without ``sub-``.
+    required : the columns every table must have, in the order kept.
+    name : what the table is called in error messages (``"region table"``).
+    expected : the table's documented columns, named when a required one is
+        missing and the columns of an empty result (None: ``required``, not named).
+    extra_columns : keep columns beyond ``required`` (False: only those).
+    keep_default_na : as :func:`pandas.read_csv` (``n/a`` is always missing).
+
+    Returns
+    -------
+    DataFrame with columns participant_id (``sub-`` prefixed) and the tables' columns.
+
+    Raises
+    ------
+    DataError
+        A file cannot be read or lacks a required column.
+    """
+    frames = []
+    for label, path in paths.items():
+        try:
+            table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=keep_default_na)
+        except (OSError, ValueError) as exc:  # ValueError: pandas' parser, empty-file and decoding errors
+            raise DataError(f"{path}: cannot read the {name} ({exc}); rerun the participant level for "
+                            "this subject") from None
+        missing = set(required) - set(table.columns)
+        if missing:
+            named = f"; expected {', '.join(expected)}" if expected is not None else ""
+            raise DataError(f"{path}: {name} lacks column(s) {sorted(missing)}{named}")
+        table = (table if extra_columns else table[list(required)]).copy()
+        table.insert(0, "participant_id", with_prefix(label))
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame(columns=["participant_id", *(expected if expected is not None else required)])
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_region_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
@@ -133,23 +191,8 @@ def read_region_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
     -------
     DataFrame with columns participant_id, region, hemisphere, median_ppm, n_voxels.
     """
-    frames = []
-    for label, path in paths.items():
-        try:
-            table = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read the region table ({exc}); rerun the participant "
-                            "level for this subject") from None
-        missing = {"region", "hemisphere", "median_ppm"} - set(table.columns)
-        if missing:
-            raise DataError(f"{path}: region table lacks column(s) {sorted(missing)}; expected "
-                            "region, hemisphere, median_ppm, n_voxels")
-        table = table.copy()
-        table.insert(0, "participant_id", with_prefix(label))
-        frames.append(table)
-    if not frames:
-        return pd.DataFrame(columns=[*VALUE_COLUMNS, "n_voxels"])
-    return pd.concat(frames, ignore_index=True)
+    return read_participant_tables(paths, ("region", "hemisphere", "median_ppm"), name="region table",
+                                   expected=("region", "hemisphere", "median_ppm", "n_voxels"))
 
 
 # ----------------------------------------------------------------------------- analysis steps
@@ -404,7 +447,7 @@ def _tidy_inputs(values: pd.DataFrame, participants: pd.DataFrame, group_column:
 
     vals = values.copy()
     vals["participant_id"] = vals["participant_id"].map(with_prefix)
-    vals["hemisphere"] = vals["hemisphere"].map(_normalise_hemisphere)
+    vals["hemisphere"] = vals["hemisphere"].map(normalise_hemisphere)
     vals["region"] = vals["region"].astype(str)
     vals["median_ppm"] = pd.to_numeric(vals["median_ppm"], errors="coerce")
     if min_voxels is not None and "n_voxels" in vals.columns:

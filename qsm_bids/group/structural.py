@@ -41,7 +41,14 @@ from ..config import GroupConfig, RoiStatsConfig
 from ..errors import DataError
 from .glm import covariate_columns
 from .nonparametric import mean_sem, significance_marks
-from .roi_stats import _normalise_hemisphere, combine_hemispheres, compare_groups, covariance_adjust, laterality_tests
+from .roi_stats import (
+    combine_hemispheres,
+    compare_groups,
+    covariance_adjust,
+    laterality_tests,
+    normalise_hemisphere,
+    read_participant_tables,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,22 +64,12 @@ def read_volume_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
     Returns columns ``participant_id`` (``sub-`` prefixed), ``region``, ``hemisphere``
     (L, R or bilateral), ``measure``, ``value``.
     """
-    frames = []
-    for pid, path in paths.items():
-        try:
-            t = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False)
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise DataError(f"{path}: cannot read the volumes table ({exc})") from None
-        missing = {"region", "hemisphere", "measure", "value"} - set(t.columns)
-        if missing:
-            raise DataError(f"{path}: volumes table lacks column(s) {sorted(missing)}")
-        t = t[["region", "hemisphere", "measure", "value"]].copy()
-        t.insert(0, "participant_id", with_prefix(pid))
-        frames.append(t)
-    if not frames:
-        return pd.DataFrame(columns=["participant_id", "region", "hemisphere", "measure", "value"])
-    out = pd.concat(frames, ignore_index=True)
-    out["hemisphere"] = out["hemisphere"].map(_normalise_hemisphere)
+    # unlike the region tables, only "n/a" reads as missing
+    out = read_participant_tables(paths, ("region", "hemisphere", "measure", "value"), name="volumes table",
+                                  extra_columns=False, keep_default_na=False)
+    if not paths:
+        return out  # nothing read: the empty table keeps its untyped columns
+    out["hemisphere"] = out["hemisphere"].map(normalise_hemisphere)
     out["value"] = pd.to_numeric(out["value"], errors="coerce")
     return out
 
