@@ -35,7 +35,8 @@ Variants isolate one factor each:
 - ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
   mask edge (a proposal for ``recon/mask.py``: deep incoherent voxels in the
   dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; ``nosmv``: MEDI on SHARP's local field
-  instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; combinations with
+  instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; ``noedge``: no MEDI rim shells (the default
+  before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
 
 Simulations and results are cached under ``--cache`` (the machine is shared:
@@ -149,6 +150,10 @@ def run_variant(s, variant):
             p = replace(p, medi_lambda=float(part[3:]))
         elif part == "nosmv":
             p = replace(p, medi_smv=False)
+        elif part == "noedge":
+            p = replace(p, medi_edge_radii_mm=())
+        elif part.startswith("edge"):
+            p = replace(p, medi_edge_radii_mm=tuple(float(r) for r in part[4:].split("_") if r))
         elif part.startswith("pct"):
             p = replace(p, medi_percentage=float(part[3:]) / 100)
         else:

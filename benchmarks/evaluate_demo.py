@@ -8,7 +8,10 @@ For each subject it prints, beside the simulator's SNR:
 - the deep grey nuclei: reconstructed mean / true mean (demeaned, as a %);
 - Dice between the atlas brought to native space and the true labels;
 - the region medians of the whole chain against the truth medians of the same
-  regions (true chi, true labels), in ppm.
+  regions (true chi, true labels), in ppm;
+- coverage (issue 17): the share of the true brain mask and of the true
+  precentral-gyrus labels inside the QSM mask (native grid), and of the atlas's
+  precentral gyrus inside the template-space QSM mask.
 """
 
 from __future__ import annotations
@@ -83,7 +86,31 @@ def evaluate_subject(bids_dir: Path, out_dir: Path, label: str) -> dict:
         row[f"alone_err_{region}_ppm"] = float(m2.loc[m2.region == region, "error"].max())
     worst = m2.loc[m2["error"].idxmax()]
     row["alone_worst_region"] = f"{worst.region} {worst.hemisphere} {worst.error:.3f}"
+    row.update(coverage(truth_dir, anat, label, qmask, true_labels, table))
     return row
+
+
+def coverage(truth_dir, anat, label, qmask, true_labels, table) -> dict:
+    """Shares of the true brain, the true precentral gyrus (native) and the atlas's precentral
+    gyrus (template space) that the QSM mask covers."""
+    brain = _load(truth_dir / f"sub-{label}_desc-brain_mask.nii.gz")[0] > 0
+    pre_idx = table.loc[table.region == "precentral_gyrus", "index"].to_numpy()
+    pre = np.isin(true_labels, pre_idx)
+    out = {"coverage_brain": float((qmask & brain).sum() / max(brain.sum(), 1)),
+           "coverage_precentral": float((qmask & pre).sum() / max(pre.sum(), 1))}
+    tmask_path = next(anat.glob(f"sub-{label}_space-*_desc-qsm_mask.nii.gz"), None)
+    if tmask_path is not None:
+        from nilearn.image import resample_to_img
+
+        from qsm_bids.atlas import default_atlas
+
+        atlas_img, _ = default_atlas()
+        tmask_img = nib.load(str(tmask_path))
+        atlas_on = np.asarray(resample_to_img(atlas_img, tmask_img, interpolation="nearest").dataobj)
+        pre_t = np.isin(atlas_on, pre_idx)
+        tmask = np.asarray(tmask_img.dataobj) > 0
+        out["coverage_precentral_template"] = float((tmask & pre_t).sum() / max(pre_t.sum(), 1))
+    return out
 
 
 def main(argv=None):

@@ -364,7 +364,8 @@ class ParticipantWorkflow:
                     sidecar=_sidecar("qsm", Type="Brain", BrainMaskMethod=method,
                                      Description="where the local field was measured (brain mask after the "
                                                  "phase-quality check, eroded by the background kernel, plus "
-                                                 "MEDI's rim shells when recon.medi_edge_radii_mm is set); "
+                                                 "MEDI's rim shells when recon.medi_edge_radii_mm is set and the "
+                                                 "brain mask came from the T1w or the user); "
                                                  "region values and the group coverage use it",
                                      ChiDefinedVoxels=int(result.chi_mask.sum()), **common))
         write_nifti(out["unwrapped_phase"], result.unwrapped_phase, aff,
