@@ -171,7 +171,7 @@ class _Inputs:
     magnitude_rss: np.ndarray
     brain: np.ndarray       # the brain mask
     trusted: np.ndarray     # the brain mask without incoherent-phase voxels
-    mask_source: str = "magnitude"  # "user", "t1w" or "magnitude"
+    edge_radii_mm: tuple = ()  # MEDI's rim shells in use (:func:`_medi_edges`)
     total: np.ndarray | None = None
     local: np.ndarray | None = None
     eroded: np.ndarray | None = None
@@ -219,7 +219,7 @@ def _medi_edges(p, voxel_size, mask_source) -> tuple:
 def _medi_region(inp: _Inputs):
     # MEDI solves for chi everywhere: it fills the incoherent-phase voxels from their neighbours, so chi
     # is returned on the whole mask eroded by the background kernel (with rim shells: the whole mask)
-    if _medi_edges(inp.p, inp.voxel_size, inp.mask_source):
+    if inp.edge_radii_mm:
         return inp.brain
     radius = BACKGROUND_METHODS[inp.p.background].chi_erosion_mm(inp.p)
     if radius is None:
@@ -238,7 +238,7 @@ def _medi(inp: _Inputs, region):
         field_strength_t=inp.field_strength_t, delta_te_s=delta_te, noise_std=noise, lam=p.medi_lambda,
         percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
-        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=_medi_edges(p, inp.voxel_size, inp.mask_source) or None)
+        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=inp.edge_radii_mm or None)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
@@ -386,6 +386,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         mask_used = "t1w"
     else:
         mask_used = "magnitude"
+    edge_radii = _medi_edges(p, voxel_size, mask_used)
     n_mask = int(brain.sum())
     if n_mask < MIN_MASK_VOXELS:
         raise DataError(f"brain mask has {n_mask} voxels (fewer than {MIN_MASK_VOXELS}): the "
@@ -418,7 +419,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     total = run("echo_fit", echo_fit)
     inp = _Inputs(p=p, voxel_size=voxel_size, b0=b0, te=te, field_strength_t=field_strength_t,
-                  fit_weights=fit_weights, magnitude_rss=bmag_rss, brain=bbrain, trusted=bmask, mask_source=mask_used,
+                  fit_weights=fit_weights, magnitude_rss=bmag_rss, brain=bbrain, trusted=bmask, edge_radii_mm=edge_radii,
                   total=total,
                   progress=lambda i, n: report("inversion", i / n))
 
@@ -445,7 +446,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
 
     timings["total"] = time.perf_counter() - t_all
     counts["total"] = sum(v for k, v in counts.items())
-    if _medi_edges(p, voxel_size, mask_used):
+    if edge_radii:
         # the rim shells measure the field down to the smallest sphere; the outermost layer, where no
         # sphere fits, is constrained by the fields it produces in the shells: chi is kept wherever the
         # phase was trusted (the incoherent-phase voxels, filled by the regulariser alone, stay out)
@@ -454,7 +455,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         measured = eroded
     params_used = {**dataclasses.asdict(p), "mask_method": mask_used, "mask_method_requested": p.mask_method,
                    "vsharp_radii_mm": list(p.vsharp_radii_mm),
-                   "medi_edge_radii_mm": list(_medi_edges(p, voxel_size, mask_used)),
+                   "medi_edge_radii_mm": list(edge_radii),
                    "medi_edge_radii_mm_requested": list(p.medi_edge_radii_mm)}
     params_used.update(
         reference_value_ppm=ref_value,
