@@ -79,3 +79,23 @@ def test_report_section_from_files(tmp_path):
     html = render_group_report(structural=view)
     assert "Structural comparators" in html and "QSM-DTI in the corticospinal tract" in html
     assert "Cortical thickness (DiReCT)</b>: not computed" in html
+
+
+def test_tables_read_from_files_feed_the_correlations(tmp_path):
+    from qsm_bids.errors import DataError
+    read_dti_tables = gd.read_dti_tables
+
+    participants, q, d = _cohort()
+    paths = {}
+    for pid, rows in d.groupby("participant_id"):
+        paths[f"sub-{pid}"] = tmp_path / f"sub-{pid}_dwimap.tsv"
+        rows.drop(columns="participant_id").to_csv(paths[f"sub-{pid}"], sep="\t", index=False, na_rep="n/a")
+    back = read_dti_tables(paths)
+    assert back["participant_id"].str.startswith("sub-").all()
+    from_files = gd.cst_values(q, back, participants, "group")
+    in_memory = gd.cst_values(q, d, participants, "group")
+    pd.testing.assert_frame_equal(from_files, in_memory, check_dtype=False)
+    broken = tmp_path / "broken.tsv"
+    d.drop(columns=["participant_id", "metric"]).to_csv(broken, sep="\t", index=False)
+    with pytest.raises(DataError, match="broken.tsv: DTI region table lacks column.*metric"):
+        read_dti_tables({"sub-99": broken})

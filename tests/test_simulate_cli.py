@@ -92,9 +92,25 @@ def test_errors(tmp_path, capsys):
     assert "no atlas region 'cerebellum'" in capsys.readouterr().err
     assert main([str(tmp_path / "x"), "--atrophy", "putamen=0.7"]) == 64
     assert "0 < LOSS < 0.5" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "--effects", "red_nucleus:Q=0.04"]) == 64
+    assert "--effects: hemisphere of 'red_nucleus:Q=0.04' must be L or R" in capsys.readouterr().err
+    assert main([str(tmp_path / "x"), "--effects", "nucleus=0.04"]) == 64
+    assert "no cohort region 'nucleus'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing written for a bad request
     full = tmp_path / "full"
     full.mkdir()
     (full / "something.txt").write_text("x")
     assert main([str(full)]) == 73
     assert "not empty" in capsys.readouterr().err
+
+
+def test_chosen_effects_reach_the_ground_truth(tmp_path):
+    out = tmp_path / "held_out"
+    assert main([str(out), "--n-patients", "1", "--n-controls", "0", "--voxel-size", "4", "4", "4",
+                 "--matrix", "48", "56", "40", "--oversample", "2", "2", "2", "--no-t1w", "01",
+                 "--effects", "putamen:L=0.03", "red_nucleus:R=0.04", "--n-jobs", "1"]) == 0
+    effects = pd.read_csv(out / "derivatives" / "groundtruth" / "effects.tsv", sep="\t")
+    planted = effects[effects.als_minus_control_ppm != 0]
+    assert sorted(zip(planted.region, planted.hemisphere, planted.als_minus_control_ppm)) == [
+        ("putamen", "L", 0.03), ("red_nucleus", "R", 0.04)]
+    assert "putamen L +0.03 ppm, red_nucleus R +0.04 ppm" in (out / "README").read_text()

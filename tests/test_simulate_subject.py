@@ -169,3 +169,25 @@ def test_atrophy_sites_reject_bad_requests():
     sites = atrophy_sites({"caudate": 0.1})
     assert [s[0] for s in sites] == [1, 2]  # both hemispheres, by label index
     assert sites[0][1][0] < 0 < sites[1][1][0]  # left centroid at negative x (RAS)
+
+
+def test_chosen_effects_replace_the_papers():
+    effects = cohort.parse_effects(["putamen:L=0.03", "red_nucleus:R=0.04", "dentate_nucleus=0.01"])
+    assert effects == {("putamen", "L"): 0.03, ("red_nucleus", "R"): 0.04,
+                       ("dentate_nucleus", "L"): 0.01, ("dentate_nucleus", "R"): 0.01}
+    table = cohort.region_table(effects=effects).set_index(["region", "hemisphere"])
+    diff = table["als_minus_control_ppm"]
+    assert diff[("putamen", "L")] == 0.03 and diff[("putamen", "R")] == 0.0
+    assert diff[("red_nucleus", "R")] == 0.04 and diff[("red_nucleus", "L")] == 0.0
+    # a paper region not named gets no effect, and the scale still applies
+    assert diff[("precentral_gyrus", "L")] == 0.0
+    assert cohort.region_table(2.0, effects).set_index(["region", "hemisphere"]).loc[
+        ("putamen", "L"), "als_minus_control_ppm"] == 0.06
+    # same draws as without effects: only the planted difference moves a patient's values
+    a = cohort.sample_region_values("ALS", 60, np.random.default_rng(5), effects=effects)
+    b = cohort.sample_region_values("ALS", 60, np.random.default_rng(5), effects={})
+    moved = (a.planted_ppm - b.planted_ppm).abs() > 1e-12
+    assert set(zip(a.region[moved], a.hemisphere[moved])) == set(effects)
+    for bad in ("putamen=x", "cerebellum=0.1", "putamen:X=0.1", "putamen"):
+        with pytest.raises(ValueError, match="putamen|cerebellum|REGION"):
+            cohort.parse_effects([bad])

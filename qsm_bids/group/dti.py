@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..diffusion import METRICS
-from ..errors import DataError
+from .roi_stats import read_participant_tables
 
 __all__ = ["CORRELATION_COLUMNS", "MIN_N", "cst_values", "dti_correlations", "read_dti_tables",
            "scatter_figure", "write_dti_outputs"]
@@ -30,21 +30,11 @@ CORRELATION_COLUMNS = ["region", "x", "y", "group", "n", "rho", "rho2", "p", "no
 
 
 def read_dti_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
-    """Participants' ``_stat-median_dwimap.tsv`` as one long table (participant_id, region, hemisphere,
-    metric, value, n_voxels)."""
-    frames = []
-    for label, path in paths.items():
-        try:
-            t = pd.read_csv(path, sep="\t", na_values=["n/a"])
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: cannot read the DTI region table ({exc}); rerun the participant level "
-                            "for this subject") from None
-        missing = {"region", "hemisphere", "metric", "value"} - set(t.columns)
-        if missing:
-            raise DataError(f"{path}: DTI region table lacks column(s) {sorted(missing)}")
-        frames.append(t.assign(participant_id=str(label).removeprefix("sub-")))
-    cols = ["participant_id", "region", "hemisphere", "metric", "value", "n_voxels"]
-    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+    """Participants' ``_stat-median_dwimap.tsv`` as one long table (participant_id with ``sub-``,
+    region, hemisphere, metric, value, n_voxels); read as the region tables are
+    (:func:`.roi_stats.read_participant_tables`)."""
+    return read_participant_tables(paths, ("region", "hemisphere", "metric", "value"), name="DTI region table",
+                                   expected=("region", "hemisphere", "metric", "value", "n_voxels"))
 
 
 def cst_values(qsm_values: pd.DataFrame, dti_values: pd.DataFrame, participants: pd.DataFrame, group_column: str,
@@ -57,7 +47,8 @@ def cst_values(qsm_values: pd.DataFrame, dti_values: pd.DataFrame, participants:
     q = qsm_values[qsm_values["region"] == region].assign(
         participant_id=lambda f: f["participant_id"].astype(str).str.removeprefix("sub-"))
     qsm = q.groupby("participant_id")["median_ppm"].agg(lambda v: v.mean() if v.notna().sum() == 2 else np.nan)
-    d = dti_values[dti_values["region"] == region]
+    d = dti_values[dti_values["region"] == region].assign(
+        participant_id=lambda f: f["participant_id"].astype(str).str.removeprefix("sub-"))
     wide = (d.groupby(["participant_id", "metric"])["value"]
             .agg(lambda v: v.mean() if v.notna().sum() == 2 else np.nan).unstack("metric"))
     wide = wide.reindex(columns=list(METRICS))

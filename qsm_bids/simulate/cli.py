@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, identical files)")
     g.add_argument("--effect-scale", type=float, default=1.0,
                    help="multiplier of the paper's ALS-control differences (0: no group effect)")
+    g.add_argument("--effects", nargs="+", default=None, metavar="REGION[:L|R]=PPM",
+                   help="ALS - control differences of your choosing instead of the paper's, e.g. "
+                        "putamen:L=0.03 red_nucleus:R=0.04 (no hemisphere: both); every region not named "
+                        "gets none; --effect-scale still multiplies them")
     g.add_argument("--atrophy", nargs="+", default=[], metavar="REGION=LOSS", type=_atrophy,
                    help="planted atrophy in the patients: the atlas region (both hemispheres) loses the "
                         "fraction LOSS of its volume, e.g. caudate=0.1; true volumes in the ground truth")
@@ -131,6 +135,14 @@ def main(argv=None) -> int:
                 atrophy_sites(dict(args.atrophy))
             except ValueError as exc:
                 raise UsageError(f"--atrophy: {exc}") from None
+        effects = None
+        if args.effects is not None:
+            from .cohort import parse_effects
+
+            try:
+                effects = parse_effects(args.effects)
+            except ValueError as exc:
+                raise UsageError(f"--effects: {exc}") from None
         voxel, matrix = (PAPER_VOXEL_SIZE, PAPER_MATRIX) if args.paper_protocol else (args.voxel_size, args.matrix)
         if not math.isfinite(args.snr):
             log.info("no noise (--snr inf)")
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
                      field_strength=args.field_strength, repetition_time=args.repetition_time,
                      flip_angle=args.flip_angle, no_t1w=args.no_t1w, oblique=args.oblique,
                      oversample=args.oversample, n_jobs=args.n_jobs, overwrite=args.overwrite, dwi=False if args.dwi is None else (args.dwi or True),
-                     dwi_snr=args.dwi_snr, dwi_fa_per_ppm=args.dwi_fa_per_ppm, atrophy=dict(args.atrophy))
+                     dwi_snr=args.dwi_snr, dwi_fa_per_ppm=args.dwi_fa_per_ppm, atrophy=dict(args.atrophy), effects=effects)
     except QSMBidsError as exc:
         print(f"qsm-bids-simulate: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -26,6 +26,7 @@ __all__ = [
     "group_effects",
     "sample_participants",
     "sample_region_values",
+    "parse_effects",
 ]
 
 REFERENCE_AGE = 60.0
@@ -56,17 +57,48 @@ _AGE_SD = 10.0
 _HEMISPHERE_CORRELATION = 0.7
 
 
-def region_table(effect_scale: float = 1.0) -> pd.DataFrame:
+def parse_effects(items) -> dict:
+    """``{(region, hemisphere): ppm}`` from ``REGION[:L|R]=PPM`` strings (no hemisphere: both).
+
+    Raises ValueError naming the bad item (unknown region, hemisphere or number).
+    """
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        region, _, hemi = key.partition(":")
+        try:
+            ppm = float(value)
+        except ValueError:
+            ppm = None
+        if not sep or ppm is None or not np.isfinite(ppm):
+            raise ValueError(f"expected REGION[:L|R]=PPM, got {item!r}")
+        if region not in _REGIONS:
+            raise ValueError(f"no cohort region {region!r} (regions: {', '.join(_REGIONS)})")
+        if hemi not in ("", "L", "R"):
+            raise ValueError(f"hemisphere of {item!r} must be L or R")
+        for h in (hemi,) if hemi else ("L", "R"):
+            out[(region, h)] = ppm
+    return out
+
+
+def region_table(effect_scale: float = 1.0, effects: dict | None = None) -> pd.DataFrame:
     """One row per region and hemisphere with the planted cohort parameters.
 
     Columns: ``region``, ``hemisphere``, ``control_ppm`` (at the reference
     age), ``als_minus_control_ppm`` (times ``effect_scale``), ``sd_control_ppm``
     and ``sd_als_ppm`` (biological between-subject SD, age excluded),
     ``age_slope_ppm_per_year``, ``source`` (paper or literature).
+
+    ``effects`` (``{(region, hemisphere): ppm}``, see :func:`parse_effects`)
+    replaces the paper's ALS - control differences: the regions it names get
+    those, every other region none (a held-out cohort with effects of one's
+    choosing); ``effect_scale`` still multiplies them.
     """
     rows = []
     for region, (cl, cr, el, er, sem_c, sem_l, sem_r, slope) in _REGIONS.items():
         for hemi, ctrl, eff, sem_a in (("L", cl, el, sem_l), ("R", cr, er, sem_r)):
+            if effects is not None:
+                eff = float(effects.get((region, hemi), 0.0))
             if sem_c is None:
                 sd_c = sd_a = 0.15 * abs(ctrl) + 0.003
                 source = "literature"
@@ -84,9 +116,9 @@ def region_table(effect_scale: float = 1.0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def group_effects(effect_scale: float = 1.0) -> pd.DataFrame:
+def group_effects(effect_scale: float = 1.0, effects: dict | None = None) -> pd.DataFrame:
     """The planted effects table written to ``derivatives/groundtruth/effects.tsv``."""
-    t = region_table(effect_scale)
+    t = region_table(effect_scale, effects)
     t.insert(2, "reference_age", REFERENCE_AGE)
     t["effect_scale"] = float(effect_scale)
     return t
@@ -123,18 +155,20 @@ def sample_participants(n_patients: int, n_controls: int, rng) -> pd.DataFrame:
                                        "disease_duration_months"])
 
 
-def sample_region_values(group: str, age: float, rng, effect_scale: float = 1.0) -> pd.DataFrame:
+def sample_region_values(group: str, age: float, rng, effect_scale: float = 1.0,
+                         effects: dict | None = None) -> pd.DataFrame:
     """Planted susceptibility of each region and hemisphere for one subject.
 
     ``control_ppm + slope (age - 60) + [ALS] effect + SD z``, with z
     correlated 0.7 between hemispheres; the dorsal and ventral substantia
-    nigra share one draw (the paper reports the whole nucleus).
+    nigra share one draw (the paper reports the whole nucleus). ``effects``:
+    as :func:`region_table`.
 
     Returns
     -------
     DataFrame with ``region``, ``hemisphere``, ``planted_ppm``.
     """
-    table = region_table(effect_scale)
+    table = region_table(effect_scale, effects)
     draws = {}
     rho = _HEMISPHERE_CORRELATION
     for region in _REGIONS:

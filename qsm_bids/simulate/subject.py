@@ -310,7 +310,7 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
                      group="control", age=60.0, effect_scale=1.0, region_values=None, pose="random",
                      oblique=True, oversample=None, pad_mm=32.0, with_t1w=True,
                      t1w_matrix=DEFAULT_T1W_MATRIX, t1w_snr=DEFAULT_T1W_SNR, texture_seed=0,
-                     rotation_sd_deg=(7.0, 3.0, 3.0), deformation_mm=1.5, atrophy=None):
+                     rotation_sd_deg=(7.0, 3.0, 3.0), deformation_mm=1.5, atrophy=None, effects=None):
     """Simulate one subject's GRE (and T1w) data with its ground truth, in memory.
 
     Parameters
@@ -391,7 +391,7 @@ def simulate_subject(seed=0, *, voxel_size=DEFAULT_VOXEL_SIZE, matrix=DEFAULT_MA
     if atrophy:
         pose_ = replace(pose_, atrophy=list(pose_.atrophy) + atrophy_sites(atrophy))
     if region_values is None:
-        region_values = sample_region_values(group, age, rng, effect_scale=effect_scale)
+        region_values = sample_region_values(group, age, rng, effect_scale=effect_scale, effects=effects)
     table = h.label_table.merge(region_values, on=["region", "hemisphere"], how="left")
     if table["planted_ppm"].isna().any():
         missing = table.loc[table["planted_ppm"].isna(), "region"].tolist()

@@ -111,8 +111,15 @@ T1w: 1 mm MPRAGE-like image with a smooth bias field and Rician noise.
 Ground truth (susceptibility in native and template space, brain mask, atlas
 labels, local and total field, planted region values, planted group effects) is
 in `derivatives/groundtruth/`. Simulation seed: {args['seed']}; effect scale:
-{args['effect_scale']}.
+{args['effect_scale']}; group effects: {_effects_text(args)}.
 """
+
+
+def _effects_text(args: dict) -> str:
+    if args.get("effects") is None:
+        return "the paper's ALS - control differences"
+    named = [f"{r} {h} {v:+g} ppm" for (r, h), v in sorted(args["effects"].items()) if v]
+    return "chosen with --effects: " + (", ".join(named) if named else "none")
 
 
 def _dwi_readme(args: dict) -> str:
@@ -173,7 +180,7 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
         echo_times=args["echo_times"], snr=args["snr"], coils=args["coils"],
         field_strength=args["field_strength"], repetition_time=args["repetition_time"],
         flip_angle=args["flip_angle"], group=row["group"], age=row["age"], effect_scale=args["effect_scale"],
-        oblique=args["oblique"], oversample=args.get("oversample"), with_t1w=label not in args["no_t1w"],
+        effects=args.get("effects"), oblique=args["oblique"], oversample=args.get("oversample"), with_t1w=label not in args["no_t1w"],
         texture_seed=int(args["seed"]), atrophy=args["atrophy"] if row["group"] == "ALS" else None)
     anat = out_dir / f"sub-{label}" / "anat"
     A = data["affine"]
@@ -319,7 +326,7 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                  matrix=subj.DEFAULT_MATRIX, echo_times=(0.020,), coils=1, phase_units="rad", effect_scale=1.0,
                  snr=subj.DEFAULT_SNR, field_strength=3.0, repetition_time=0.028, flip_angle=15.0,
                  no_t1w=(), oblique=True, oversample=None, n_jobs=1, overwrite=False, dwi=False,
-                 dwi_snr=None, dwi_fa_per_ppm=None, atrophy=None) -> pd.DataFrame:
+                 dwi_snr=None, dwi_fa_per_ppm=None, atrophy=None, effects=None) -> pd.DataFrame:
     """Simulate a cohort and write it as a BIDS dataset (see the module docstring).
 
     Returns the participants table. ``n_jobs`` subjects are simulated at a
@@ -328,7 +335,10 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
     b = 0 SNR ``dwi_snr``; True for every subject or a collection of labels; the patients' CST FA changes by ``dwi_fa_per_ppm``
     per ppm of their CST susceptibility change, see :mod:`.dwi`), about 25 s
     per subject. ``atrophy``: region name -> fraction of volume the
-    patients lose there (see :func:`.subject.atrophy_sites`).
+    patients lose there (see :func:`.subject.atrophy_sites`). ``effects``:
+    ``{(region, hemisphere): ppm}`` ALS - control differences that replace
+    the paper's (see :func:`.cohort.region_table`), written to
+    ``effects.tsv`` like them.
     """
     from . import dwi as dwi_mod
 
@@ -348,7 +358,8 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                 dwi=dwi if isinstance(dwi, bool) else {str(x).removeprefix("sub-") for x in dwi},
                 dwi_snr=float(dwi_mod.DWI_SNR if dwi_snr is None else dwi_snr),
                 dwi_fa_per_ppm=float(dwi_mod.FA_PER_PPM if dwi_fa_per_ppm is None else dwi_fa_per_ppm),
-                atrophy={str(k): float(v) for k, v in (atrophy or {}).items()})
+                atrophy={str(k): float(v) for k, v in (atrophy or {}).items()},
+                effects=None if effects is None else {(str(r), str(h)): float(v) for (r, h), v in effects.items()})
     rng = np.random.default_rng([int(seed), 0])
     participants = sample_participants(n_patients, n_controls, rng)
     labels = [p.removeprefix("sub-") for p in participants["participant_id"]]
@@ -377,7 +388,7 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
         "GeneratedBy": [{"Name": _GENERATOR, "Version": __version__}],
         "SourceDatasets": [{"URL": "bids::"}],
     })
-    write_tsv(gt / "effects.tsv", group_effects(effect_scale), sidecar=_EFFECTS_JSON)
+    write_tsv(gt / "effects.tsv", group_effects(effect_scale, args["effects"]), sidecar=_EFFECTS_JSON)
     if args["dwi"]:  # True or a non-empty set of labels
         write_json(gt / "dwi_effects.json", {
             "Description": "Planted diffusion effects: CST FA = CSTFA + CSTFASD z for everyone, plus FAPerPPM x "
