@@ -36,7 +36,9 @@ Variants isolate one factor each:
   mask edge (a proposal for ``recon/mask.py``: deep incoherent voxels in the
   dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; ``nosmv``: MEDI on SHARP's local field
   instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; ``noedge``: no MEDI rim shells (the default
-  before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; combinations with
+  before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``t1wmask``: the simulator's
+  brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
+  ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
 
 Simulations and results are cached under ``--cache`` (the machine is shared:
@@ -77,10 +79,12 @@ def simulate(protocol, seed, snr, cache: Path):
 
     path = cache / f"sim_{protocol}_s{seed}_snr{snr:g}.pkl"
     if path.exists():
-        return pickle.loads(path.read_bytes())
+        s = pickle.loads(path.read_bytes())
+        if "brain_mask" in s:  # older caches lack it
+            return s
     s = simulate_subject(seed, snr=snr, with_t1w=False, **PROTOCOLS[protocol])
     keep = {k: s[k] for k in ("magnitude", "phase", "voxel_size", "echo_times", "field_strength", "b0_dir",
-                              "chi_ppm", "total_field_ppm", "labels", "label_table", "pose")}
+                              "chi_ppm", "total_field_ppm", "labels", "label_table", "pose", "brain_mask")}
     path.write_bytes(pickle.dumps(keep, protocol=4))
     return keep
 
@@ -126,7 +130,7 @@ def run_variant(s, variant):
     parts = variant.split("+")
     p = ReconConfig()
     mag, phase = s["magnitude"], s["phase"]
-    oracle = shell = oracle_unwrap = False
+    oracle = shell = oracle_unwrap = t1w = False
     for part in parts:
         if part == "base":
             pass
@@ -144,6 +148,8 @@ def run_variant(s, variant):
             p = replace(p, coil_smoothing_mm=float(part[5:]))
         elif part == "oracle_total":
             oracle = True
+        elif part == "t1wmask":
+            t1w = True
         elif part == "shell15":
             shell = True
         elif part.startswith("lam"):
@@ -177,7 +183,7 @@ def run_variant(s, variant):
             pipeline.UNWRAP_METHODS["oracle"] = lambda ph, *a: unwrap_to_reference(ph, ref)
             p = replace(p, unwrap_method="oracle")
         r = pipeline.reconstruct(mag, phase, s["echo_times"], s["voxel_size"], s["b0_dir"],
-                                 s["field_strength"], p)
+                                 s["field_strength"], p, t1w_mask=s["brain_mask"] if t1w else None)
     finally:
         pipeline.fit_field, pipeline.refine_with_phase = saved_fit, saved_refine
         pipeline.UNWRAP_METHODS.pop("oracle", None)
