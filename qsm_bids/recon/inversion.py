@@ -37,7 +37,7 @@ from . import fft
 from ._ops import diff_adjoint, diff_forward, grad, pad_to, smv, sphere_kernel_rfft
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
-__all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight"]
+__all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
          field_strength_t=3.0, delta_te_s=0.02, noise_std=None, lam=1000.0, percentage=0.9,
          max_iter=10, tol_norm_ratio=0.1, cg_max_iter=100, cg_tol=0.01, beta=1e-6,
          merit=False, smv_radius_mm=None, output_mask=None, pad=0, progress=None, stats=None,
-         edge_radii_mm=None):
+         edge_radii_mm=None, cg_preconditioner=None):
     """Nonlinear MEDI with L1 gradient regularisation (MEDI toolbox ``MEDI_L1``).
 
     Parameters
@@ -190,6 +190,11 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         normalisation of ``m`` (mean 1 over their union). Each extra radius
         costs 2 real FFTs per CG iteration. Radii below the smallest voxel edge are skipped (such a
         sphere is the voxel alone and carries no data). Not with ``merit``.
+    cg_preconditioner : None or "circulant"
+        None: plain CG, as the toolbox. ``"circulant"``: CG preconditioned by the inverse of
+        :func:`circulant_symbol` (2 more real FFTs per CG iteration); same stopping rule on the
+        unpreconditioned residual, so the same problem solved to the same tolerance in fewer
+        iterations (the toolbox's CG often stops at ``cg_max_iter`` instead).
 
     Returns
     -------
@@ -289,6 +294,11 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     x = np.zeros(shape, dtype=np.float32)
     gbuf = np.zeros((3,) + shape, dtype=np.float32)
     two_lam = np.float32(2.0 * lam)
+    if cg_preconditioner not in (None, "circulant"):
+        raise ValueError(f"MEDI: unknown CG preconditioner {cg_preconditioner!r} (None or 'circulant')")
+    # the data terms' (weight, kernel) pairs and where they measure, for the circulant preconditioner
+    data_terms = [(w, K) for _, K, _, w in terms] if terms is not None else None
+    data_region = done if terms is not None else maskp
     res_norm_ratio = np.inf
     it = 0
     cg_total = 0
@@ -339,7 +349,16 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
                 return out
 
         b *= -1
-        dx, n_cg = _cg(A, b, cg_tol, cg_max_iter)
+        precond = None
+        if cg_preconditioner == "circulant":
+            pairs = data_terms if data_terms is not None else [(m2, Dh)]
+            symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K) for w, K in pairs], shape)
+
+            def precond(r, symbol=symbol):
+                R = fft.rfftn(r)
+                R /= symbol
+                return fft.irfftn(R, shape)
+        dx, n_cg = _cg(A, b, cg_tol, cg_max_iter, precond)
         cg_total += n_cg
         xn = float(np.linalg.norm(x))
         res_norm_ratio = float(np.linalg.norm(dx)) / xn if xn > 0 else np.inf
@@ -375,36 +394,74 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     return np.ascontiguousarray(chi, dtype=np.float32)
 
 
+def circulant_symbol(P, data_terms, shape):
+    """Spectrum of the shift-invariant operator nearest MEDI's Gauss-Newton normal operator.
+
+    ``sum_a mean(P_a) |e_a(k)|^2 + sum_r c_r K_r(k)^2``: the IRLS-weighted differences with each
+    axis' weight (``P``, (3, *shape), 1/h^2 folded in) replaced by its mean over the grid, and each
+    data term ``(c_r, K_r)`` (weight ``2 lambda`` times its mean data weight over the measured voxels,
+    half-spectrum kernel) as if its weight were that constant. Its inverse, two real FFTs per
+    application, is the preconditioner (the operator's spread over frequencies, which sets the CG
+    count, is what a circulant inverse removes; the spatial variation of the weights stays).
+    """
+    K0 = data_terms[0][1] if data_terms else None
+    half = K0.shape if K0 is not None else (shape[0], shape[1], shape[2] // 2 + 1)
+    symbol = np.zeros(half, dtype=np.float32)
+    for axis in range(3):
+        n = shape[axis]
+        k = np.arange(half[axis])
+        e = (2.0 - 2.0 * np.cos(2.0 * np.pi * k / n)).astype(np.float32)
+        view = [1, 1, 1]
+        view[axis] = half[axis]
+        symbol += np.float32(P[axis].mean()) * e.reshape(view)
+    for c, K in data_terms:
+        symbol += np.float32(c) * K * K
+    # the k = 0 term of the differences is 0; the dipole kernel's too: keep the inverse bounded
+    np.maximum(symbol, np.float32(1e-6) * symbol.max(), out=symbol)
+    return symbol
+
+
 def _dot(a, b):
     return float(np.dot(a.ravel(), b.ravel()))
 
 
-def _cg(A, b, tol, max_iter):
+def _cg(A, b, tol, max_iter, precond=None):
     """Conjugate gradients from 0, stopping at ||r|| <= tol ||b|| (toolbox cgsolve).
 
-    ``A(p, out)`` writes the operator applied to ``p`` into ``out``.
+    ``A(p, out)`` writes the operator applied to ``p`` into ``out``. ``precond(r)`` returns the
+    preconditioner's inverse applied to ``r`` (symmetric positive definite); the stopping rule stays
+    on the unpreconditioned residual, so both reach the same accuracy.
     """
     x = np.zeros_like(b)
     r = b.copy()
-    p = r.copy()
+    z = r if precond is None else precond(r)
+    p = z.copy()
     Ap = np.empty_like(b)
     tmp = np.empty_like(b)
-    rr = _dot(r, r)
-    bnorm = np.sqrt(rr)
+    rz = _dot(r, z)
+    bnorm = np.sqrt(_dot(b, b))
+    rnorm = bnorm
     it = 0
-    while it < max_iter and bnorm > 0 and np.sqrt(rr) > tol * bnorm:
+    while it < max_iter and bnorm > 0 and rnorm > tol * bnorm:
         A(p, Ap)
         pAp = _dot(p, Ap)
         if pAp <= 0:
             break
-        alpha = np.float32(rr / pAp)
+        alpha = np.float32(rz / pAp)
         np.multiply(p, alpha, out=tmp)
         x += tmp
         np.multiply(Ap, alpha, out=tmp)
         r -= tmp
-        rr_new = _dot(r, r)
-        p *= np.float32(rr_new / rr)
-        p += r
-        rr = rr_new
+        if precond is None:
+            z = r
+            rz_new = _dot(r, r)
+            rnorm = np.sqrt(rz_new)
+        else:
+            z = precond(r)
+            rz_new = _dot(r, z)
+            rnorm = np.sqrt(_dot(r, r))
+        p *= np.float32(rz_new / rz)
+        p += z
+        rz = rz_new
         it += 1
     return x, it

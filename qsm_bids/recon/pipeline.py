@@ -238,7 +238,8 @@ def _medi(inp: _Inputs, region):
         field_strength_t=inp.field_strength_t, delta_te_s=delta_te, noise_std=noise, lam=p.medi_lambda,
         percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
-        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=inp.edge_radii_mm or None)
+        output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=inp.edge_radii_mm or None,
+        cg_preconditioner=None if p.medi_cg_preconditioner == "none" else p.medi_cg_preconditioner)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.

@@ -183,7 +183,10 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
                      f"{cite('liu2012', 'liu2013')} with lambda = {cfg.recon.medi_lambda:g} "
                      f"(gradient-mask percentage {cfg.recon.medi_percentage:g}, at most "
                      f"{cfg.recon.medi_max_iter} Gauss-Newton and "
-                     f"{cfg.recon.medi_cg_max_iter} conjugate-gradient iterations).")
+                     f"{cfg.recon.medi_cg_max_iter} conjugate-gradient iterations"
+                     + (", the conjugate gradients preconditioned by the inverse of the nearest "
+                        "shift-invariant operator" if cfg.recon.medi_cg_preconditioner == "circulant" else "")
+                     + ").")
     elif inv == "tkd":
         recon.append(f"Susceptibility was estimated by thresholded k-space division {cite('shmueli2009')} "
                      f"(threshold {cfg.recon.tkd_threshold:g}).")
