@@ -203,6 +203,17 @@ def test_medi_weights_follow_the_toolbox():
     assert abs((wg == 0).sum() / mask.sum() - 0.9) < 0.06
 
 
+@pytest.mark.parametrize("shape", [(5, 6, 7), (1, 4, 3), (8, 8, 2)])
+def test_unscaled_differences_adjoint_is_exact(shape):
+    from qsm_bids.recon._ops import diff_adjoint, diff_forward
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    g = rng.standard_normal((3,) + shape)  # last planes non-zero on purpose: the adjoint ignores them
+    dx = diff_forward(x, np.zeros((3,) + shape))
+    assert np.isclose((dx * g).sum(), (x * diff_adjoint(g, np.empty(shape))).sum(), rtol=1e-12, atol=1e-12)
+
+
 def test_circulant_symbol_is_the_operator_when_the_weights_are_constant():
     from qsm_bids.recon._ops import diff_adjoint, diff_forward
     from qsm_bids.recon.inversion import _half, circulant_symbol

@@ -352,11 +352,12 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         precond = None
         if cg_preconditioner == "circulant":
             pairs = data_terms if data_terms is not None else [(m2, Dh)]
-            symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K) for w, K in pairs], shape)
+            inv_symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K) for w, K in pairs], shape)
+            np.divide(np.float32(1.0), inv_symbol, out=inv_symbol)
 
-            def precond(r, symbol=symbol):
+            def precond(r, inv_symbol=inv_symbol):
                 R = fft.rfftn(r)
-                R /= symbol
+                R *= inv_symbol
                 return fft.irfftn(R, shape)
         dx, n_cg = _cg(A, b, cg_tol, cg_max_iter, precond)
         cg_total += n_cg
