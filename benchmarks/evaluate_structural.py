@@ -1,0 +1,152 @@
+"""Score the structural comparators and the CST diffusion of a simulated cohort against its ground truth.
+
+    .venv/bin/python benchmarks/evaluate_structural.py BIDS_DIR DERIVATIVES_DIR
+
+Reads a ``qsm-bids-simulate`` dataset (optionally with ``--atrophy`` and ``--dwi``) and the qsm-bids
+participant and group derivatives, and prints:
+
+1. volumes: the measured volume of each region over the true native volume (mean over subjects), the
+   measured ALS / control ratio against the true one (``derivatives/groundtruth/atrophy.json`` names the
+   planted loss), and the group level's ICV- and age-adjusted rank-sum (``group/desc-volumes_stats.tsv``);
+2. VBM (and thickness when computed): the FWE-significant clusters of both contrasts
+   (``group/vbm/contrast-*_desc-clusters_table.tsv``), with their peak label;
+3. DTI: the CST medians of FA, MD, RD and AD against the simulator's truth (the median of the true map over
+   the true CST, ``groundtruth/sub-X/dwi/*_desc-planted_dwimap.tsv``), worst absolute error and bias;
+4. QSM-DTI: the group level's Spearman correlations in patients (``group/desc-dti_correlations.tsv``), and
+   ``scipy.stats.spearmanr`` recomputed from its values table and from the planted values (the answer
+   the simulator built in: planted CST susceptibility vs planted CST FA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def _read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"])
+
+
+def volumes(bids: Path, deriv: Path, part: pd.DataFrame) -> None:
+    gt = bids / "derivatives" / "groundtruth"
+    rows = []
+    for pid, group in zip(part.participant_id, part.group):
+        meas_path = deriv / pid / "anat" / f"{pid}_atlas-qsmbids_desc-volumes_morph.tsv"
+        true_path = gt / pid / "anat" / f"{pid}_atlas-qsmbids_desc-volumes_morph.tsv"
+        if not meas_path.exists() or not true_path.exists():
+            continue
+        m = _read(meas_path)
+        m = m[m.measure == "volume_mm3"][["region", "hemisphere", "value"]]
+        t = _read(true_path)[["region", "hemisphere", "volume_mm3"]]
+        both = m.merge(t, on=["region", "hemisphere"])
+        both["participant_id"], both["group"] = pid, group
+        rows.append(both)
+    if not rows:
+        print("volumes: none measured")
+        return
+    v = pd.concat(rows)
+    v["ratio"] = v.value / v.volume_mm3
+    planted = {}
+    if (gt / "atrophy.json").exists():
+        planted = json.loads((gt / "atrophy.json").read_text()).get("VolumeLoss", {})
+    print(f"volumes ({v.participant_id.nunique()} subjects): measured / true, and ALS / control of the means")
+    print("| region | measured / true (mean, SD) | ALS / control measured | ALS / control true | planted loss |")
+    print("|---|---|---:|---:|---:|")
+    for region, r in v.groupby("region", sort=False):
+        per = r.groupby(["participant_id", "group"])[["value", "volume_mm3"]].sum().reset_index()
+        g = per.groupby("group")[["value", "volume_mm3"]].mean()
+        meas = g.loc["ALS", "value"] / g.loc["control", "value"] if {"ALS", "control"} <= set(g.index) else np.nan
+        true = g.loc["ALS", "volume_mm3"] / g.loc["control", "volume_mm3"] if {"ALS", "control"} <= set(g.index) \
+            else np.nan
+        print(f"| {region} | {r.ratio.mean():.3f} ({r.ratio.std():.3f}) | {meas:.3f} | {true:.3f} | "
+              f"{planted.get(region, 0):g} |")
+    stats_path = deriv / "group" / "desc-volumes_stats.tsv"
+    if stats_path.exists():
+        s = _read(stats_path)
+        cols = [c for c in ("region", "hemisphere", "z", "p", "p_bonferroni") if c in s.columns]
+        print("\ngroup level, volumes (ICV and age adjusted rank-sum, Bonferroni):")
+        print(s[cols].to_string(index=False))
+
+
+def clusters(deriv: Path) -> None:
+    for sub in ("vbm", "thickness"):
+        folder = deriv / "group" / sub
+        tables = sorted(folder.glob("contrast-*_desc-clusters_table.tsv")) if folder.exists() else []
+        if not tables:
+            print(f"\n{sub}: not computed")
+            continue
+        for path in tables:
+            t = _read(path)
+            sig = t[t.peak_pfwe < 0.05] if "peak_pfwe" in t else t
+            print(f"\n{sub} {path.name.split('_desc')[0]}: {len(sig)} FWE-significant cluster(s)")
+            if len(sig):
+                print(sig[["n_voxels", "peak_x_mm", "peak_y_mm", "peak_z_mm", "peak_t", "peak_pfwe",
+                           "peak_label"]].head(8).to_string(index=False))
+
+
+def dti(bids: Path, deriv: Path, part: pd.DataFrame) -> None:
+    gt = bids / "derivatives" / "groundtruth"
+    rows = []
+    for pid in part.participant_id:
+        est_path = deriv / pid / "dwi" / f"{pid}_atlas-qsmbids_stat-median_dwimap.tsv"
+        true_path = gt / pid / "dwi" / f"{pid}_atlas-qsmbids_desc-planted_dwimap.tsv"
+        if est_path.exists() and true_path.exists():
+            m = _read(est_path).merge(_read(true_path), on=["region", "hemisphere", "metric"])
+            rows.append(m.assign(participant_id=pid))
+    if not rows:
+        print("\nDTI: none measured")
+        return
+    d = pd.concat(rows)
+    d["error"] = d.value - d.truth_median
+    print(f"\nDTI in the CST ({d.participant_id.nunique()} subjects, both hemispheres): measured median - true median")
+    for metric, r in d.groupby("metric", sort=False):
+        scale = 1e3 if metric != "FA" else 1.0
+        unit = " (x1e-3 mm2/s)" if metric != "FA" else ""
+        print(f"  {metric}{unit}: bias {r.error.mean() * scale:+.4f}, worst |error| {r.error.abs().max() * scale:.4f}, "
+              f"worst relative {np.max(np.abs(r.error / r.truth_median)) * 100:.1f} %")
+    corr_path = deriv / "group" / "desc-dti_correlations.tsv"
+    values_path = deriv / "group" / "desc-dti_values.tsv"
+    if corr_path.exists() and values_path.exists():
+        corr = _read(corr_path)
+        values = _read(values_path)
+        pat = values[values.group.astype(str) == str(corr.group.iloc[0])]
+        print(f"\nQSM-DTI in patients (n = {len(pat)}): the group level, and spearmanr recomputed from its values")
+        for r in corr.itertuples():
+            rho, p = stats.spearmanr(pat["QSM"], pat[r.y], nan_policy="omit")
+            print(f"  QSM-{r.y}: rho {r.rho:+.3f} (recomputed {rho:+.3f}), rho^2 {r.rho2:.3f}, P {r.p:.4f} "
+                  f"(recomputed {p:.4f})")
+    # the planted relationship: planted CST susceptibility vs planted CST FA, patients, L/R averaged
+    planted = []
+    for pid, group in zip(part.participant_id, part.group):
+        chi_path = gt / pid / "anat" / f"{pid}_atlas-qsmbids_desc-planted_Chimap.tsv"
+        fa_path = gt / pid / "dwi" / f"{pid}_atlas-qsmbids_desc-planted_dwimap.tsv"
+        if group != "ALS" or not fa_path.exists():
+            continue
+        chi = _read(chi_path)
+        fa = _read(fa_path)
+        planted.append((chi[chi.region == "corticospinal_tract"].planted_ppm.mean(),
+                        fa[(fa.region == "corticospinal_tract") & (fa.metric == "FA")].planted.mean()))
+    if len(planted) >= 3:
+        x, y = np.array(planted).T
+        rho, p = stats.spearmanr(x, y)
+        print(f"  planted CST susceptibility vs planted CST FA in patients: rho {rho:+.3f}, P {p:.4f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bids", type=Path)
+    ap.add_argument("derivatives", type=Path)
+    args = ap.parse_args(argv)
+    part = _read(args.bids / "participants.tsv")
+    volumes(args.bids, args.derivatives, part)
+    clusters(args.derivatives)
+    dti(args.bids, args.derivatives, part)
+
+
+if __name__ == "__main__":
+    main()
