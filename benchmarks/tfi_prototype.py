@@ -65,9 +65,9 @@ import time
 import numpy as np
 
 from qsm_bids.recon import fft
-from qsm_bids.recon._ops import diff_adjoint, diff_forward, grad
+from qsm_bids.recon._ops import diff_adjoint, diff_forward
 from qsm_bids.recon.dipole import GAMMA_HZ_PER_T, dipole_kernel
-from qsm_bids.recon.inversion import _cg, data_weight, gradient_mask
+from qsm_bids.recon.inversion import _cg, data_weight, gradient_mask, irls_weights
 
 __all__ = ["tfi"]
 
@@ -258,7 +258,6 @@ def tfi(total_field_ppm, magnitude, brain_mask, data_mask, voxel_size, b0_dir=(0
         u *= P
         return u
 
-    inv_h2 = np.asarray([1.0 / float(h) ** 2 for h in voxel_size], dtype=np.float32).reshape(3, 1, 1, 1)
     gbuf = np.zeros((3,) + shape, dtype=np.float32)
 
     def reg(dy, W, out):
@@ -278,13 +277,7 @@ def tfi(total_field_ppm, magnitude, brain_mask, data_mask, voxel_size, b0_dir=(0
         t0 = time.perf_counter()
         it += 1
         x = P * y
-        grad(x, voxel_size, out=gbuf)
-        gbuf *= wG
-        np.multiply(gbuf, gbuf, out=gbuf)
-        gbuf += np.float32(beta)
-        np.sqrt(gbuf, out=gbuf)
-        W = np.divide(wG, gbuf)
-        W *= inv_h2
+        W = irls_weights(x, wG, voxel_size, beta, gbuf)
         # gradient: reg(y) - 2 lam P D^T m Q m (f - D P y)
         b = reg(y, W, np.empty_like(y))
         r = dconv(x)

@@ -283,8 +283,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         return fft.irfftn(acc, shape)
 
     # the regulariser G^T P G with G the scaled gradient is applied as the unscaled
-    # differences with P / h^2 folded in (fewer passes over the volume, no temporaries)
-    inv_h2 = np.asarray([1.0 / float(h) ** 2 for h in voxel_size], dtype=np.float32).reshape(3, 1, 1, 1)
+    # differences with P / h^2 folded in (irls_weights; fewer passes over the volume, no temporaries)
 
     def reg(dx, P, gbuf, out):
         diff_forward(dx, gbuf)
@@ -296,8 +295,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     two_lam = np.float32(2.0 * lam)
     if cg_preconditioner not in (None, "circulant"):
         raise ValueError(f"MEDI: unknown CG preconditioner {cg_preconditioner!r} (None or 'circulant')")
-    # the data terms' (weight, kernel) pairs and where they measure, for the circulant preconditioner
-    data_terms = [(w, K) for _, K, _, w in terms] if terms is not None else None
+    # where the data terms measure, for the circulant preconditioner
     data_region = done if terms is not None else maskp
     res_norm_ratio = np.inf
     it = 0
@@ -306,14 +304,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     while res_norm_ratio > tol_norm_ratio and it < max_iter:
         t0 = time.perf_counter()
         it += 1
-        # IRLS weights of the L1 term; with a binary wG, wG*Vr*wG = wG*Vr
-        grad(x, voxel_size, out=gbuf)
-        gbuf *= wG
-        np.multiply(gbuf, gbuf, out=gbuf)
-        gbuf += np.float32(beta)
-        np.sqrt(gbuf, out=gbuf)
-        P = np.divide(wG, gbuf)
-        P *= inv_h2
+        P = irls_weights(x, wG, voxel_size, beta, gbuf)
         if terms is None:
             Dx = dconv(x)
             # b = reg(x) + 2 lam D^T Re(conj(w) conj(i) (w - b0)) = reg(x) - 2 lam D^T (m^2 sin(rdf - Dx))
@@ -351,7 +342,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         b *= -1
         precond = None
         if cg_preconditioner == "circulant":
-            pairs = data_terms if data_terms is not None else [(m2, Dh)]
+            pairs = [(w, K) for _, K, _, w in terms] if terms is not None else [(m2, Dh)]
             inv_symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K) for w, K in pairs], shape)
             np.divide(np.float32(1.0), inv_symbol, out=inv_symbol)
 
@@ -395,6 +386,21 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     return np.ascontiguousarray(chi, dtype=np.float32)
 
 
+def irls_weights(x, wG, voxel_size, beta, gbuf):
+    """IRLS weights of MEDI's L1 gradient term, ``wG / sqrt(|wG grad x|^2 + beta)`` per axis, with
+    ``1/h^2`` folded in so that ``diff_adjoint(P * diff_forward(.))`` is ``G^T P G`` for the scaled
+    gradient ``G``. ``gbuf`` ((3, *shape) float32) is scratch; ``wG`` is binary (``wG Vr wG = wG Vr``).
+    """
+    grad(x, voxel_size, out=gbuf)
+    gbuf *= wG
+    np.multiply(gbuf, gbuf, out=gbuf)
+    gbuf += np.float32(beta)
+    np.sqrt(gbuf, out=gbuf)
+    P = np.divide(wG, gbuf)
+    P *= np.asarray([1.0 / float(h) ** 2 for h in voxel_size], dtype=np.float32).reshape(3, 1, 1, 1)
+    return P
+
+
 def circulant_symbol(P, data_terms, shape):
     """Spectrum of the shift-invariant operator nearest MEDI's Gauss-Newton normal operator.
 
@@ -405,8 +411,7 @@ def circulant_symbol(P, data_terms, shape):
     application, is the preconditioner (the operator's spread over frequencies, which sets the CG
     count, is what a circulant inverse removes; the spatial variation of the weights stays).
     """
-    K0 = data_terms[0][1] if data_terms else None
-    half = K0.shape if K0 is not None else (shape[0], shape[1], shape[2] // 2 + 1)
+    half = (shape[0], shape[1], shape[2] // 2 + 1)
     symbol = np.zeros(half, dtype=np.float32)
     for axis in range(3):
         n = shape[axis]
