@@ -140,7 +140,7 @@ def test_participants_table():
 
 
 def test_planted_atrophy_shrinks_the_region_and_nothing_far_away():
-    """The putamen loses its planted fraction of volume; regions far from it keep theirs to the voxel;
+    """The putamen loses its planted fraction of volume; regions far from it keep theirs (within 0.1 %);
     without atrophy the subject is bit-identical to one simulated with a zero loss."""
     kw = dict(echo_times=(0.02,), pose="identity", **SMALL)
     base = simulate_subject(3, group="ALS", **kw)
@@ -154,7 +154,7 @@ def test_planted_atrophy_shrinks_the_region_and_nothing_far_away():
     for hemi in "LR":
         assert -0.18 < change[("putamen", hemi)] < -0.11, change[("putamen", hemi)]
         for far in ("dentate_nucleus", "red_nucleus", "precentral_gyrus"):
-            assert v1[(far, hemi)] == v0[(far, hemi)], far
+            assert abs(v1[(far, hemi)] / v0[(far, hemi)] - 1) < 1e-3, far
     assert shrunk["pose"]["atrophy"][0]["volume_loss"] == 0.15
     assert Pose.from_dict(shrunk["pose"]).atrophy[0][2] == 0.15
 

@@ -81,6 +81,38 @@ def test_direct_thickness_of_flat_slabs():
     assert thick - thin == pytest.approx(2.0, abs=0.5)
 
 
+def test_tissue_bounding_box_grows_by_the_margin_and_clips_at_the_grid():
+    labels = np.ones((20, 30, 40), np.uint8)
+    labels[5:8, 10:12, 0:4] = 2
+    labels[8, 12, 30] = 3
+    assert st.tissue_bounding_box(labels, margin=3) == ((2, 7, 0), (12, 16, 34))
+    assert st.tissue_bounding_box(labels, margin=0) == ((5, 10, 0), (9, 13, 31))
+    assert st.tissue_bounding_box(np.ones((4, 5, 6)), margin=2) == ((0, 0, 0), (4, 5, 6))
+
+
+def test_direct_on_the_tissue_box_matches_the_whole_grid():
+    """DiReCT on the box around GM and WM gives the thickness it gives on the whole grid, zero outside."""
+    ants = pytest.importorskip("ants")
+    n = 40
+    z = np.arange(n) + 0.5
+    seg = np.ones((n, n, n), np.float32)
+    seg[8:32, 8:32, (z >= 8) & (z < 15)] = 3
+    seg[8:32, 8:32, (z >= 15) & (z < 18)] = 2
+    img = ants.from_numpy(seg, spacing=(1.0, 1.0, 1.0))
+    gm, wm = img.new_image_like((seg == 2).astype(np.float32)), img.new_image_like((seg == 3).astype(np.float32))
+    boxed = st.thickness(img, gm, wm, iterations=15).numpy()
+    whole = ants.kelly_kapowski(s=img.clone("unsigned int"), g=gm, w=wm, its=15, r=0.025, m=1.5, gm_label=2,
+                                wm_label=3).numpy()
+    (lo, hi) = st.tissue_bounding_box(seg)
+    outside = np.ones(seg.shape, bool)
+    outside[tuple(slice(a, b) for a, b in zip(lo, hi))] = False
+    assert outside.sum() > 0 and np.all(boxed[outside] == 0)
+    core = seg == 2
+    core[:10] = core[30:] = core[:, :10] = core[:, 30:] = False  # away from the slab's own rim
+    assert np.median(boxed[core]) == pytest.approx(np.median(whole[core]), abs=0.1)
+    assert np.median(boxed[core]) > 1.0
+
+
 def _ball_image(radius, shape=(56, 56, 56), centre=(28, 28, 28)):
     import ants
 

@@ -192,9 +192,11 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         sphere is the voxel alone and carries no data). Not with ``merit``.
     cg_preconditioner : None or "circulant"
         None: plain CG, as the toolbox. ``"circulant"``: CG preconditioned by the inverse of
-        :func:`circulant_symbol` (2 more real FFTs per CG iteration); same stopping rule on the
-        unpreconditioned residual, so the same problem solved to the same tolerance in fewer
-        iterations (the toolbox's CG often stops at ``cg_max_iter`` instead).
+        :func:`circulant_symbol`, run on half spectra (:func:`_cg_spectral`: the preconditioner
+        costs no FFT, and each CG iteration 2 real FFTs fewer than the plain CG's image-space form
+        needs with the same kernels); same stopping rule on the unpreconditioned residual, so the
+        same problem solved to the same tolerance in fewer iterations (the toolbox's CG often stops
+        at ``cg_max_iter`` instead).
 
     Returns
     -------
@@ -297,6 +299,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         raise ValueError(f"MEDI: unknown CG preconditioner {cg_preconditioner!r} (None or 'circulant')")
     # where the data terms measure, for the circulant preconditioner
     data_region = done if terms is not None else maskp
+    spectral_kernels = None
     res_norm_ratio = np.inf
     it = 0
     cg_total = 0
@@ -340,17 +343,33 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
                 return out
 
         b *= -1
-        precond = None
         if cg_preconditioner == "circulant":
-            pairs = [(w, K) for _, K, _, w in terms] if terms is not None else [(m2, Dh)]
-            inv_symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K) for w, K in pairs], shape)
+            if spectral_kernels is None:
+                # k-space products must keep half spectra Hermitian (what irfftn does implicitly)
+                spectral_kernels = [hermitian_even(K, shape[-1]) for K in
+                                    ([K for _, K, _, _ in terms] if terms is not None else [Dh])]
+            weights = [w for _, _, _, w in terms] if terms is not None else [m2]
+            inv_symbol = circulant_symbol(P, [(two_lam * float(w[data_region].mean()), K)
+                                              for w, K in zip(weights, spectral_kernels)], shape)
             np.divide(np.float32(1.0), inv_symbol, out=inv_symbol)
+            kernels = list(zip(spectral_kernels, w2s if terms is not None else [w2]))
 
-            def precond(r, inv_symbol=inv_symbol):
-                R = fft.rfftn(r)
-                R *= inv_symbol
-                return fft.irfftn(R, shape)
-        dx, n_cg = _cg(A, b, cg_tol, cg_max_iter, precond)
+            def A_hat(Ph, p=np.empty_like(x), q=np.empty_like(x), P=P, kernels=kernels):
+                # F A F^-1 on a half spectrum: the regulariser in image space (1 FFT each way), each
+                # data term's kernel applied in k-space (1 FFT each way), summed in k-space
+                p[...] = fft.irfftn(Ph, shape)
+                Qh = fft.rfftn(reg(p, P, gbuf, q))
+                for K, w in kernels:
+                    t = fft.irfftn(Ph * K, shape)
+                    t *= w
+                    T = fft.rfftn(t)
+                    T *= K
+                    Qh += T
+                return Qh
+
+            dx, n_cg = _cg_spectral(A_hat, b, inv_symbol, cg_tol, cg_max_iter)
+        else:
+            dx, n_cg = _cg(A, b, cg_tol, cg_max_iter)
         cg_total += n_cg
         xn = float(np.linalg.norm(x))
         res_norm_ratio = float(np.linalg.norm(dx)) / xn if xn > 0 else np.inf
@@ -401,6 +420,25 @@ def irls_weights(x, wG, voxel_size, beta, gbuf):
     return P
 
 
+def hermitian_even(kernel_half, n_last):
+    """A half-spectrum kernel made even (``K(k) = K(-k)``) on the planes that ``rfftn`` stores with their
+    mirrors (last-axis frequency 0 and, for an even length ``n_last``, n/2), by averaging each entry with
+    its mirror.
+
+    ``irfftn(X * K)`` of a Hermitian ``X`` uses exactly this even part there (it keeps the real part of
+    those planes' inverse); the dipole kernel of an oblique field is not even at the Nyquist frequency
+    of the other axes. Products kept in k-space (:func:`_cg_spectral`) need the even form, or their
+    iterates leave the half spectra of real arrays.
+    """
+    K = np.array(kernel_half, copy=True)
+    planes = [0] + ([K.shape[-1] - 1] if n_last % 2 == 0 else [])
+    for q in planes:
+        plane = K[..., q]
+        mirror = np.roll(np.flip(plane, axis=(0, 1)), 1, axis=(0, 1))
+        K[..., q] = (plane + mirror) / 2
+    return K
+
+
 def circulant_symbol(P, data_terms, shape):
     """Spectrum of the shift-invariant operator nearest MEDI's Gauss-Newton normal operator.
 
@@ -429,6 +467,20 @@ def circulant_symbol(P, data_terms, shape):
 
 def _dot(a, b):
     return float(np.dot(a.ravel(), b.ravel()))
+
+
+def _half_dot(A, B, n_last):
+    """``<a, b>`` of two real arrays from their half spectra (``rfftn``; ``n_last`` the real length of the
+    last axis), without the 1/N of Parseval's theorem: the planes k = 0 and, for an even length, k = n/2
+    stand for themselves, every other plane for itself and its conjugate mirror."""
+    total = 2.0 * float(np.dot(A.view(np.float32).ravel(), B.view(np.float32).ravel()))
+    total -= float(np.dot(A[..., 0].real.ravel(), B[..., 0].real.ravel())
+                   + np.dot(A[..., 0].imag.ravel(), B[..., 0].imag.ravel()))
+    if n_last % 2 == 0:
+        last = A.shape[-1] - 1
+        total -= float(np.dot(A[..., last].real.ravel(), B[..., last].real.ravel())
+                       + np.dot(A[..., last].imag.ravel(), B[..., last].imag.ravel()))
+    return total
 
 
 def _cg(A, b, tol, max_iter, precond=None):
@@ -471,3 +523,45 @@ def _cg(A, b, tol, max_iter, precond=None):
         rz = rz_new
         it += 1
     return x, it
+
+
+def _cg_spectral(A_hat, b, inv_symbol, tol, max_iter):
+    """:func:`_cg` preconditioned by a circulant operator, carried out on half spectra.
+
+    ``A_hat(P)`` returns the half spectrum of the operator applied to the real array whose half
+    spectrum is ``P``; ``inv_symbol`` is the preconditioner's inverse symbol (real, on the half
+    spectrum). The iterates are the same as :func:`_cg` with ``precond = F^-1 inv_symbol F`` (inner
+    products by Parseval), but the residual, the search direction and the solution stay in k-space,
+    so the preconditioner costs no FFT and the operator's own transforms are shared: for MEDI, 4 real
+    FFTs per iteration with one data term instead of 6. Returns the solution in image space.
+    """
+    shape = b.shape
+    n_last = shape[-1]
+    B = fft.rfftn(b)
+    X = np.zeros_like(B)
+    R = B
+    Z = R * inv_symbol
+    Pk = Z.copy()
+    tmp = np.empty_like(B)
+    rz = _half_dot(R, Z, n_last)
+    bnorm = np.sqrt(_half_dot(B, B, n_last))
+    rnorm = bnorm
+    it = 0
+    while it < max_iter and bnorm > 0 and rnorm > tol * bnorm:
+        AP = A_hat(Pk)
+        pAp = _half_dot(Pk, AP, n_last)
+        if pAp <= 0:
+            break
+        alpha = np.float32(rz / pAp)
+        np.multiply(Pk, alpha, out=tmp)
+        X += tmp
+        AP *= alpha
+        R -= AP
+        np.multiply(R, inv_symbol, out=Z)
+        rz_new = _half_dot(R, Z, n_last)
+        rnorm = np.sqrt(_half_dot(R, R, n_last))
+        Pk *= np.float32(rz_new / rz)
+        Pk += Z
+        rz = rz_new
+        it += 1
+    return fft.irfftn(X, shape).astype(np.float32, copy=False), it
