@@ -119,13 +119,13 @@ class ReconConfig:
     medi_cg_max_iter: int = 100
     #: MEDI conjugate-gradient relative tolerance (toolbox 0.01).
     medi_cg_tol: float = 0.01
-    #: MEDI conjugate gradients: "circulant" (preconditioned by the inverse of the shift-invariant operator nearest the Gauss-Newton one: the same problem to the same tolerance in 2-3x fewer iterations, measured in the README) or "none" (plain CG, as the toolbox).
+    #: MEDI conjugate gradients: "circulant" (preconditioned by the inverse of the shift-invariant operator nearest the Gauss-Newton one, on half spectra so that it costs no FFT: the same problem to the same tolerance in 2-3x fewer iterations, measured in the README) or "none" (plain CG, as the toolbox).
     medi_cg_preconditioner: CGPreconditioner = "circulant"
     #: MEDI IRLS smoothing of the L1 weight (toolbox beta, 1e-6 on its gradient scale).
     medi_beta: float = 1e-6
     #: With SHARP, MEDI inverts the SMV-filtered total field as the toolbox's 'smv' option does.
     medi_smv: bool = True
-    #: With the SMV form: smaller spheres (mm) for the rim the SHARP sphere erodes, each voxel high-passed by the largest that fits, so chi is measured up to the brain edge; used with a brain mask from the T1w or the user, not with the magnitude mask, whose thresholded rim they turn into errors (radii under the smallest voxel edge are skipped; empty: the rim is not returned, the paper's chain). [3, 2] measured best in the README (coverage 1.0, whole-brain NRMSE 61 % vs 76 %, the same or better nuclei; twice the FFTs).
+    #: With the SMV form: smaller spheres (mm) for the rim the SHARP sphere erodes, each voxel high-passed by the largest that fits, so chi is measured up to the brain edge; used with a brain mask from the T1w or the user, not with the magnitude mask, whose thresholded rim they turn into errors (radii under the smallest voxel edge are skipped; empty: the rim is not returned, the paper's chain). [3, 2] measured best in the README (coverage 1.0, whole-brain NRMSE 61 % vs 76 %, the same or better nuclei; each radius adds 2 FFTs per CG iteration, 8 instead of 4 with [3, 2]).
     medi_edge_radii_mm: tuple[float, ...] = (3.0, 2.0)
     #: MERIT reweighting of the MEDI data term (model-error outliers).
     medi_merit: bool = False
@@ -193,6 +193,8 @@ class GroupConfig:
     permutation_chunk_size: int = 500
     #: Participants the study template is built from (0: all): a balanced, seeded subset by group and age.
     template_subset_size: int = 0
+    #: Weight of the susceptibility channel in the study template's SyN (0: the T1w alone, the paper preset; > 0: multi-channel, a CC between each Chimap and the mean Chimap beside the T1w's metric of weight 1, so the iron-rich nuclei, flat in the T1w, steer the warp). Measured on 16 simulated subjects, weight 1 vs 0: mean pairwise Dice of the true labels in the template, dentate 0.59 -> 0.83, pallidum 0.70 -> 0.77, red nucleus 0.78 -> 0.80, SN 0.66 -> 0.63-0.67; template time 2.3x (README).
+    template_chi_weight: float = 1.0
     #: Where the permutation chunks run: "processes" (this machine, --n-cpus workers) or "dask".
     permutation_backend: PermutationBackend = "processes"
     #: Dask scheduler address for the "dask" backend, e.g. "tcp://10.0.0.5:8786" (--dask-scheduler).
@@ -273,7 +275,7 @@ class StructuralConfig:
     atropos_iterations: int = 5
     #: Atropos: Markov random field smoothing factor (radius 1 voxel).
     mrf: float = 0.1
-    #: Cortical thickness with DiReCT (ants.kelly_kapowski); off by default: measured 927 s per simulated 1 mm T1w at 1.5 mm / 20 iterations, over the 5-minute budget.
+    #: Cortical thickness with DiReCT (ants.kelly_kapowski); off by default: on the box around GM and WM at 1.5 mm / 20 iterations it measured 297-335 s per simulated 1 mm T1w on one thread (benchmarks/bench_thickness.py), which with the rest of the step (about 160 s) is over the 5-minute budget.
     thickness: bool = False
     #: Isotropic grid (mm) DiReCT runs on, the thickness brought back to the T1w grid by nearest neighbour (0: the T1w grid).
     thickness_resolution_mm: float = 1.5
@@ -385,6 +387,8 @@ class Config:
             raise ConfigError("group.coverage_fraction must lie in (0, 1]")
         if not 0 < self.roi_stats.bootstrap_confidence < 1:
             raise ConfigError("roi_stats.bootstrap_confidence must lie in (0, 1)")
+        if self.group.template_chi_weight < 0:
+            raise ConfigError("group.template_chi_weight must be 0 (T1w only) or more")
         if self.group.template_subset_size < 0:
             raise ConfigError("group.template_subset_size must be 0 (all participants) or more")
         if self.roi_stats.n_bootstrap < 0:
@@ -420,7 +424,7 @@ _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTION
 #: "paper": the chain of Acosta-Cabronero et al. 2018 exactly: Laplacian unwrapping, brain mask from the
 #: GRE magnitude (eroded 1 mm), SHARP with a 5 mm sphere, nonlinear MEDI with lambda 1000 on the MEDI toolbox's
 #: scaling (its 'smv' form, data weights of mean 1, gradient mask percentage 0.9, plain CG), no referencing, and
-#: the voxelwise analysis on the voxels every participant covers.
+#: the voxelwise analysis on the voxels every participant covers, in a study template registered on the T1w alone.
 PRESETS: dict[str, dict] = {
     "paper": {
         "recon": {"mask_method": "magnitude", "mask_erode_mm": 1.0, "background": "sharp",
@@ -428,7 +432,8 @@ PRESETS: dict[str, dict] = {
                   "medi_percentage": 0.9, "medi_max_iter": 10, "medi_tol_norm_ratio": 0.1,
                   "medi_cg_max_iter": 100, "medi_cg_tol": 0.01, "medi_cg_preconditioner": "none", "medi_smv": True, "medi_merit": False,
                   "medi_edge_radii_mm": [], "reference": "none", "unwrap_method": "laplacian"},
-        "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000},
+        "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000,
+                  "template_chi_weight": 0.0},
         "atlas": {"erosion_radius_mm": 1.0},
     },
 }

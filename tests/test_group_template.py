@@ -113,3 +113,42 @@ def test_run_voxelwise_in_the_study_template_writes_mni_maps(cohort, tmp_path):
     assert p_mni.min() > 0 and p_mni.max() == 1.0 and p_mni[0, 0, 0] == 1.0  # 1 outside the brain
     side = json.loads(open(out["PgtC_t_mni"].replace(".nii.gz", ".json")).read())
     assert side["Parameters"]["voxelwise"]["space"] == "study"
+
+
+def test_chimap_channel_aligns_what_the_t1w_does_not_show(tmp_path):
+    """Four participants with the same T1w and a susceptibility blob (a "nucleus" the T1w does not show)
+    displaced differently in each: the T1w-only template leaves the blobs where they were, the
+    multi-channel one (group.template_chi_weight) brings them together."""
+    ref = brain_template(RES)
+    d = ref.get_fdata().astype(np.float32)
+    centre = np.array(d.shape) // 2
+    offsets = [(-1.5, 0, 0), (1.5, 0, 0), (0, -1.5, 0), (0, 1.5, 0)]  # voxels
+    t1, chi, masks = [], [], []
+    g = np.indices(d.shape, dtype=np.float32)
+    for i, off in enumerate(offsets):
+        c = centre + np.array(off)
+        blob = (0.2 * np.exp(-sum((g[a] - c[a]) ** 2 for a in range(3)) / (2 * 1.5**2))).astype(np.float32)
+        for kind, arr, bucket in (("desc-preproc_T1w", d, t1), ("Chimap", blob, chi),
+                                  ("desc-brain_mask", (d > 0.2 * d.max()).astype(np.uint8), masks)):
+            p = tmp_path / f"sub-{i:02d}_space-MNI152NLin2009aSym_{kind}.nii.gz"
+            nib.save(nib.Nifti1Image(arr, ref.affine), p)
+            bucket.append(p)
+
+    def spread(weight):
+        group = tmp_path / f"group{weight:g}"
+        out = {"template_t1w": group / "tpl-study_T1w.nii.gz",
+               "template_chi": group / "tpl-study_desc-mean_Chimap.nii.gz",
+               "template_mask": group / "tpl-study_desc-brain_mask.nii.gz",
+               "xfm_study_to_mni": group / "from-study_to-MNI152NLin2009aSym_mode-image_xfm.h5"}
+        written = build_study_template(t1, chi, masks, out, iterations=2, resolution_mm=RES, n_threads=2,
+                                       work_dir=tmp_path, reg_iterations=(40, 20, 0), chi_weight=weight)
+        coms = np.array([ndimage.center_of_mass(nib.load(s["chi_study"]).get_fdata())
+                         for s in written["subjects"]])
+        channels = json.loads(out["template_t1w"].with_name("tpl-study_T1w.json").read_text())["Channels"]
+        return float(np.linalg.norm(coms - coms.mean(axis=0), axis=1).mean()), channels
+
+    alone, ch1 = spread(0.0)
+    both, ch2 = spread(1.0)
+    assert alone > 1.2  # voxels: still about where they were put
+    assert both < 0.6 * alone
+    assert len(ch1) == 1 and len(ch2) == 2 and "Chimap" in ch2[1]

@@ -89,7 +89,7 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                          native_chi_paths=None, gre_to_t1w_paths=None, t1w_to_mni_paths=None,
                          reg_iterations=(40, 20, 0), gradient_step: float = 0.2,
                          blending_weight: float = 0.75, subset_size: int = 0, groups=None,
-                         ages=None) -> dict:
+                         ages=None, chi_weight: float = 0.0, chi_radius: int = 2) -> dict:
     """Build the study template and bring every participant's map into it.
 
     Parameters
@@ -113,6 +113,11 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         a balanced seeded subset by group and age (:func:`qsm_bids.group.subset.balanced_subset`,
         seeded with ``seed``); everyone else is then registered once to the finished template.
         The subset is recorded in the template's sidecar (``TemplateSubset``).
+    chi_weight, chi_radius : with ``chi_weight`` > 0 every SyN is multi-channel: beside the T1w's metric
+        (weight 1) a cross-correlation (radius ``chi_radius`` voxels, weight ``chi_weight``) between each
+        participant's MNI-space Chimap and the current mean Chimap, which is updated with the T1w
+        template (warped average, moved against the mean warp, not sharpened). The deep nuclei, flat in
+        the T1w, then steer the warp too, as QSM template work does.
 
     Returns
     -------
@@ -142,6 +147,10 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         template = images[0] * 0.0
         for img in images:
             template = template + img / n
+        chi_images = chi_template = None
+        if chi_weight > 0:
+            chi_images = [ants.resample_image_to_target(_to_ants(nib.load(str(p))), ref, interp_type="linear")
+                          for p in chi_paths]
         labels = [subject_label(p) for p in t1w_paths]
         xfms: list = [None] * n
         members = list(range(n))
@@ -159,11 +168,21 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
             template = images[members[0]] * 0.0
             for k in members:
                 template = template + images[k] / len(members)
+        if chi_images is not None:
+            chi_template = chi_images[members[0]] * 0.0
+            for k in members:
+                chi_template = chi_template + chi_images[k] / len(members)
+
+        def extras(k):
+            if chi_images is None:
+                return None
+            return [("CC", chi_template, chi_images[k], float(chi_weight), int(chi_radius))]
         timings = {"registrations_s": []}
         for it in range(int(iterations)):
             last = it == int(iterations) - 1
             warped_sum = None
             warp_sum = None
+            chi_sum_it = None
             t_it = time.perf_counter()
             m = len(members)
             for k in members:
@@ -173,10 +192,13 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                     reg = ants.registration(template, img, type_of_transform="SyNOnly",
                                             reg_iterations=tuple(reg_iterations),
                                             outprefix=str(work / f"it{it}_s{k}_"),
-                                            write_composite_transform=last)
+                                            write_composite_transform=last, multivariate_extras=extras(k))
                 timings["registrations_s"].append(round(time.perf_counter() - t0, 2))
                 w = reg["warpedmovout"]
                 warped_sum = w / m if warped_sum is None else warped_sum + w / m
+                if chi_images is not None:
+                    wc = ants.apply_transforms(template, chi_images[k], reg["fwdtransforms"])
+                    chi_sum_it = wc / m if chi_sum_it is None else chi_sum_it + wc / m
                 if last:
                     xfms[k] = reg["fwdtransforms"]
                 else:
@@ -184,12 +206,15 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                     warp_sum = field / m if warp_sum is None else warp_sum + field / m
             if last or warp_sum is None:
                 template = warped_sum
+                chi_template = chi_sum_it
             else:
                 # move the average against the mean warp, then sharpen (ANTs build_template)
                 wfn = str(work / f"avgwarp_{it}.nii.gz")
                 ants.image_write(warp_sum * (-gradient_step), wfn)
                 template = ants.apply_transforms(warped_sum, warped_sum, [wfn])
                 template = template * blending_weight + ants.iMath(template, "Sharpen") * (1 - blending_weight)
+                if chi_sum_it is not None:
+                    chi_template = ants.apply_transforms(chi_sum_it, chi_sum_it, [wfn])
             logger.info("study template: iteration %d/%d done in %.0f s (%d registrations)", it + 1,
                         int(iterations), time.perf_counter() - t_it, m)
         if int(iterations) >= 1 and len(members) < n:
@@ -200,7 +225,8 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                 with ants_seed(seed + k):
                     reg = ants.registration(template, images[k], type_of_transform="SyNOnly",
                                             reg_iterations=tuple(reg_iterations),
-                                            outprefix=str(work / f"final_s{k}_"), write_composite_transform=True)
+                                            outprefix=str(work / f"final_s{k}_"), write_composite_transform=True,
+                                            multivariate_extras=extras(k))
                 timings["registrations_s"].append(round(time.perf_counter() - t0, 2))
                 xfms[k] = reg["fwdtransforms"]
             timings["others_into_template_s"] = round(time.perf_counter() - t_rest, 2)
@@ -228,7 +254,9 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         affine = template_nib.affine
         common = {"Software": f"ANTs (antspyx {getattr(ants, '__version__', '')})", "Iterations": int(iterations),
                   "ResolutionMM": float(resolution_mm), "RegIterations": list(reg_iterations),
-                  "GradientStep": gradient_step, "BlendingWeight": blending_weight, "RandomSeed": int(seed)}
+                  "GradientStep": gradient_step, "BlendingWeight": blending_weight, "RandomSeed": int(seed),
+                  "Channels": (["T1w (Mattes MI, weight 1)", f"Chimap (CC radius {int(chi_radius)}, weight "
+                               f"{float(chi_weight):g})"] if chi_images is not None else ["T1w (Mattes MI)"])}
 
         # every participant's map and mask into the study template, resampled once
         t0 = time.perf_counter()

@@ -252,7 +252,8 @@ class GroupWorkflow:
                if k in ("chi", "xfm_gre_t1w", "xfm_t1w_template")],
                 {**base_params, "template_iterations": cfg.group.template_iterations,
                  "template_resolution_mm": cfg.group.template_resolution_mm,
-                 "template_subset_size": cfg.group.template_subset_size},
+                 "template_subset_size": cfg.group.template_subset_size,
+                 "template_chi_weight": cfg.group.template_chi_weight},
                 dict(self.template_outputs), self._template, "study template from template-space T1w"))
         tpl_inputs = [str(p) for p in self.template_outputs.values()] if cfg.group.template == "study" else []
         steps.append(Step(
@@ -330,6 +331,7 @@ class GroupWorkflow:
             iterations=self.cfg.group.template_iterations,
             resolution_mm=self.cfg.group.template_resolution_mm, seed=self.cfg.seed,
             n_threads=self.n_cpus, work_dir=self.work_dir, subset_size=self.cfg.group.template_subset_size,
+            chi_weight=self.cfg.group.template_chi_weight,
             groups=self.inputs.participants[self.cfg.group.group_column].astype(str).tolist(),
             ages=(self.inputs.participants["age"].tolist() if "age" in self.inputs.participants else None),
             **self._native_chain()) or {}

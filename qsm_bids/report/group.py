@@ -225,8 +225,12 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
         f"magnitude to T1w (rigid) and T1w to {cfg.registration.template} "
         f"(affine + SyN), and susceptibility maps were carried through the composed transforms "
         f"({cfg.registration.template_resolution_mm:g} mm). "
-        + ("A study-wise template was built from the participants' T1w images "
-           f"({cfg.group.template_iterations} iterations). " if tmpl == "study" else "")
+        + (("A study-wise template was built from the participants' T1w images "
+            f"({cfg.group.template_iterations} iterations). " if cfg.group.template_chi_weight <= 0 else
+            "A study-wise template was built from the participants' T1w images and susceptibility maps "
+            f"together ({cfg.group.template_iterations} iterations; multi-channel SyN, cross-correlation of "
+            f"the susceptibility maps with weight {cfg.group.template_chi_weight:g} beside the T1w's "
+            "mutual information), so that the iron-rich nuclei steer the registration. ") if tmpl == "study" else "")
         + f"Regional medians were taken in atlas regions ('{cfg.atlas.name}') eroded by a "
         f"{cfg.atlas.erosion_radius_mm:g} mm sphere (regions with fewer than "
         f"{cfg.atlas.min_voxels} voxels left out).")

@@ -1,0 +1,94 @@
+"""DiReCT cortical thickness against a planted cortical atrophy, and the structural step's time.
+
+One simulated patient is written twice by ``qsm-bids-simulate`` with the same seed: as is, and with
+``--atrophy REGION=LOSS`` (the region shrinks about its centroid by a uniform scaling, so inside it every
+length, the cortex' thickness included, scales by ``(1 - loss)^(1/3)``; the ground truth records the
+true volumes). Both go through ``qsm-bids participant`` with ``structural.thickness`` on, and the mean
+DiReCT thickness of the region (the participant's ``_desc-volumes_morph.tsv``, measure ``thickness_mm``)
+is compared between the two: the measured ratio against the planted linear factor and against the cube
+root of the true volume ratio. The structural step's timings (N4, Atropos, DiReCT, ...) come from the
+participant log.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_thickness.py WORKDIR [--loss 0.18] [--region precentral_gyrus]
+                                                   [--seed 0] [--n-cpus 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+BIN = Path(sys.executable).parent
+
+
+def _run(cmd, log: Path) -> float:
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("workdir", type=Path)
+    ap.add_argument("--loss", type=float, default=0.18)
+    ap.add_argument("--region", default="precentral_gyrus")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-cpus", type=int, default=2)
+    args = ap.parse_args(argv)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = work / "thickness.json"
+    cfg.write_text(json.dumps({"structural": {"thickness": True}}))
+    results = {}
+    for variant in ("none", "atrophy"):
+        bids, deriv = work / variant / "bids", work / variant / "derivatives"
+        if not (bids / "participants.tsv").exists():
+            extra = ["--atrophy", f"{args.region}={args.loss}"] if variant == "atrophy" else []
+            _run([BIN / "qsm-bids-simulate", bids, "--n-patients", 1, "--n-controls", 1, "--seed", args.seed,
+                  "--effect-scale", 0, *extra], work / f"{variant}_simulate.log")
+        parts = pd.read_csv(bids / "participants.tsv", sep="\t")
+        label = parts.loc[parts["group"] == "ALS", "participant_id"].iloc[0][4:]
+        log = work / f"{variant}_participant.log"
+        wall = _run([BIN / "qsm-bids", bids, deriv, "participant", "--participant-label", label, "--n-cpus",
+                     args.n_cpus, "--registration", "fast", "--config", cfg, "--skip-bids-validation"], log)
+        text = log.read_text()
+        m = re.search(r"structural: ICV [\d.]+ ml, (\{.*\})", text)
+        timings = ast.literal_eval(m.group(1)) if m else {}
+        vols = pd.read_csv(deriv / f"sub-{label}" / "anat" / f"sub-{label}_atlas-qsmbids_desc-volumes_morph.tsv",
+                           sep="\t")
+        thick = vols[(vols["measure"] == "thickness_mm") & (vols["region"] == args.region)]
+        gt = pd.read_csv(bids / "derivatives" / "groundtruth" / f"sub-{label}" / "anat"
+                         / f"sub-{label}_atlas-qsmbids_desc-volumes_morph.tsv", sep="\t")
+        true_vol = gt[gt["region"] == args.region].set_index("hemisphere")["volume_mm3"]
+        results[variant] = {"label": label, "wall_s": wall, "timings": timings,
+                            "thickness": thick.set_index("hemisphere")["value"], "true_volume": true_vol}
+    planted = (1.0 - args.loss) ** (1.0 / 3.0)
+    print(f"{args.region}, planted volume loss {args.loss:g} (linear factor {planted:.3f}); seed {args.seed}, "
+          f"--n-cpus {args.n_cpus}")
+    print("| hemisphere | thickness, no atrophy (mm) | with atrophy (mm) | measured ratio | planted linear factor "
+          "| cube root of the true volume ratio |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for hemi in results["none"]["thickness"].index:
+        a, b = results["none"]["thickness"][hemi], results["atrophy"]["thickness"][hemi]
+        vr = results["atrophy"]["true_volume"][hemi] / results["none"]["true_volume"][hemi]
+        print(f"| {hemi} | {a:.3f} | {b:.3f} | {b / a:.3f} | {planted:.3f} | {vr ** (1 / 3):.3f} |")
+    for variant, r in results.items():
+        t = r["timings"]
+        extra = sum(v for k, v in t.items())
+        print(f"{variant}: participant wall {r['wall_s']:.0f} s; structural step {extra:.0f} s: {t}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
