@@ -159,6 +159,26 @@ def test_planted_atrophy_shrinks_the_region_and_nothing_far_away():
     assert Pose.from_dict(shrunk["pose"]).atrophy[0][2] == 0.15
 
 
+def test_atrophy_weight_is_one_inside_the_region_and_falls_off_outside():
+    """The shrinkage is a uniform scaling over the whole region (so it loses what was planted) and fades
+    out as a Gaussian of the distance (sigma _ATROPHY_EDGE_MM), zero beyond 3 sigma."""
+    from scipy import ndimage
+
+    from qsm_bids.simulate.phantom import head_model
+    from qsm_bids.simulate.subject import _ATROPHY_EDGE_MM, _atrophy_weight
+
+    h = head_model()
+    idx = int(h.label_table.loc[(h.label_table["region"] == "putamen") & (h.label_table["hemisphere"] == "L"),
+                                "index"].iloc[0])
+    w = _atrophy_weight(idx)
+    inside = h.labels == idx
+    assert np.all(w[inside] == 1)
+    ring = ndimage.binary_dilation(inside) & ~inside  # 1 to sqrt(3) voxels (1 mm) out
+    assert np.exp(-0.5 * 3 / _ATROPHY_EDGE_MM**2) - 1e-6 <= w[ring].min() and w[ring].max() < 1
+    far = ~ndimage.binary_dilation(inside, np.ones((3, 3, 3), bool), iterations=int(3 * _ATROPHY_EDGE_MM) + 1)
+    assert np.all(w[far] == 0)
+
+
 def test_atrophy_sites_reject_bad_requests():
     from qsm_bids.simulate.subject import atrophy_sites
 

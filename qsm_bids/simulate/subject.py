@@ -104,15 +104,31 @@ class Pose:
                     for a in d.get("atrophy", [])])
 
 
-_ATROPHY_EDGE_MM = 2.0  # sigma of the shell outside a shrunk region that takes up the slack (1 mm folds the map beyond about 17 % putamen loss)
+_ATROPHY_EDGE_MM = 3.0  # sigma (mm) of the fall-off of the shrinkage outside a region (the shell takes up the slack)
 
 
 @functools.lru_cache(maxsize=8)
 def _atrophy_weight(label_index: int):
-    """The region's mask smoothed by the edge width (template grid, float32): 1 inside, 0 a few mm out."""
+    """1 inside the region, a Gaussian of the distance to it outside (sigma ``_ATROPHY_EDGE_MM``, 0 beyond
+    3 sigma), on the template grid (float32): the region itself is scaled uniformly, so it loses exactly
+    the planted volume, and the map is smooth (zero slope) at its edge."""
     h = head_model()
-    # cut at 3 sigma: the map is the identity beyond 6 mm of the region
-    return ndi.gaussian_filter((h.labels == label_index).astype(np.float32), _ATROPHY_EDGE_MM, truncate=3.0)
+    inside = h.labels == label_index
+    w = np.zeros(h.shape, np.float32)
+    if not inside.any():
+        return w
+    spacing = np.abs(np.diag(h.affine)[:3])
+    reach = 3.0 * _ATROPHY_EDGE_MM
+    idx = np.argwhere(inside)
+    margin = np.ceil(reach / spacing).astype(int) + 1
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, h.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    dist = ndi.distance_transform_edt(~inside[box], sampling=spacing)
+    wb = np.exp(-0.5 * (dist / _ATROPHY_EDGE_MM) ** 2).astype(np.float32)
+    wb[dist > reach] = 0
+    w[box] = wb
+    return w
 
 
 def _atrophy_gain(loss):

@@ -403,7 +403,7 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
         write_json(gt / "atrophy.json", {
             "Description": "Planted atrophy: each patient's region (both hemispheres) shrinks about its "
                            "centroid by a uniform scaling that loses VolumeLoss of its volume, taken up by a "
-                           "shell about 6 mm wide outside it (neighbours that touch the region change "
+                           "shell up to 9 mm wide outside it (neighbours that touch the region change "
                            "too); the true native volumes of every region, patients and controls, are in "
                            "sub-<label>/anat/sub-<label>_atlas-<atlas>_desc-volumes_morph.tsv",
             "VolumeLoss": args["atrophy"], "Group": "ALS"})
