@@ -275,7 +275,7 @@ class StructuralConfig:
     atropos_iterations: int = 5
     #: Atropos: Markov random field smoothing factor (radius 1 voxel).
     mrf: float = 0.1
-    #: Cortical thickness with DiReCT (ants.kelly_kapowski); off by default: on the box around GM and WM at 1.5 mm / 20 iterations it measured 297-335 s per simulated 1 mm T1w on one thread (benchmarks/bench_thickness.py), which with the rest of the step (about 160 s) is over the 5-minute budget.
+    #: Cortical thickness with DiReCT (ants.kelly_kapowski); off by default: on the box around GM and WM at 1.5 mm / 20 iterations it measured 297-335 s per simulated 1 mm T1w on one thread and 170 s on two (benchmarks/bench_thickness.py; the whole step 275 s), at the 5-minute budget only with both cores, and it does not yet follow a planted 4 % thinning reliably (README).
     thickness: bool = False
     #: Isotropic grid (mm) DiReCT runs on, the thickness brought back to the T1w grid by nearest neighbour (0: the T1w grid).
     thickness_resolution_mm: float = 1.5
