@@ -147,14 +147,10 @@ def segment(t1w, mask, priors, *, prior_weight: float = 0.25, iterations: int = 
 def tissue_bounding_box(labels, margin: int = 3, tissue=(2, 3)) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Lower (inclusive) and upper (exclusive) voxel indices of the box around ``tissue`` labels, grown by
     ``margin`` voxels and clipped to the grid; the whole grid when no voxel carries those labels."""
-    labels = np.asarray(labels)
-    inside = np.isin(labels, tissue)
-    if not inside.any():
-        return tuple(0 for _ in labels.shape), tuple(labels.shape)
-    idx = np.argwhere(inside)
-    lower = np.maximum(idx.min(axis=0) - margin, 0)
-    upper = np.minimum(idx.max(axis=0) + 1 + margin, labels.shape)
-    return tuple(int(v) for v in lower), tuple(int(v) for v in upper)
+    from .recon._ops import crop_box
+
+    box = crop_box(np.isin(np.asarray(labels), tissue), margin)
+    return tuple(s.start for s in box), tuple(s.stop for s in box)
 
 
 def thickness(labels, p_gm, p_wm, *, iterations: int = 45, gradient_step: float = 0.025,

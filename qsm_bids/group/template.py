@@ -78,6 +78,14 @@ def _normalise(aimg):
     return aimg / float(scale if scale > 0 else 1.0)
 
 
+def _mean(images, members):
+    """The voxelwise mean of ``images[k]`` over ``members`` (ANTs images on one grid)."""
+    out = images[members[0]] * 0.0
+    for k in members:
+        out = out + images[k] / len(members)
+    return out
+
+
 def _copy(src, dest: Path) -> Path:
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
@@ -144,9 +152,6 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
         for p in t1w_paths:
             img = ants.resample_image_to_target(_to_ants(nib.load(str(p))), ref, interp_type="linear")
             images.append(_normalise(img))
-        template = images[0] * 0.0
-        for img in images:
-            template = template + img / n
         chi_images = chi_template = None
         if chi_weight > 0:
             chi_images = [ants.resample_image_to_target(_to_ants(nib.load(str(p))), ref, interp_type="linear")
@@ -165,13 +170,9 @@ def build_study_template(t1w_paths, chi_paths, mask_paths, outputs: dict, *, ite
                            "Method": "balanced by group, one participant per age stratum within each group",
                            "Participants": [labels[k] for k in members]}
             logger.info("study template from a balanced subset of %d of %d participants", len(members), n)
-            template = images[members[0]] * 0.0
-            for k in members:
-                template = template + images[k] / len(members)
+        template = _mean(images, members)
         if chi_images is not None:
-            chi_template = chi_images[members[0]] * 0.0
-            for k in members:
-                chi_template = chi_template + chi_images[k] / len(members)
+            chi_template = _mean(chi_images, members)
 
         def extras(k):
             if chi_images is None:

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..recon._ops import crop_box
 from ..recon.dipole import b0_direction_from_affine
 from . import forward as fw
 from .cohort import sample_region_values
@@ -119,11 +120,7 @@ def _atrophy_weight(label_index: int):
         return w
     spacing = np.abs(np.diag(h.affine)[:3])
     reach = 3.0 * _ATROPHY_EDGE_MM
-    idx = np.argwhere(inside)
-    margin = np.ceil(reach / spacing).astype(int) + 1
-    lo = np.maximum(idx.min(axis=0) - margin, 0)
-    hi = np.minimum(idx.max(axis=0) + margin + 1, h.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = crop_box(inside, [int(np.ceil(reach / d)) + 1 for d in spacing])
     dist = ndi.distance_transform_edt(~inside[box], sampling=spacing)
     wb = np.exp(-0.5 * (dist / _ATROPHY_EDGE_MM) ** 2).astype(np.float32)
     wb[dist > reach] = 0
