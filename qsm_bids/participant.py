@@ -3,11 +3,11 @@
 Steps, each resumable (see :mod:`qsm_bids.steps`):
 
 ``register``   with a T1w and ``recon.mask_method = auto`` (no ``--mask-dir``): GRE magnitude -> T1w
-               (rigid), T1w -> template (affine + SyN) before the reconstruction, and the template's
+               (rigid), T1w -> template (rigid, affine, SyN) before the reconstruction, and the template's
                brain mask brought onto the GRE grid for the brain mask
 ``qsm``        coil combination, brain mask, phase unwrapping, echo
                combination, background removal, dipole inversion (docs/reconstruction.md)
-``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (affine + SyN) unless ``register`` ran,
+``normalise``  GRE magnitude -> T1w (rigid), T1w -> template (rigid, affine, SyN) unless ``register`` ran,
                Chimap, mask and T1w resampled to the template (docs/atlas_registration.md)
 ``regions``    atlas to native GRE space, eroded region medians (docs/atlas_registration.md)
 ``structural`` with a T1w and ``structural.enabled``: N4, Atropos tissues (template priors), volumes, modulated
@@ -124,7 +124,7 @@ class ParticipantWorkflow:
                 {**reg_params, "inputs": dataclasses.asdict(cfg.inputs),
                  "mask": {k: getattr(cfg.recon, k) for k in ("mask_threshold", "mask_erode_mm")}},
                 {k: q[k] for k in xfms + ("template_brain",)}, self._register,
-                "ANTs: GRE -> T1w rigid, T1w -> template affine + SyN; template brain mask to the GRE grid"))
+                "ANTs: GRE -> T1w rigid, T1w -> template rigid, affine, SyN; template brain mask to the GRE grid"))
             qsm_inputs = qsm_inputs + [str(q["template_brain"])]
         steps += [
             Step("qsm", qsm_inputs, {"inputs": dataclasses.asdict(cfg.inputs),
@@ -139,7 +139,7 @@ class ParticipantWorkflow:
                  {k: q[k] for k in (() if early else xfms) + ("chi_template", "t1w_template", "mask_template")},
                  self._normalise,
                  "ANTs: " + ("resampling through the transforms of 'register'" if early
-                             else "GRE -> T1w rigid, T1w -> template affine + SyN"),
+                             else "GRE -> T1w rigid, T1w -> template rigid, affine, SyN"),
                  check=self._check_normalise),
             Step("regions", [str(q["chi"]), str(q["qsm_mask"]), str(q["xfm_gre_t1w"]),
                              str(q["xfm_template_t1w"])],

@@ -3,10 +3,10 @@
 Chain (participant step 6; see docs/atlas_registration.md):
 
 * GRE magnitude (first echo) -> T1w: rigid (``from-GRE_to-T1w`` ANTs affine ``.mat``);
-* T1w -> template: affine + SyN (``from-T1w_to-<template>`` composite ``.h5``
+* T1w -> template: rigid, affine, SyN (``from-T1w_to-<template>`` composite ``.h5``
   and its inverse ``from-<template>_to-T1w`` ``.h5``);
 * a subject without T1w: the magnitude is registered to the template directly
-  (affine + SyN); the result says so (``direct_to_template``) and the caller
+  (rigid, affine, SyN); the result says so (``direct_to_template``) and the caller
   names the files ``from-GRE_to-<template>``.
 
 Everything that leaves native space is resampled once: ANTs composes the
@@ -107,7 +107,7 @@ class RegistrationResult:
             "Preset": self.preset,
             "RandomSeed": self.seed,
             "GREToT1w": "rigid" if self.gre_to_t1w else None,
-            "ToTemplate": "affine+SyN",
+            "ToTemplate": "rigid+affine+SyN",
             "DirectGREToTemplate": self.direct_to_template,
             "Parameters": PRESETS[self.preset],
             "TimingsSeconds": self.timings_s,
@@ -211,18 +211,26 @@ def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=N
 
 
 def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
-    """Affine + SyN with the preset's affine schedule (antspyx's "SyN" hard-codes its affine stage)."""
+    """Rigid, then affine, then SyN, each stage starting from the last (antsRegistrationSyN's order).
+
+    An affine started from the image centres alone can settle with a tilted head's vertex
+    unaligned (measured: a simulated 18-25 degree pitch left the precentral gyrus at Dice
+    0.05-0.39, deep nuclei fine); the rigid stage first takes out the rotation. antspyx's "SyN"
+    hard-codes its own affine stage, so the stages run explicitly and the composite holds all three.
+    """
     import ants
 
-    # antspyx's "SyN" ignores aff_iterations, so run the affine explicitly and hand it
-    # to SyNOnly as the initial transform; the composite then holds both.
+    masked = {"moving_mask": moving_mask, "mask_all_stages": moving_mask is not None}
     with ants_seed(seed):
+        rig = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "rig_",
+                                type_of_transform="Rigid", aff_iterations=p["rigid_iterations"],
+                                aff_shrink_factors=p["rigid_shrink"], aff_smoothing_sigmas=p["rigid_smoothing"],
+                                aff_random_sampling_rate=p["sampling_rate"], **masked)
         aff = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "aff_",
-                                type_of_transform="Affine", aff_iterations=p["aff_iterations"],
-                                aff_shrink_factors=p["aff_shrink"],
+                                type_of_transform="Affine", initial_transform=rig["fwdtransforms"][0],
+                                aff_iterations=p["aff_iterations"], aff_shrink_factors=p["aff_shrink"],
                                 aff_smoothing_sigmas=p["aff_smoothing"],
-                                aff_random_sampling_rate=p["sampling_rate"],
-                                moving_mask=moving_mask, mask_all_stages=moving_mask is not None)
+                                aff_random_sampling_rate=p["sampling_rate"], **masked)
         syn = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix,
                                 type_of_transform="SyNOnly", initial_transform=aff["fwdtransforms"],
                                 reg_iterations=p["reg_iterations"], moving_mask=moving_mask,
@@ -252,7 +260,7 @@ def _normalise_intensity(aimg, mask=None):
 def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre_to_t1w=None,
                      preset: str = "standard", seed: int = 0, gre_mask=None,
                      work_dir=None) -> RegistrationResult:
-    """Register one subject: magnitude -> T1w (rigid), T1w -> template (affine + SyN).
+    """Register one subject: magnitude -> T1w (rigid), T1w -> template (rigid, affine, SyN).
 
     Parameters
     ----------
@@ -451,8 +459,8 @@ def register_participant(magnitude, t1w_path, gre_mask, outputs: dict, template_
                            work_dir=work_dir)
     info = {**(sidecar or {}), **reg.sidecar()}
     for key, desc in (("xfm_gre_t1w", "rigid, ANTs affine"),
-                      ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
-                      ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
+                      ("xfm_t1w_template", "rigid + affine + SyN, ANTs composite (HDF5)"),
+                      ("xfm_template_t1w", "inverse of rigid + affine + SyN, ANTs composite (HDF5)")):
         write_sidecar(out[key], {**info, "Transform": desc})
     if template_brain_out is not None:
         t0 = time.perf_counter()
@@ -575,8 +583,8 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
                 sidecar={**info, **res, "Interpolation": "linear",
                          "Source": "GRE magnitude (no T1w)" if reg.direct_to_template else "T1w"})
     for key, desc in (("xfm_gre_t1w", "identity (no T1w)" if reg.direct_to_template else "rigid, ANTs affine"),
-                      ("xfm_t1w_template", "affine + SyN, ANTs composite (HDF5)"),
-                      ("xfm_template_t1w", "inverse of affine + SyN, ANTs composite (HDF5)")):
+                      ("xfm_t1w_template", "rigid + affine + SyN, ANTs composite (HDF5)"),
+                      ("xfm_template_t1w", "inverse of rigid + affine + SyN, ANTs composite (HDF5)")):
         if not registered:
             write_sidecar(out[key], {**info, "Transform": desc})
     return {"timings": dict(reg.timings_s), "warnings": warnings, "direct_to_template": reg.direct_to_template}

@@ -115,3 +115,20 @@ def test_unknown_template_is_a_usage_error(tmp_path):
 
     with pytest.raises(UsageError, match="MNI152NLin6Asym"):
         R.normalise_participant("m", None, "c", "k", {}, template="MNI152NLin6Asym")
+
+
+def test_pitched_head_reaches_the_vertex(tmp_path):
+    # A 25-degree pitch: an affine started from the image centres alone left the precentral gyrus
+    # at Dice 0.05-0.32 and the CST at 0.2 (deep nuclei fine); a rigid stage first brings both to ~0.9.
+    aff_t1, t1, _ = synthetic_subject((80, 96, 80), (2.0, 2.0, 2.0), pitch_deg=25.0)
+    aff_g, mag, lab = synthetic_subject((80, 96, 40), (2.0, 2.0, 4.0), pitch_deg=25.0)
+    mask = nib.Nifti1Image((mag > 20).astype(np.float32), aff_g)
+    mag_img = nib.Nifti1Image(mag, aff_g)
+    R.set_threads(2)
+    R.register_subject(mag_img, nib.Nifti1Image(t1, aff_t1), tmp_path / "to.h5", tmp_path / "from.h5",
+                       tmp_path / "rigid.mat", preset="fast", seed=7, gre_mask=mask, work_dir=tmp_path)
+    atlas, table = default_atlas()
+    nat = np.asarray(R.atlas_to_native(atlas, mag_img, tmp_path / "rigid.mat", tmp_path / "from.h5").dataobj)
+    for region in ("precentral_gyrus", "corticospinal_tract", "putamen"):
+        for r in table[table.region == region].itertuples():
+            assert dice(nat == r.index, lab == r.index) >= 0.8, (region, r.hemisphere)

@@ -223,7 +223,7 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
         f"Images were normalised with ANTs {cite('avants2008', 'avants2011')} (antspyx "
         f"{versions.get('antspyx', 'n/a')}; preset '{cfg.registration.preset}'): GRE "
         f"magnitude to T1w (rigid) and T1w to {cfg.registration.template} "
-        f"(affine + SyN), and susceptibility maps were carried through the composed transforms "
+        f"(rigid, then affine, then SyN), and susceptibility maps were carried through the composed transforms "
         f"({cfg.registration.template_resolution_mm:g} mm). "
         + (("A study-wise template was built from the participants' T1w images "
             f"({cfg.group.template_iterations} iterations). " if cfg.group.template_chi_weight <= 0 else

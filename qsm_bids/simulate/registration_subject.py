@@ -32,10 +32,14 @@ def rotation(ax: int, deg: float) -> np.ndarray:
     return m
 
 
-def synthetic_subject(shape, voxel, amp_mm=3.0, seed=0):
-    """(affine, T1-like image, true labels) on a native grid mapped into the template by T(x)."""
+def synthetic_subject(shape, voxel, amp_mm=3.0, seed=0, pitch_deg=0.0):
+    """(affine, T1-like image, true labels) on a native grid mapped into the template by T(x).
+
+    ``pitch_deg`` adds a head pitch (rotation about the left-right axis) on top of the small
+    default tilt, for the registration's robustness to oblique heads.
+    """
     rng = np.random.default_rng(seed)
-    a = rotation(0, 6) @ rotation(2, -4) * 1.04
+    a = rotation(0, 6 + pitch_deg) @ rotation(2, -4) * 1.04
     t = np.array([3.0, -5.0, 4.0])
     aff = np.diag(list(voxel) + [1.0])
     aff[:3, 3] = -np.asarray(voxel) * (np.asarray(shape) - 1) / 2 + np.array([0, -18, 18])
