@@ -11,7 +11,8 @@ For each subject it prints, beside the simulator's SNR:
   regions (true chi, true labels), in ppm;
 - coverage (issue 17): the share of the true brain mask and of the true
   precentral-gyrus labels inside the QSM mask (native grid), and of the atlas's
-  precentral gyrus inside the template-space QSM mask.
+  precentral gyrus inside the template-space QSM mask, all of it and its grey matter
+  (template GM probability > 0.5, the issue's definition).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def coverage(truth_dir, anat, label, qmask, true_labels, table) -> dict:
         from nilearn.image import resample_to_img
 
         from qsm_bids.atlas import default_atlas
+        from qsm_bids.templates import template_path
 
         atlas_img, _ = default_atlas()
         tmask_img = nib.load(str(tmask_path))
@@ -110,6 +112,12 @@ def coverage(truth_dir, anat, label, qmask, true_labels, table) -> dict:
         pre_t = np.isin(atlas_on, pre_idx)
         tmask = np.asarray(tmask_img.dataobj) > 0
         out["coverage_precentral_template"] = float((tmask & pre_t).sum() / max(pre_t.sum(), 1))
+        # the issue's definition: the precentral grey matter, the atlas region where the template's GM
+        # probability exceeds 0.5 (the atlas region also takes in the gyrus' white matter and CSF)
+        gm_img = nib.load(str(template_path("GM")))
+        gm_on = np.asarray(resample_to_img(gm_img, tmask_img, interpolation="linear").dataobj) / 255.0
+        pre_gm = pre_t & (gm_on > 0.5)
+        out["coverage_precentral_gm_template"] = float((tmask & pre_gm).sum() / max(pre_gm.sum(), 1))
     return out
 
 

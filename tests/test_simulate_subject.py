@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from qsm_bids.simulate import cohort
@@ -177,6 +178,37 @@ def test_atrophy_weight_is_one_inside_the_region_and_falls_off_outside():
     assert np.exp(-0.5 * 3 / _ATROPHY_EDGE_MM**2) - 1e-6 <= w[ring].min() and w[ring].max() < 1
     far = ~ndimage.binary_dilation(inside, np.ones((3, 3, 3), bool), iterations=int(3 * _ATROPHY_EDGE_MM) + 1)
     assert np.all(w[far] == 0)
+
+
+def test_cortical_atrophy_thins_the_cortex_and_keeps_the_white_matter():
+    """A cortical region's planted loss turns the outer part of its cortical columns into CSF: the
+    region's grey matter off the white-matter voxels drops by about the planted fraction (in proportion
+    to it), the white matter and the labels do not change, GM + CSF is conserved, the T1w darkens where
+    GM went, and regions away from it keep everything."""
+    from qsm_bids.simulate.phantom import head_model
+    from qsm_bids.simulate.subject import _head, atrophy_sites, thinning_sites
+
+    h = head_model()
+    idx = h.label_table.loc[h.label_table["region"] == "precentral_gyrus", "index"].tolist()
+    sites = thinning_sites({"precentral_gyrus": 0.12, "putamen": 0.1})
+    assert [i for i, _ in sites] == idx and all(f == 0.12 for _, f in sites)
+    assert all(s[0] not in idx for s in atrophy_sites({"precentral_gyrus": 0.12, "putamen": 0.1}))
+
+    thin = _head(sites)
+    assert thin.wm is h.wm and thin.labels is h.labels
+    np.testing.assert_allclose(thin.gm + thin.csf, h.gm + h.csf, atol=1e-6)
+    region = np.isin(h.labels, idx)
+    cortex = region & (h.wm <= 0.5)
+    lost = 1 - thin.gm[cortex].sum() / h.gm[cortex].sum()
+    assert 0.06 < lost < 0.13, lost
+    removed = h.gm - thin.gm
+    assert np.all(removed >= 0) and np.all(removed[h.wm > 0.5] == 0)
+    assert np.all(thin.t1w_brain[removed > 0.05] < h.t1w_brain[removed > 0.05])
+    far = np.isin(h.labels, h.label_table.loc[~h.label_table["region"].isin(
+        ["precentral_gyrus", "pars_opercularis", "corticospinal_tract"]), "index"])
+    assert np.all(removed[far] == 0)  # the pars opercularis touches the gyrus: it thins a little too
+    double = _head(thinning_sites({"precentral_gyrus": 0.24}))
+    assert 1 - double.gm[cortex].sum() / h.gm[cortex].sum() == pytest.approx(2 * lost, rel=0.15)
 
 
 def test_atrophy_sites_reject_bad_requests():

@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "gets none; --effect-scale still multiplies them")
     g.add_argument("--atrophy", nargs="+", default=[], metavar="REGION=LOSS", type=_atrophy,
                    help="planted atrophy in the patients: the atlas region (both hemispheres) loses the "
-                        "fraction LOSS of its volume, e.g. caudate=0.1; true volumes in the ground truth")
+                        "fraction LOSS of its volume, e.g. caudate=0.1, or for a cortical region "
+                        "(precentral_gyrus, pars_opercularis) of its cortical thickness (the white-matter "
+                        "surface stays); true volumes in the ground truth")
     g.add_argument("--no-t1w", nargs="+", default=[], metavar="LABEL",
                    help="participant labels written without a T1w image")
     a = p.add_argument_group("GRE protocol")

@@ -205,7 +205,11 @@ def _write_subject(out_dir: Path, label: str, index: int, row: dict, args: dict)
                   sidecar={"volume_mm3": {"Description": "Volume of the atlas region in the subject's T1w "
                                           "(labels carried by the simulation's own deformation, 1 mm voxels "
                                           "counted)", "Units": "mm3"},
-                           "PlantedAtrophy": data["pose"]["atrophy"], "Group": row["group"]})
+                           "gm_volume_mm3": {"Description": "Grey matter in the region: the template's GM "
+                                             "fraction carried by the same deformation, summed over the "
+                                             "region's 1 mm voxels", "Units": "mm3"},
+                           "PlantedAtrophy": data["pose"]["atrophy"],
+                           "PlantedThinning": data["pose"].get("thinning", []), "Group": row["group"]})
 
     gt = out_dir / GROUNDTRUTH
     ent = {"sub": label}
@@ -401,10 +405,15 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
 
     if args["atrophy"]:
         write_json(gt / "atrophy.json", {
-            "Description": "Planted atrophy: each patient's region (both hemispheres) shrinks about its "
-                           "centroid by a uniform scaling that loses VolumeLoss of its volume, taken up by a "
-                           "shell up to 9 mm wide outside it (neighbours that touch the region change "
-                           "too); the true native volumes of every region, patients and controls, are in "
+            "Description": "Planted atrophy. A subcortical region of each patient (both hemispheres) shrinks "
+                           "about its centroid by a uniform scaling that loses VolumeLoss of its volume, taken "
+                           "up by a shell up to 9 mm wide outside it (neighbours that touch the region change "
+                           f"too). A cortical region ({', '.join(subj.CORTICAL_REGIONS)}) is thinned instead: "
+                           "its white-matter surface stays and a point at depth s from it shows the template's "
+                           "depth s / (1 - VolumeLoss), so the cortex loses VolumeLoss of its thickness where "
+                           "its pial surface borders CSF (where two banks of a sulcus touch in the template "
+                           "there is no CSF to show). The true native volumes (and grey-matter volumes) of "
+                           "every region, patients and controls, are in "
                            "sub-<label>/anat/sub-<label>_atlas-<atlas>_desc-volumes_morph.tsv",
             "VolumeLoss": args["atrophy"], "Group": "ALS"})
     subj.head_model()  # build once before forking workers
