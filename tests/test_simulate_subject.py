@@ -163,7 +163,6 @@ def test_planted_atrophy_shrinks_the_region_and_nothing_far_away():
 def test_atrophy_weight_is_one_inside_the_region_and_falls_off_outside():
     """The shrinkage is a uniform scaling over the whole region (so it loses what was planted) and fades
     out as a Gaussian of the distance (sigma _ATROPHY_EDGE_MM), zero beyond 3 sigma."""
-    from scipy import ndimage
 
     from qsm_bids.simulate.phantom import head_model
     from qsm_bids.simulate.subject import _ATROPHY_EDGE_MM, _atrophy_weight
