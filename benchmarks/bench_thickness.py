@@ -14,6 +14,8 @@ Usage::
 
     .venv/bin/python benchmarks/bench_thickness.py WORKDIR [--loss 0.12] [--region precentral_gyrus]
                                                    [--seed 0] [--n-cpus 2]
+                                                   [--structural '{"thickness_resolution_mm": 2.0}'
+                                                    --derivatives res2]
 """
 
 from __future__ import annotations
@@ -46,21 +48,24 @@ def main(argv=None) -> int:
     ap.add_argument("--region", default="precentral_gyrus")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-cpus", type=int, default=2)
+    ap.add_argument("--structural", default="{}",
+                    help='more structural settings as JSON, e.g. \'{"thickness_resolution_mm": 2.0}\'')
+    ap.add_argument("--derivatives", default="derivatives", help="derivatives folder name (one per setting)")
     args = ap.parse_args(argv)
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    cfg = work / "thickness.json"
-    cfg.write_text(json.dumps({"structural": {"thickness": True}}))
+    cfg = work / f"{args.derivatives}.json"
+    cfg.write_text(json.dumps({"structural": {"thickness": True, **json.loads(args.structural)}}))
     results = {}
     for variant in ("none", "atrophy"):
-        bids, deriv = work / variant / "bids", work / variant / "derivatives"
+        bids, deriv = work / variant / "bids", work / variant / args.derivatives
         if not (bids / "participants.tsv").exists():
             extra = ["--atrophy", f"{args.region}={args.loss}"] if variant == "atrophy" else []
             _run([BIN / "qsm-bids-simulate", bids, "--n-patients", 1, "--n-controls", 1, "--seed", args.seed,
                   "--effect-scale", 0, *extra], work / f"{variant}_simulate.log")
         parts = pd.read_csv(bids / "participants.tsv", sep="\t")
         label = parts.loc[parts["group"] == "ALS", "participant_id"].iloc[0][4:]
-        log = work / f"{variant}_participant.log"
+        log = work / f"{variant}_{args.derivatives}_participant.log"
         wall = _run([BIN / "qsm-bids", bids, deriv, "participant", "--participant-label", label, "--n-cpus",
                      args.n_cpus, "--registration", "fast", "--config", cfg, "--skip-bids-validation"], log)
         text = log.read_text()
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
                             "thickness": thick.set_index("hemisphere")["value"], "true_volume": true_vol}
     planted = 1.0 - args.loss
     print(f"{args.region}, planted thinning {args.loss:g} (thickness factor {planted:.3f}); seed {args.seed}, "
-          f"--n-cpus {args.n_cpus}")
+          f"--n-cpus {args.n_cpus}, structural {cfg.read_text()}")
     print("| hemisphere | thickness, no atrophy (mm) | with atrophy (mm) | measured ratio | planted thickness factor "
           "| true grey-matter ratio |")
     print("|---|---:|---:|---:|---:|---:|")
