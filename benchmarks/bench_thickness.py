@@ -16,6 +16,7 @@ Usage::
                                                    [--seed 0] [--n-cpus 2]
                                                    [--structural '{"thickness_resolution_mm": 2.0}'
                                                     --derivatives res2]
+    .venv/bin/python benchmarks/bench_thickness.py WORKDIR --time-direct 2.0 1.5 --n-cpus 1
 """
 
 from __future__ import annotations
@@ -41,6 +42,28 @@ def _run(cmd, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _time_direct(work: Path, args) -> int:
+    """DiReCT alone, timed at each grid spacing on one segmentation (the participant level's own function)."""
+    import os
+
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.n_cpus)
+    import ants
+
+    from qsm_bids.structural import thickness
+
+    anat = next((work / "none" / args.derivatives).glob("sub-*/anat"))
+    stem = anat / anat.parent.name
+    seg = ants.image_read(f"{stem}_desc-tissue_dseg.nii.gz")
+    gm = ants.image_read(f"{stem}_label-GM_probseg.nii.gz")
+    wm = ants.image_read(f"{stem}_label-WM_probseg.nii.gz")
+    for mm in args.time_direct:
+        t0 = time.perf_counter()
+        thickness(seg, gm, wm, iterations=20, resolution_mm=mm)
+        print(f"DiReCT on {seg.shape} at {mm:g} mm, {args.n_cpus} thread(s): {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("workdir", type=Path)
@@ -51,8 +74,13 @@ def main(argv=None) -> int:
     ap.add_argument("--structural", default="{}",
                     help='more structural settings as JSON, e.g. \'{"thickness_resolution_mm": 2.0}\'')
     ap.add_argument("--derivatives", default="derivatives", help="derivatives folder name (one per setting)")
+    ap.add_argument("--time-direct", type=float, nargs="+", metavar="MM",
+                    help="only time DiReCT (20 iterations, --n-cpus threads) at these grid spacings on the "
+                         "segmentation of an earlier run's participant without atrophy, one after the other")
     args = ap.parse_args(argv)
     work = args.workdir
+    if args.time_direct:
+        return _time_direct(work, args)
     work.mkdir(parents=True, exist_ok=True)
     cfg = work / f"{args.derivatives}.json"
     cfg.write_text(json.dumps({"structural": {"thickness": True, **json.loads(args.structural)}}))
