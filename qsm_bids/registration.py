@@ -228,8 +228,8 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
 
     masked = {"moving_mask": moving_mask, "mask_all_stages": moving_mask is not None}
     with ants_seed(seed):
-        # the rigid stage starts at 8x shrink (16 mm voxels on the 2 mm template): a wider capture range
-        # (a 25-degree pitch registered with every seed tried, 1 of 4 without that level)
+        # the rigid stage starts at 8x shrink (16 mm voxels on the 2 mm template), a wider capture range:
+        # a synthetic 25-degree pitch registered with all 7 seeds tried; starting at 4x, 1 seed of 4 failed
         rig = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "rig_",
                                 type_of_transform="Rigid", aff_iterations=p["init_rigid_iterations"],
                                 aff_shrink_factors=p["init_rigid_shrink"],
