@@ -204,14 +204,15 @@ def ants_seed(seed: int):
         ants.config._random_seed = old  # noqa: SLF001
 
 
-def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None):
-    """Rigid antsRegistration with the preset's schedule."""
+def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None, schedule: str = "rigid"):
+    """Rigid antsRegistration with the preset's ``<schedule>_iterations/_shrink/_smoothing``."""
     import ants
 
     with ants_seed(seed):
         return ants.registration(fixed=fixed, moving=moving, outprefix=outprefix, type_of_transform="Rigid",
-                                 aff_iterations=p["rigid_iterations"], aff_shrink_factors=p["rigid_shrink"],
-                                 aff_smoothing_sigmas=p["rigid_smoothing"],
+                                 aff_iterations=p[f"{schedule}_iterations"],
+                                 aff_shrink_factors=p[f"{schedule}_shrink"],
+                                 aff_smoothing_sigmas=p[f"{schedule}_smoothing"],
                                  aff_random_sampling_rate=p["sampling_rate"],
                                  moving_mask=moving_mask, mask_all_stages=moving_mask is not None)
 
@@ -226,20 +227,16 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
     """
     import ants
 
-    masked = {"moving_mask": moving_mask, "mask_all_stages": moving_mask is not None}
+    # the rigid stage starts at 8x shrink (16 mm voxels on the 2 mm template), a wider capture range:
+    # a synthetic 25-degree pitch registered with all 7 seeds tried; starting at 4x, 1 seed of 4 failed
+    rig = _ants_rigid(fixed, moving, outprefix + "rig_", p, seed, moving_mask, schedule="init_rigid")
     with ants_seed(seed):
-        # the rigid stage starts at 8x shrink (16 mm voxels on the 2 mm template), a wider capture range:
-        # a synthetic 25-degree pitch registered with all 7 seeds tried; starting at 4x, 1 seed of 4 failed
-        rig = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "rig_",
-                                type_of_transform="Rigid", aff_iterations=p["init_rigid_iterations"],
-                                aff_shrink_factors=p["init_rigid_shrink"],
-                                aff_smoothing_sigmas=p["init_rigid_smoothing"],
-                                aff_random_sampling_rate=p["sampling_rate"], **masked)
         aff = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix + "aff_",
                                 type_of_transform="Affine", initial_transform=rig["fwdtransforms"][0],
                                 aff_iterations=p["aff_iterations"], aff_shrink_factors=p["aff_shrink"],
                                 aff_smoothing_sigmas=p["aff_smoothing"],
-                                aff_random_sampling_rate=p["sampling_rate"], **masked)
+                                aff_random_sampling_rate=p["sampling_rate"],
+                                moving_mask=moving_mask, mask_all_stages=moving_mask is not None)
         syn = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix,
                                 type_of_transform="SyNOnly", initial_transform=aff["fwdtransforms"],
                                 reg_iterations=p["reg_iterations"], moving_mask=moving_mask,

@@ -247,8 +247,8 @@ def _thinning_removal(label_index: int, loss: float):
     for _ in range(_THIN_STEPS):
         beyond = np.where(out_ok, sample(grey + beyond, ahead), 0.0).astype(np.float32)
         within = np.where(in_ok, sample(grey + within, behind), 0.0).astype(np.float32)
-    thickness = (within + grey + beyond) * float(min(spacing))
-    removed = np.clip(np.float32(loss) * w * thickness / float(min(spacing)) - beyond, 0.0, grey)
+    column = within + grey + beyond  # the column's grey matter, in voxels
+    removed = np.clip(np.float32(loss) * w * column - beyond, 0.0, grey)
     return box, removed.astype(np.float32)
 
 

@@ -409,11 +409,10 @@ def write_cohort(out_dir, *, n_patients=6, n_controls=6, seed=0, voxel_size=subj
                            "about its centroid by a uniform scaling that loses VolumeLoss of its volume, taken "
                            "up by a shell up to 9 mm wide outside it (neighbours that touch the region change "
                            f"too). A cortical region ({', '.join(subj.CORTICAL_REGIONS)}) is thinned instead: "
-                           "its white-matter surface stays and a point at depth s from it shows the template's "
-                           "depth s / (1 - VolumeLoss), so the cortex loses VolumeLoss of its thickness where "
-                           "its pial surface borders CSF (where two banks of a sulcus touch in the template "
-                           "there is no CSF to show). The true native volumes (and grey-matter volumes) of "
-                           "every region, patients and controls, are in "
+                           "each cortical column, followed from the white matter outwards to the CSF or to the "
+                           "ridge where two banks of a sulcus touch, turns the outer VolumeLoss of its grey "
+                           "matter into CSF (white matter and labels kept). The true native volumes (and "
+                           "grey-matter volumes) of every region, patients and controls, are in "
                            "sub-<label>/anat/sub-<label>_atlas-<atlas>_desc-volumes_morph.tsv",
             "VolumeLoss": args["atrophy"], "Group": "ALS"})
     subj.head_model()  # build once before forking workers
