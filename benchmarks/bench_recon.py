@@ -22,6 +22,7 @@ simulator's SNR is printed beside every figure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import sys
@@ -31,7 +32,7 @@ import tracemalloc
 import numpy as np
 
 from qsm_bids.config import ReconConfig
-from qsm_bids.recon import fft
+from qsm_bids.recon import fft, inversion
 from qsm_bids.recon.background import erode_by_sphere
 from qsm_bids.recon.pipeline import reconstruct
 
@@ -102,13 +103,28 @@ def run_once(subj, **params):
                        subj["b0_dir"], subj["field_strength"], ReconConfig(**params))
 
 
+@contextlib.contextmanager
+def _elementwise(mode):
+    """``threads``: MEDI's element-wise work on slabs in the FFT's threads (the package's behaviour);
+    ``serial``: the same code in the caller's thread alone (what it did before), for a side-by-side ratio."""
+    if mode == "threads":
+        yield
+        return
+    saved = inversion.in_slabs
+    inversion.in_slabs = lambda fn, n0, workers=None: saved(fn, n0, workers=1)
+    try:
+        yield
+    finally:
+        inversion.in_slabs = saved
+
+
 def speed(args):
     subj = load_subject(args.snr[0], args.seed, args.own_phantom)
     print(f"input: {subj['source']}, matrix {subj['magnitude'].shape}, voxel {subj['voxel_size']} mm, "
           f"TE {subj['echo_times']} s, SNR {args.snr[0]}, FFT workers {fft.get_workers()}")
     rows = []
-    for mask in args.masks:
-        for pre in args.preconditioners:
+    for mask, pre, ew in [(m, p_, e) for m in args.masks for p_ in args.preconditioners for e in args.elementwise]:
+        with _elementwise(ew):
             t1w = subj["brain_mask"] if mask == "t1w" else None
             tracemalloc.start()
             t0 = time.perf_counter()
@@ -121,7 +137,7 @@ def speed(args):
             box = res.parameters["crop_box"]
             work = fft.next_fast_shape([b - a for a, b in box])
             t_pair = fft_pair_time(work)  # measured beside each run: the ratio survives a loaded machine
-            print(f"\n== mask {mask}, CG preconditioner {pre} ==")
+            print(f"\n== mask {mask}, CG preconditioner {pre}, element-wise work {ew} ==")
             print("step               time_s   n_fft")
             for k, v in res.timings_s.items():
                 print(f"{k:<18} {v:7.2f} {res.fft_counts.get(k, ''):>7}")
@@ -136,15 +152,15 @@ def speed(args):
                   f"(FFT count x one FFT time = {ideal:.1f} s)")
             print(f"accuracy (SNR {args.snr[0]}): interior NRMSE {nrmse * 100:.1f} %; nuclei "
                   + ", ".join(f"{k} {v * 100:.0f} %" for k, v in nuclei.items()), flush=True)
-            rows.append((mask, pre, wall, res.timings_s["inversion"], res.parameters["medi_cg_iterations"],
+            rows.append((f"{mask} | {pre} | {ew}", wall, res.timings_s["inversion"], res.parameters["medi_cg_iterations"],
                          res.fft_counts["total"], res.timings_s["inversion"] / ideal, t_pair, nrmse))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"\nprocess max RSS (includes the simulator): {rss:.2f} GiB (goal <= 6 GB)")
-    print("| mask | CG preconditioner | steps 1-5 s | MEDI s | CG iterations | FFTs | MEDI / (FFTs x one FFT) "
-          "| one FFT pair ms | interior NRMSE |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for mask, pre, wall, t_inv, n_cg, n_fft, ratio, t_pair, nrmse in rows:
-        print(f"| {mask} | {pre} | {wall:.1f} | {t_inv:.1f} | {n_cg} | {n_fft} | {ratio:.2f} | {t_pair * 1e3:.1f} "
+    print("| mask | CG preconditioner | element-wise | steps 1-5 s | MEDI s | CG iterations | FFTs "
+          "| MEDI / (FFTs x one FFT) | one FFT pair ms | interior NRMSE |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, wall, t_inv, n_cg, n_fft, ratio, t_pair, nrmse in rows:
+        print(f"| {label} | {wall:.1f} | {t_inv:.1f} | {n_cg} | {n_fft} | {ratio:.2f} | {t_pair * 1e3:.1f} "
               f"| {nrmse * 100:.1f} % |")
 
 
@@ -186,6 +202,9 @@ def main(argv=None):
                         "given as the T1w mask (a perfect T1w mask: the default chain then adds its rim shells)")
     p.add_argument("--preconditioners", nargs="+", choices=("none", "circulant"), default=["none", "circulant"],
                    help="speed: recon.medi_cg_preconditioner values run side by side")
+    p.add_argument("--elementwise", nargs="+", choices=("threads", "serial"), default=["threads"],
+                   help="speed: MEDI's element-wise work in the FFT's threads (the package) or serial (before), "
+                        "side by side")
     p.add_argument("--workers", type=int, default=int(os.environ.get("QSM_BIDS_FFT_WORKERS", 2)))
     args = p.parse_args(argv)
     fft.set_workers(args.workers)

@@ -8,6 +8,9 @@ symmetric positive semi-definite for the conjugate-gradient solves.
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
+
 import numpy as np
 from scipy import ndimage
 
@@ -22,7 +25,35 @@ __all__ = [
     "ball",
     "crop_box",
     "pad_to",
+    "in_slabs",
 ]
+
+_pool_lock = threading.Lock()
+_pool: dict = {"executor": None, "workers": 0}
+
+
+def in_slabs(fn, n0, workers=None) -> list:
+    """Run ``fn(a, b)`` on contiguous slabs ``[a, b)`` of a first axis of length ``n0``, in threads.
+
+    NumPy releases the GIL inside its loops, so element-wise work on large arrays (MEDI's CG) runs on
+    ``workers`` cores (default: the FFT's thread count, ``--n-cpus``) the way the FFTs do. Returns the
+    slabs' results in order; one worker (or a short axis) runs ``fn(0, n0)`` in the caller's thread.
+    """
+    w = fft.get_workers() if workers is None else max(1, int(workers))
+    w = min(w, n0 // 8)  # slabs thinner than a few planes cost more to schedule than they save
+    if w <= 1:
+        return [fn(0, n0)]
+    with _pool_lock:
+        if _pool["workers"] < w:
+            if _pool["executor"] is not None:
+                _pool["executor"].shutdown(wait=False)
+            _pool["executor"] = concurrent.futures.ThreadPoolExecutor(max_workers=w,
+                                                                      thread_name_prefix="qsm-slab")
+            _pool["workers"] = w
+        ex = _pool["executor"]
+    bounds = np.linspace(0, n0, w + 1).astype(int)
+    futures = [ex.submit(fn, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [f.result() for f in futures]
 
 
 def ball(radius_mm, voxel_size):
@@ -114,29 +145,50 @@ def grad_adjoint(g, voxel_size, out=None):
     return out
 
 
-def diff_forward(x, out):
-    """Unscaled forward differences (3, *shape), zero on the last plane; no temporaries."""
-    for axis in range(3):
-        g = np.moveaxis(out[axis], axis, 0)
-        xa = np.moveaxis(x, axis, 0)
+def diff_forward(x, out, a=0, b=None):
+    """Unscaled forward differences (3, *shape), zero on the last plane; no temporaries.
+
+    ``a``, ``b``: only planes ``[a, b)`` of the first axis are written (they read ``x`` up to plane
+    ``b``), so slabs can run in parallel (:func:`in_slabs`).
+    """
+    n0 = x.shape[0]
+    b = n0 if b is None else b
+    top = min(b, n0 - 1)
+    if top > a:
+        np.subtract(x[a + 1:top + 1], x[a:top], out=out[0, a:top])
+    if b == n0:
+        out[0, n0 - 1] = 0
+    xs = x[a:b]
+    for axis in (1, 2):
+        g = np.moveaxis(out[axis, a:b], axis, 0)
+        xa = np.moveaxis(xs, axis, 0)
         np.subtract(xa[1:], xa[:-1], out=g[:-1])
         g[-1] = 0
     return out
 
 
-def diff_adjoint(g, out):
+def diff_adjoint(g, out, a=0, b=None):
     """Adjoint of :func:`diff_forward` into ``out``: ``(D^T g)_i = g_{i-1} - g_i`` per axis, the last
-    plane of each ``g[a]`` ignored (it is no difference); 6 passes over contiguous slabs, no temporaries."""
-    np.add(g[0], g[1], out=out)
-    out += g[2]
+    plane of each ``g[a]`` ignored (it is no difference); 6 passes over contiguous slabs, no temporaries.
+
+    ``a``, ``b``: only planes ``[a, b)`` of ``out`` are written (they read ``g[0]`` from plane ``a - 1``).
+    """
+    n0 = g.shape[1]
+    b = n0 if b is None else b
+    o = out[a:b]
+    np.add(g[0, a:b], g[1, a:b], out=o)
+    o += g[2, a:b]
     # the last plane of each axis' differences is not a difference: take it back out
-    out[-1] -= g[0][-1]
-    out[:, -1] -= g[1][:, -1]
-    out[:, :, -1] -= g[2][:, :, -1]
-    np.negative(out, out=out)
-    out[1:] += g[0][:-1]
-    out[:, 1:] += g[1][:, :-1]
-    out[:, :, 1:] += g[2][:, :, :-1]
+    if b == n0:
+        out[n0 - 1] -= g[0, n0 - 1]
+    o[:, -1] -= g[1, a:b, -1]
+    o[:, :, -1] -= g[2, a:b, :, -1]
+    np.negative(o, out=o)
+    lo = max(a, 1)
+    if b > lo:
+        out[lo:b] += g[0, lo - 1:b - 1]
+    o[:, 1:] += g[1, a:b, :-1]
+    o[:, :, 1:] += g[2, a:b, :, :-1]
     return out
 
 

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import fft
-from ._ops import diff_adjoint, diff_forward, grad, pad_to, smv, sphere_kernel_rfft
+from ._ops import diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol"]
@@ -288,9 +288,14 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     # differences with P / h^2 folded in (irls_weights; fewer passes over the volume, no temporaries)
 
     def reg(dx, P, gbuf, out):
-        diff_forward(dx, gbuf)
-        gbuf *= P
-        return diff_adjoint(gbuf, out)
+        def weighted_diffs(a, b):
+            diff_forward(dx, gbuf, a, b)
+            gbuf[:, a:b] *= P[:, a:b]
+
+        # two passes over slabs of planes: the adjoint reads the neighbouring slab's differences
+        in_slabs(weighted_diffs, shape[0])
+        in_slabs(lambda a, b: diff_adjoint(gbuf, out, a, b), shape[0])
+        return out
 
     x = np.zeros(shape, dtype=np.float32)
     gbuf = np.zeros((3,) + shape, dtype=np.float32)
@@ -354,17 +359,23 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
             np.divide(np.float32(1.0), inv_symbol, out=inv_symbol)
             kernels = list(zip(spectral_kernels, w2s if terms is not None else [w2]))
 
-            def A_hat(Ph, p=np.empty_like(x), q=np.empty_like(x), P=P, kernels=kernels):
+            def A_hat(Ph, q=np.empty_like(x), kbuf=np.empty_like(spectral_kernels[0], np.complex64), P=P,
+                      kernels=kernels):
                 # F A F^-1 on a half spectrum: the regulariser in image space (1 FFT each way), each
-                # data term's kernel applied in k-space (1 FFT each way), summed in k-space
-                p[...] = fft.irfftn(Ph, shape)
-                Qh = fft.rfftn(reg(p, P, gbuf, q))
+                # data term's kernel applied in k-space (1 FFT each way), summed in k-space; the
+                # element-wise products run on slabs in threads (in_slabs), as the FFTs do
+                Qh = fft.rfftn(reg(fft.irfftn(Ph, shape), P, gbuf, q))
                 for K, w in kernels:
-                    t = fft.irfftn(Ph * K, shape)
-                    t *= w
+                    in_slabs(lambda a, b: np.multiply(Ph[a:b], K[a:b], out=kbuf[a:b]), K.shape[0])
+                    t = fft.irfftn(kbuf, shape)
+                    in_slabs(lambda a, b: np.multiply(t[a:b], w[a:b], out=t[a:b]), shape[0])
                     T = fft.rfftn(t)
-                    T *= K
-                    Qh += T
+
+                    def accumulate(a, b, T=T, K=K):
+                        np.multiply(T[a:b], K[a:b], out=T[a:b])
+                        Qh[a:b] += T[a:b]
+
+                    in_slabs(accumulate, K.shape[0])
                 return Qh
 
             dx, n_cg = _cg_spectral(A_hat, b, inv_symbol, cg_tol, cg_max_iter)
@@ -472,7 +483,12 @@ def _dot(a, b):
 def _half_dot(A, B, n_last):
     """``<a, b>`` of two real arrays from their half spectra (``rfftn``; ``n_last`` the real length of the
     last axis), without the 1/N of Parseval's theorem: the planes k = 0 and, for an even length, k = n/2
-    stand for themselves, every other plane for itself and its conjugate mirror."""
+    stand for themselves, every other plane for itself and its conjugate mirror. Summed over slabs of the
+    first axis in threads (:func:`in_slabs`)."""
+    return sum(in_slabs(lambda a, b: _half_dot_slab(A[a:b], B[a:b], n_last), A.shape[0]))
+
+
+def _half_dot_slab(A, B, n_last):
     total = 2.0 * float(np.dot(A.view(np.float32).ravel(), B.view(np.float32).ravel()))
     total -= float(np.dot(A[..., 0].real.ravel(), B[..., 0].real.ravel())
                    + np.dot(A[..., 0].imag.ravel(), B[..., 0].imag.ravel()))
@@ -547,21 +563,33 @@ def _cg_spectral(A_hat, b, inv_symbol, tol, max_iter):
     bnorm = np.sqrt(_half_dot(B, B, n_last))
     rnorm = bnorm
     it = 0
+    n0 = B.shape[0]
     while it < max_iter and bnorm > 0 and rnorm > tol * bnorm:
         AP = A_hat(Pk)
         pAp = _half_dot(Pk, AP, n_last)
         if pAp <= 0:
             break
         alpha = np.float32(rz / pAp)
-        np.multiply(Pk, alpha, out=tmp)
-        X += tmp
-        AP *= alpha
-        R -= AP
-        np.multiply(R, inv_symbol, out=Z)
-        rz_new = _half_dot(R, Z, n_last)
-        rnorm = np.sqrt(_half_dot(R, R, n_last))
-        Pk *= np.float32(rz_new / rz)
-        Pk += Z
+
+        def update(a, b, alpha=alpha, AP=AP):
+            # x += alpha p, r -= alpha A p, z = M^-1 r, and the slab's <r, z>, <r, r>, in one pass
+            np.multiply(Pk[a:b], alpha, out=tmp[a:b])
+            X[a:b] += tmp[a:b]
+            AP[a:b] *= alpha
+            R[a:b] -= AP[a:b]
+            np.multiply(R[a:b], inv_symbol[a:b], out=Z[a:b])
+            return _half_dot_slab(R[a:b], Z[a:b], n_last), _half_dot_slab(R[a:b], R[a:b], n_last)
+
+        parts = in_slabs(update, n0)
+        rz_new = sum(v[0] for v in parts)
+        rnorm = np.sqrt(sum(v[1] for v in parts))
+        beta = np.float32(rz_new / rz)
+
+        def direction(a, b, beta=beta):
+            Pk[a:b] *= beta
+            Pk[a:b] += Z[a:b]
+
+        in_slabs(direction, n0)
         rz = rz_new
         it += 1
     return fft.irfftn(X, shape).astype(np.float32, copy=False), it
