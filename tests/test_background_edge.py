@@ -136,7 +136,9 @@ def test_default_t1w_mask_and_rim_shells_cover_the_brain_and_the_paper_chain_doe
     paper_cfg = load_config(None, {"preset": "paper"}).recon
     paper = reconstruct(*args, paper_cfg, t1w_mask=ph.brain.astype(np.float32))
     assert edge.parameters["mask_method"] == "t1w" and paper.parameters["mask_method"] == "magnitude"
-    assert edge.parameters["medi_edge_radii_mm"] == [3.0, 2.0] and paper.parameters["medi_edge_radii_mm"] == []
+    # on this 2 mm grid the 2 mm sphere (the voxel and its 6 neighbours) is skipped
+    assert edge.parameters["medi_edge_radii_mm"] == [3.0] and paper.parameters["medi_edge_radii_mm"] == []
+    assert edge.parameters["medi_edge_radii_mm_requested"] == [3.0, 2.0]
     # the brain mask stays inside the T1w mask and reaches its edge (no erosion)
     assert not np.any(edge.mask & ~ph.brain) and edge.mask.sum() > 0.98 * ph.brain.sum()
     # measured voxels: the SHARP-eroded mask plus the rim (trusted phase); chi defined there
@@ -207,3 +209,13 @@ def test_rim_shells_are_not_used_on_the_magnitude_mask(small_head):
     assert default.parameters["medi_edge_radii_mm_requested"] == [3.0, 2.0]
     assert np.array_equal(default.chi_ppm, none.chi_ppm)
     assert np.array_equal(default.measured_mask, default.eroded_mask)
+
+
+def test_rim_radii_up_to_the_smallest_voxel_edge_are_skipped():
+    from qsm_bids.config import ReconConfig
+    from qsm_bids.recon.pipeline import _medi_edges
+
+    p = ReconConfig()
+    assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps the 2 mm shell
+    assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (3.0,)  # on 2 mm voxels it is the voxel and 6 neighbours
+    assert _medi_edges(p, (1.0, 1.0, 2.0), "magnitude") == ()

@@ -188,8 +188,8 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         measured rather than filled by the regulariser. ``N_std`` of each
         shell is combined as for the SMV form, and all shells share one
         normalisation of ``m`` (mean 1 over their union). Each extra radius
-        costs 2 real FFTs per CG iteration. Radii below the smallest voxel edge are skipped (such a
-        sphere is the voxel alone and carries no data). Not with ``merit``.
+        costs 2 real FFTs per CG iteration. Radii up to the smallest voxel edge are skipped (such a
+        sphere is the voxel and at most its 6 neighbours). Not with ``merit``.
     cg_preconditioner : None or "circulant"
         None: plain CG, as the toolbox. ``"circulant"``: CG preconditioned by the inverse of
         :func:`circulant_symbol`, run on half spectra (:func:`_cg_spectral`: the preconditioner
@@ -242,8 +242,8 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         done = maskp.copy()
         shells = [(maskp, Dh, rdf, noise)]
         for r in sorted((float(v) for v in edge_radii_mm), reverse=True):
-            if r >= float(smv_radius_mm) or r < min(float(v) for v in voxel_size):
-                continue  # a sphere within one voxel is the voxel itself: (1 - S) D = 0, no data
+            if r >= float(smv_radius_mm) or r <= min(float(v) for v in voxel_size):
+                continue  # a sphere of one voxel edge is the voxel and its 6 neighbours: no usable data
             Sr = sphere_kernel_rfft(shape, voxel_size, r)
             fits = smv(data_mask, Sr) > 0.999
             shell = fits & ~done
