@@ -37,7 +37,8 @@ from . import fft
 from ._ops import diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
-__all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol"]
+__all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol",
+           "usable_rim_radii"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,9 +242,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         Dplain = _half(dipole_kernel(shape, voxel_size, b0_dir))
         done = maskp.copy()
         shells = [(maskp, Dh, rdf, noise)]
-        for r in sorted((float(v) for v in edge_radii_mm), reverse=True):
-            if r >= float(smv_radius_mm) or r <= min(float(v) for v in voxel_size):
-                continue  # a sphere of one voxel edge is the voxel and its 6 neighbours: no usable data
+        for r in sorted(usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm), reverse=True):
             Sr = sphere_kernel_rfft(shape, voxel_size, r)
             fits = smv(data_mask, Sr) > 0.999
             shell = fits & ~done
@@ -414,6 +413,14 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         out_mask = np.asarray(output_mask, dtype=bool)
     chi = x[sl] / to_rad * out_mask
     return np.ascontiguousarray(chi, dtype=np.float32)
+
+
+def usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm) -> tuple:
+    """The rim-shell radii MEDI can use, in the given order: smaller than the SMV sphere and larger than
+    the smallest voxel edge (a sphere of one voxel edge is the voxel and its 6 neighbours: on a 2 mm grid
+    the 2 mm shell measured worse than none, README)."""
+    lo = min(float(v) for v in voxel_size)
+    return tuple(float(r) for r in edge_radii_mm if lo < float(r) < float(smv_radius_mm))
 
 
 def irls_weights(x, wG, voxel_size, beta, gbuf):

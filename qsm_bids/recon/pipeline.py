@@ -33,7 +33,7 @@ from .background import erode_by_sphere, pdf, sharp, vsharp
 from .coils import adaptive_combine
 from .dipole import GAMMA_HZ_PER_T
 from .echoes import field_noise_std, fit_field, remove_phase_offset
-from .inversion import medi, tikhonov, tkd
+from .inversion import medi, tikhonov, tkd, usable_rim_radii
 from .mask import brain_mask, brain_mask_from_template, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import UNWRAP_METHODS
@@ -206,14 +206,11 @@ RIM_SHELL_MASKS = ("t1w", "user")
 
 
 def _medi_edges(p, voxel_size, mask_source) -> tuple:
-    """The rim radii MEDI uses: only in the SMV form, on a mask of :data:`RIM_SHELL_MASKS`, smaller than
-    the SHARP sphere and larger than the smallest voxel edge (a sphere of one voxel edge is the voxel and
-    its 6 neighbours: on a 2 mm grid the 2 mm shell measured worse than none, README)."""
+    """The rim radii MEDI uses: only in the SMV form, on a mask of :data:`RIM_SHELL_MASKS`, those of
+    :func:`~qsm_bids.recon.inversion.usable_rim_radii` for the SHARP sphere."""
     use_smv = (bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv and p.inversion == "medi"
                and mask_source in RIM_SHELL_MASKS)
-    lo = min(float(v) for v in voxel_size)
-    return tuple(float(r) for r in p.medi_edge_radii_mm
-                 if lo < float(r) < float(p.sharp_radius_mm)) if use_smv else ()
+    return usable_rim_radii(p.medi_edge_radii_mm, voxel_size, p.sharp_radius_mm) if use_smv else ()
 
 
 def _medi_region(inp: _Inputs):
