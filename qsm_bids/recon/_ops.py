@@ -38,6 +38,7 @@ def in_slabs(fn, n0, workers=None) -> list:
     NumPy releases the GIL inside its loops, so element-wise work on large arrays (MEDI's CG) runs on
     ``workers`` cores (default: the FFT's thread count, ``--n-cpus``) the way the FFTs do. Returns the
     slabs' results in order; one worker (or a short axis) runs ``fn(0, n0)`` in the caller's thread.
+    ``fn`` must not call :func:`in_slabs` itself (the pool's threads would wait on each other).
     """
     w = fft.get_workers() if workers is None else max(1, int(workers))
     w = min(w, n0 // 8)  # slabs thinner than a few planes cost more to schedule than they save
