@@ -23,6 +23,8 @@ pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 #: The structural settings of sub-01's runs: DiReCT thickness on a 3 mm grid, 10 iterations (test cost).
 THICKNESS = {"structural": {"thickness": True, "thickness_resolution_mm": 3.0, "thickness_iterations": 10}}
+#: The other job switches thickness off (on by default), so both settings are exercised.
+NO_THICKNESS = {"structural": {"thickness": False}}
 
 
 def _cli(*args, check=False):
@@ -49,13 +51,15 @@ def cohort(tmp_path_factory):
     before = {p: p.stat().st_mtime_ns for p in bids.rglob("*")}
     out = root / "out"
     common = ["participant", "--registration", "fast", "--n-cpus", "1", "--skip-bids-validation"]
-    # sub-01's job also measures cortical thickness (off by default for its cost), on a coarse grid
+    # sub-01's job measures cortical thickness on a coarse grid (test cost); the other job has it off
     thickness = root / "thickness.json"
     thickness.write_text(json.dumps(THICKNESS))
+    no_thickness = root / "no_thickness.json"
+    no_thickness.write_text(json.dumps(NO_THICKNESS))
     # two jobs of a job array writing into one OUTPUT_DIR at the same time
     jobs = [subprocess.Popen([str(BIN / "qsm-bids"), str(bids), str(out), *common, "--participant-label", *labels,
                               *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for labels, extra in ((["01", "03"], ["--config", str(thickness)]), (["02", "04", "05"], []))]
+            for labels, extra in ((["01", "03"], ["--config", str(thickness)]), (["02", "04", "05"], ["--config", str(no_thickness)]))]
     results = [(j.wait(), *j.communicate()) for j in jobs]
     return {"bids": bids, "out": out, "results": results, "before": before, "thickness": thickness}
 
