@@ -112,6 +112,8 @@ class RegistrationResult:
     seed: int
     template: str = TEMPLATE_NAME
     timings_s: dict = field(default_factory=dict)
+    #: The rigid start kept (head pitch, degrees) and each start's masked mutual-information cost.
+    rigid_start: dict = field(default_factory=dict)
 
     def sidecar(self) -> dict:
         """Provenance for the JSON sidecars."""
@@ -125,6 +127,7 @@ class RegistrationResult:
             "DirectGREToTemplate": self.direct_to_template,
             "Parameters": PRESETS[self.preset],
             "TimingsSeconds": self.timings_s,
+            "RigidStart": self.rigid_start,
         }
 
 
@@ -262,7 +265,7 @@ def _multistart_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_
     # Start files live apart from the registration prefixes: antspyx collects every file matching
     # "<outprefix>*[0-9]*" as an output transform, so "<outprefix>start_p20.mat" would be taken for one.
     start_dir = tempfile.mkdtemp(prefix="pitch-starts-", dir=os.path.dirname(outprefix) or None)
-    best = None
+    best, costs = None, {}
     for pitch in p["init_pitches_deg"]:
         # file names without signs: ANTs reads "[name,...]" arguments and misreads a "+"
         tag = f"{'m' if pitch < 0 else 'p'}{abs(pitch):.0f}"
@@ -282,11 +285,13 @@ def _multistart_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_
         cost = float(ants.image_similarity(fixed, warped, metric_type="MattesMutualInformation",
                                            fixed_mask=fixed_mask))
         logger.debug("rigid start at pitch %+.0f deg: mutual information cost %.4f", pitch, cost)
+        costs[f"{pitch:+.0f}"] = round(cost, 4)
         if best is None or cost < best[0] - (p["init_pitch_min_gain"] if best[1] == 0 else 0.0):
             best = (cost, pitch, reg)
     if best[1] != 0:
         logger.info("rigid start at %+.0f degrees pitch fits the template best (mutual information %.3f)",
                     best[1], best[0])
+    best[2]["rigid_start"] = {"PitchDeg": best[1], "MutualInformationCost": costs}
     return best[2]
 
 
@@ -314,6 +319,7 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
                                 type_of_transform="SyNOnly", initial_transform=aff["fwdtransforms"],
                                 reg_iterations=p["reg_iterations"], moving_mask=moving_mask,
                                 write_composite_transform=True)
+    syn["rigid_start"] = rig["rigid_start"]
     return syn
 
 
@@ -389,7 +395,7 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
             _copy_atomic(syn["fwdtransforms"], Path(out_to_template))
             _copy_atomic(syn["invtransforms"], Path(out_from_template))
             return RegistrationResult(Path(out_to_template), Path(out_from_template), None, True,
-                                      preset, int(seed), timings_s=timings)
+                                      preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"])
 
         if out_gre_to_t1w is None:
             raise ValueError("out_gre_to_t1w is required when a T1w is given")
@@ -412,7 +418,7 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
         _copy_atomic(syn["invtransforms"], Path(out_from_template))
     logger.info("registration (%s) done in %.1f s", preset, sum(timings.values()))
     return RegistrationResult(Path(out_to_template), Path(out_from_template), Path(out_gre_to_t1w),
-                              False, preset, int(seed), timings_s=timings)
+                              False, preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"])
 
 
 # ---------------------------------------------------------------------------
@@ -632,7 +638,7 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
                             "registration") from None
         reg = RegistrationResult(out["xfm_t1w_template"], out["xfm_template_t1w"], out["xfm_gre_t1w"],
                                  False, prior.get("Preset", preset), int(prior.get("RandomSeed", seed)),
-                                 timings_s={})
+                                 timings_s={}, rigid_start=prior.get("RigidStart", {}))
     else:
         reg = register_subject(mag, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
                                out["xfm_gre_t1w"] if t1w is not None else None, preset=preset, seed=seed,

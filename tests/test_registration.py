@@ -5,6 +5,7 @@ mapping, so the true native labels are the atlas through the same mapping.
 Small grids and the ``fast`` preset keep this under ~30 s.
 """
 
+import json
 import os
 
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "2")
@@ -67,7 +68,10 @@ def test_outputs_written(subject):
     assert out["xfm_t1w_template"].read_bytes()[:4] == b"\x89HDF"
     chi_t = nib.load(str(out["chi_template"]))
     assert chi_t.shape == template_image(2.0).shape and np.allclose(chi_t.affine, template_image(2.0).affine)
-    assert (out["chi_template"].parent / "sub-x_space-MNI152NLin2009aSym_Chimap.json").exists()
+    sidecar = json.loads((out["chi_template"].parent / "sub-x_space-MNI152NLin2009aSym_Chimap.json").read_text())
+    # the rigid start kept, with every start's cost (an unpitched head keeps the centre-of-mass start)
+    start = sidecar["RigidStart"]
+    assert start["PitchDeg"] == 0 and set(start["MutualInformationCost"]) == {"+0", "-20", "+20"}
     # The warped QSM mask overlaps the template brain.
     tpl_brain = np.asarray(template_image(2.0).dataobj) > 0
     assert dice(np.asarray(nib.load(str(out["mask_template"])).dataobj) > 0, tpl_brain) > 0.85
