@@ -215,12 +215,15 @@ def ants_seed(seed: int):
         ants.config._random_seed = old  # noqa: SLF001
 
 
-def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None, schedule: str = "rigid"):
-    """Rigid antsRegistration with the preset's ``<schedule>_iterations/_shrink/_smoothing``."""
+def _ants_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_mask=None, schedule: str = "rigid",
+                initial_transform=None):
+    """Rigid antsRegistration with the preset's ``<schedule>_iterations/_shrink/_smoothing``, from
+    ``initial_transform`` (a transform file; None: ANTs' centre-of-mass start)."""
     import ants
 
     with ants_seed(seed):
         return ants.registration(fixed=fixed, moving=moving, outprefix=outprefix, type_of_transform="Rigid",
+                                 initial_transform=initial_transform,
                                  aff_iterations=p[f"{schedule}_iterations"],
                                  aff_shrink_factors=p[f"{schedule}_shrink"],
                                  aff_smoothing_sigmas=p[f"{schedule}_smoothing"],
@@ -270,14 +273,8 @@ def _multistart_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_
         # file names without signs: ANTs reads "[name,...]" arguments and misreads a "+"
         tag = f"{'m' if pitch < 0 else 'p'}{abs(pitch):.0f}"
         start = None if pitch == 0 else _pitch_start(fixed, moving, pitch, os.path.join(start_dir, f"{tag}.mat"))
-        with ants_seed(seed):
-            reg = ants.registration(fixed=fixed, moving=moving, outprefix=f"{outprefix}{tag}_",
-                                    type_of_transform="Rigid", initial_transform=start,
-                                    aff_iterations=p["init_rigid_iterations"],
-                                    aff_shrink_factors=p["init_rigid_shrink"],
-                                    aff_smoothing_sigmas=p["init_rigid_smoothing"],
-                                    aff_random_sampling_rate=p["sampling_rate"],
-                                    moving_mask=moving_mask, mask_all_stages=moving_mask is not None)
+        reg = _ants_rigid(fixed, moving, f"{outprefix}{tag}_", p, seed, moving_mask, schedule="init_rigid",
+                          initial_transform=start)
         # the collapsed output holds the start too: one affine file
         if len(reg["fwdtransforms"]) != 1:
             raise RuntimeError(f"rigid start {tag}: expected one transform, got {reg['fwdtransforms']}")
