@@ -63,6 +63,7 @@ __all__ = [
     "template_path",
     "template_image",
     "default_atlas",
+    "configured_atlas",
     "default_label_table",
     "build_default_atlas",
     "cache_dir",
@@ -339,6 +340,14 @@ def default_atlas():
 
     img, table = _default_atlas_cached()
     return nib.Nifti1Image(np.asarray(img.dataobj).copy(), img.affine.copy()), table.copy()
+
+
+def configured_atlas(atlas_cfg):
+    """The atlas of an ``AtlasConfig``: the user's (``atlas_file``, ``atlas_labels``) when given, else
+    :func:`default_atlas`; returns ``(labels image in template space, label table)``."""
+    if atlas_cfg.atlas_file:
+        return load_user_atlas(atlas_cfg.atlas_file, atlas_cfg.atlas_labels)
+    return default_atlas()
 
 
 # ---------------------------------------------------------------------------

@@ -203,6 +203,7 @@ GROUP_OUTPUTS: dict[str, str] = {
     "dti_correlations": "desc-dti_correlations.tsv",
     "dti_values": "desc-dti_values.tsv",
     "dti_scatter": "desc-dti_scatter.png",
+    "dti_cst_centreline": "desc-cstcentreline_dseg.nii.gz",
     "volumes_stats": "desc-volumes_stats.tsv",
     "volumes_values": "desc-volumes_values.tsv",
     "structural_summary": "structural.json",

@@ -158,11 +158,9 @@ class ParticipantWorkflow:
 
     def _atlas(self):
         """The configured atlas (a user atlas file, else the package's) in template space and its label table."""
-        from . import atlas as atlas_mod
+        from .atlas import configured_atlas
 
-        if self.cfg.atlas.atlas_file:
-            return atlas_mod.load_user_atlas(self.cfg.atlas.atlas_file, self.cfg.atlas.atlas_labels)
-        return atlas_mod.default_atlas()
+        return configured_atlas(self.cfg.atlas)
 
     def _structural_steps(self) -> list:
         """The ``structural`` step when the subject has a T1w and ``structural.enabled`` (issue 13)."""

@@ -244,6 +244,10 @@ def test_dti_outputs_near_truth_and_in_the_group_report(cohort):
     group = out / "group"
     values = pd.read_csv(group / "desc-dti_values.tsv", sep="\t")
     assert sorted(values.participant_id.astype(str).str.zfill(2)) == ["01", "04"]
+    # CST QSM over the atlas CST's centre line in the study template: white matter, so negative
+    assert values.QSM.notna().all() and (values.QSM < 0).all(), values
+    centreline = np.asarray(nib.load(group / "desc-cstcentreline_dseg.nii.gz").dataobj)
+    assert set(np.unique(centreline)) == {0, 25, 26}
     corr = pd.read_csv(group / "desc-dti_correlations.tsv", sep="\t", keep_default_na=False)
     assert corr.y.tolist() == ["FA", "MD", "RD", "AD"]
     assert all(n.startswith("not computed") for n in corr.note)  # at most 2 patients have DTI here

@@ -99,3 +99,73 @@ def test_tables_read_from_files_feed_the_correlations(tmp_path):
     d.drop(columns=["participant_id", "metric"]).to_csv(broken, sep="\t", index=False)
     with pytest.raises(DataError, match="broken.tsv: DTI region table lacks column.*metric"):
         read_dti_tables({"sub-99": broken})
+
+
+def _cylinder(shape, centre, radius, axis=2):
+    """Voxels within ``radius`` of a line through ``centre`` along ``axis``."""
+    grid = np.indices(shape, dtype=float)
+    others = [a for a in range(3) if a != axis]
+    r2 = sum((grid[a] - centre[a]) ** 2 for a in others)
+    return r2 <= radius ** 2
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_centreline_of_a_cylinder_is_its_axis(axis):
+    shape = (21, 23, 19)
+    centre = (10, 11, 9)
+    tube = _cylinder(shape, centre, 3.0, axis)
+    for tolerance in (0.0, 0.5):  # the deepest voxel is unique: the axis, depth r + 1 against r for its neighbours
+        line = gd.tract_centreline(tube, tolerance, axis)
+        expected = np.zeros(shape, bool)
+        idx = [slice(None)] * 3
+        for a in range(3):
+            if a != axis:
+                idx[a] = centre[a]
+        expected[tuple(idx)] = True
+        np.testing.assert_array_equal(line, expected)
+
+
+def test_centreline_of_a_bar_is_its_middle_row():
+    # a 7 x 3 cross-section: in-plane depth 2 on the middle row away from the ends, 1 on the rim
+    bar = np.zeros((11, 9, 5), bool)
+    bar[2:9, 3:6, :] = True
+    line = gd.tract_centreline(bar, 0.5)
+    expected = np.zeros_like(bar)
+    expected[3:8, 4, :] = True
+    np.testing.assert_array_equal(line, expected)
+    # a wider tolerance takes the rim too
+    assert gd.tract_centreline(bar, 1.0).sum() == bar.sum()
+
+
+def test_centreline_medians_read_the_core_inside_the_mask():
+    shape = (30, 20, 12)
+    table = pd.DataFrame({"index": [25, 26, 3], "region": ["corticospinal_tract"] * 2 + ["putamen"],
+                          "hemisphere": ["L", "R", "L"]})
+    labels = np.zeros(shape, np.int32)
+    labels[_cylinder(shape, (8, 10, 0), 3.0)] = 25
+    labels[_cylinder(shape, (22, 10, 0), 3.0)] = 26
+    line = gd.centreline_labels(labels, table, "corticospinal_tract", 0.5)
+    assert set(np.unique(line)) == {0, 25, 26} and (line == 25).sum() == shape[2]
+    chi = np.where(labels > 0, -0.02, 0.0).astype(np.float32)  # the tract's rim: partial volume
+    chi[line == 25] = -0.05
+    chi[line == 26] = -0.04
+    chi[22, 10, :6] = 1.0  # outside the participant's mask below
+    mask = np.ones(shape, np.uint8)
+    mask[:, :, :6] = np.where(labels[:, :, :6] == 26, 0, 1)
+    other = chi.copy()
+    other[line == 25] = np.nan  # no finite value on the left line
+    got = gd.centreline_medians([chi, other], [mask, mask], ["01", "02"], line, table, "corticospinal_tract",
+                                min_voxels=5)
+    assert got.columns.tolist() == ["participant_id", "region", "hemisphere", "median_ppm", "n_voxels"]
+    first = got[got.participant_id == "01"].set_index("hemisphere")
+    assert first.loc["L", "median_ppm"] == pytest.approx(-0.05) and first.loc["L", "n_voxels"] == 12
+    assert first.loc["R", "median_ppm"] == pytest.approx(-0.04) and first.loc["R", "n_voxels"] == 6
+    second = got[got.participant_id == "02"].set_index("hemisphere")
+    assert np.isnan(second.loc["L", "median_ppm"]) and second.loc["L", "n_voxels"] == 0
+    fa = pd.DataFrame({"participant_id": "01", "region": "corticospinal_tract", "hemisphere": ["L", "R"],
+                       "metric": "FA", "value": [0.6, 0.62]})
+    values = gd.cst_values(got, fa, pd.DataFrame({"participant_id": ["sub-01", "sub-02"],
+                                                  "group": ["ALS", "control"]}), "group")
+    assert values.set_index("participant_id").loc["01", "QSM"] == pytest.approx(-0.045)
+    with pytest.raises(ValueError, match="participant 01: map"):
+        gd.centreline_medians([chi[:-1]], [mask], ["01"], line, table)

@@ -1,11 +1,12 @@
 """QSM-DTI in the corticospinal tract: Spearman correlations in patients (Acosta-Cabronero et al. 2018).
 
-Each participant contributes the median QSM over the atlas CST (the participant's
-``_stat-median_Chimap.tsv``: the template's CST mask brought to its native grid,
-eroded as every region) and the medians of FA, MD, RD and AD over the same atlas
-CST in native DWI space (``dwi/..._stat-median_dwimap.tsv``). Left and right are
-averaged (the paper reports one CST value per participant); a participant without
-both hemispheres of a measure has none. In the patient group, Spearman's rho between
+Each participant contributes the median QSM over the centre line of the atlas CST
+in the study template (:func:`tract_centreline`: the centre of each axial
+cross-section, standing in for the paper's "same skeletonized CST mask", where the
+neighbouring tissue's partial volume is least) and the medians of FA, MD, RD and
+AD over the atlas CST in native DWI space (``dwi/..._stat-median_dwimap.tsv``).
+Left and right are averaged (the paper reports one CST value per participant); a
+participant without both hemispheres of a measure has none. In the patient group, Spearman's rho between
 CST QSM and each metric is reported with rho^2 and the two-sided P of
 :func:`scipy.stats.spearmanr`; fewer than 3 patients with both measures is "not
 computed" with the reason.
@@ -22,11 +23,79 @@ import pandas as pd
 from ..diffusion import METRICS
 from .roi_stats import read_participant_tables
 
-__all__ = ["CORRELATION_COLUMNS", "MIN_N", "cst_values", "dti_correlations", "read_dti_tables",
-           "scatter_figure", "write_dti_outputs"]
+__all__ = ["CORRELATION_COLUMNS", "MIN_N", "centreline_labels", "centreline_medians", "cst_values",
+           "dti_correlations", "read_dti_tables", "scatter_figure", "tract_centreline", "write_dti_outputs"]
 
 MIN_N = 3
 CORRELATION_COLUMNS = ["region", "x", "y", "group", "n", "rho", "rho2", "p", "note"]
+
+
+def tract_centreline(mask, tolerance_voxels: float = 0.5, axis: int = 2) -> np.ndarray:
+    """The centre of each cross-section of a tract that runs along ``axis``.
+
+    In every slice normal to ``axis``, the voxels of ``mask`` whose in-plane
+    Euclidean distance to the nearest voxel outside the mask is within
+    ``tolerance_voxels`` of that slice's largest such distance: one or a few voxels
+    per slice on the tract's medial line.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, 3D
+    tolerance_voxels : float
+        0 keeps only each slice's deepest voxels; 0.5 also keeps ties broken by
+        the grid (a centre that falls between voxels).
+    axis : int
+        The tract's main direction (2: superior-inferior for the CST on an RAS grid).
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``mask``.
+    """
+    from scipy import ndimage
+
+    m = np.moveaxis(np.asarray(mask, dtype=bool), axis, -1)
+    out = np.zeros_like(m)
+    for k in np.flatnonzero(m.any(axis=(0, 1))):
+        depth = ndimage.distance_transform_edt(m[..., k])
+        out[..., k] = m[..., k] & (depth >= depth.max() - tolerance_voxels)
+    return np.moveaxis(out, -1, axis)
+
+
+def centreline_labels(labels, label_table: pd.DataFrame, region: str = "corticospinal_tract",
+                      tolerance_voxels: float = 0.5, axis: int = 2) -> np.ndarray:
+    """``labels`` kept only on the centre line (:func:`tract_centreline`) of each label of ``region``
+    (one per hemisphere), 0 elsewhere."""
+    labels = np.asarray(labels)
+    out = np.zeros(labels.shape, dtype=np.int16)
+    for idx in label_table.loc[label_table["region"] == region, "index"].astype(int):
+        out[tract_centreline(labels == idx, tolerance_voxels, axis)] = idx
+    return out
+
+
+def centreline_medians(chi_images, mask_images, participant_ids, centreline, label_table: pd.DataFrame,
+                       region: str = "corticospinal_tract", min_voxels: int = 5) -> pd.DataFrame:
+    """Median QSM of each participant over each hemisphere's centre line inside its QSM mask.
+
+    ``chi_images`` / ``mask_images``: images (or arrays) on the grid of ``centreline``
+    (:func:`centreline_labels`), in ``participant_ids`` order. Fewer than
+    ``min_voxels`` covered voxels give NaN. Returns the long region-table form read
+    by :func:`cst_values`: participant_id, region, hemisphere, median_ppm, n_voxels.
+    """
+    centreline = np.asarray(centreline)
+    rows = label_table.loc[label_table["region"] == region, ["index", "hemisphere"]]
+    out = []
+    for pid, chi_img, mask_img in zip(participant_ids, chi_images, mask_images):
+        chi = np.asarray(getattr(chi_img, "dataobj", chi_img), dtype=np.float32)
+        covered = np.asarray(getattr(mask_img, "dataobj", mask_img)) > 0.5
+        if chi.shape != centreline.shape or covered.shape != centreline.shape:
+            raise ValueError(f"participant {pid}: map {chi.shape} / mask {covered.shape} not on the centre "
+                             f"line's grid {centreline.shape}")
+        for idx, hemi in rows.itertuples(index=False):
+            sel = (centreline == int(idx)) & covered & np.isfinite(chi)
+            n = int(sel.sum())
+            out.append({"participant_id": str(pid), "region": region, "hemisphere": hemi,
+                        "median_ppm": float(np.median(chi[sel])) if n >= min_voxels else np.nan, "n_voxels": n})
+    return pd.DataFrame(out, columns=["participant_id", "region", "hemisphere", "median_ppm", "n_voxels"])
 
 
 def read_dti_tables(paths: Mapping[str, str | Path]) -> pd.DataFrame:
@@ -41,8 +110,8 @@ def cst_values(qsm_values: pd.DataFrame, dti_values: pd.DataFrame, participants:
                region: str = "corticospinal_tract") -> pd.DataFrame:
     """One row per participant with DTI: participant_id, group, QSM (ppm), FA, MD, RD, AD (L/R means).
 
-    ``qsm_values``: long table of region medians (participant_id with or without ``sub-``, region,
-    hemisphere, median_ppm); ``dti_values``: :func:`read_dti_tables`.
+    ``qsm_values``: long table of CST QSM medians (participant_id with or without ``sub-``, region,
+    hemisphere, median_ppm), e.g. :func:`centreline_medians`; ``dti_values``: :func:`read_dti_tables`.
     """
     q = qsm_values[qsm_values["region"] == region].assign(
         participant_id=lambda f: f["participant_id"].astype(str).str.removeprefix("sub-"))
@@ -119,7 +188,9 @@ def write_dti_outputs(values: pd.DataFrame, correlations: pd.DataFrame, outputs:
     write_tsv(outputs["dti_values"], values, sidecar={
         **sidecar,
         "participant_id": {"Description": "participant with DTI"},
-        "QSM": {"Description": "median QSM over the atlas CST (participant region table), mean of L and R",
+        "QSM": {"Description": "median QSM over the centre line of the atlas CST in the analysis space (the "
+                "study template, or MNI with group.template mni): the centre of each axial cross-section, "
+                "desc-cstcentreline_dseg; mean of L and R",
                 "Units": "ppm"},
         **{m: {"Description": f"median {m} over the atlas CST in native DWI space, mean of L and R",
                **({} if m == "FA" else {"Units": "mm^2/s"})} for m in METRICS}})

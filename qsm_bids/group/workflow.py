@@ -35,7 +35,7 @@ from ..derivatives import (
     write_dataset_description,
 )
 from ..errors import DataError, NoInputError
-from ..io import provenance, write_json
+from ..io import provenance, write_json, write_nifti
 from ..steps import Step, StepRunner
 
 logger = logging.getLogger(__name__)
@@ -271,12 +271,16 @@ class GroupWorkflow:
         with_dti = [p for p in self.selection["participants"] if "dti_regions" in self.inputs.files[p]]
         if with_dti:
             steps.append(Step(
-                "dti", [str(self.inputs.files[p][k]) for p in with_dti for k in ("regions", "dti_regions")]
-                + [str(Path(self.bids_dir) / "participants.tsv")],
+                "dti", [str(self.inputs.files[p][k]) for p in with_dti
+                        for k in ("dti_regions", "chi_template", "mask_template")]
+                + tpl_inputs + [str(Path(self.bids_dir) / "participants.tsv")]
+                + [f for f in (cfg.atlas.atlas_file, cfg.atlas.atlas_labels) if f],
                 {**base_params, "with_dti": with_dti, "group": {k: getattr(cfg.group, k) for k in
-                                                                ("group_column", "groups")},
+                                                                ("group_column", "groups", "template",
+                                                                 "cst_centreline_tolerance_voxels")},
+                 "atlas": {k: getattr(cfg.atlas, k) for k in ("atlas_file", "atlas_labels", "min_voxels")},
                  "regions": list(cfg.diffusion.regions)},
-                {k: self.paths[k] for k in ("dti_correlations", "dti_values", "dti_scatter")},
+                {k: self.paths[k] for k in ("dti_correlations", "dti_values", "dti_scatter", "dti_cst_centreline")},
                 lambda out: self._dti(out, with_dti), "QSM-DTI Spearman correlations in the CST"))
         with_structural = [p for p in self.selection["participants"] if "volumes" in self.inputs.files[p]]
         if with_structural:
@@ -309,10 +313,9 @@ class GroupWorkflow:
 
     def _dti(self, out: dict, with_dti: list) -> dict:
         from .dti import cst_values, dti_correlations, read_dti_tables, write_dti_outputs
-        from .roi_stats import read_region_tables
 
         g = self.cfg.group
-        qsm = read_region_tables({p: self.inputs.files[p]["regions"] for p in with_dti})
+        qsm = self._cst_centreline_medians(with_dti, out["dti_cst_centreline"])
         dti = read_dti_tables({p: self.inputs.files[p]["dti_regions"] for p in with_dti})
         values = cst_values(qsm, dti, self.inputs.participants, g.group_column)
         corr = dti_correlations(values, g.groups[0])
@@ -320,6 +323,47 @@ class GroupWorkflow:
         n_without = len(self.selection["participants"]) - len(with_dti)
         warnings = [f"{n_without} participant(s) have no DTI results (no DWI)"] if n_without else []
         return {"warnings": warnings + [f"QSM-{r.y}: {r.note}" for r in corr.itertuples() if r.note]}
+
+    def _cst_centreline_medians(self, with_dti: list, dseg_path: Path) -> pd.DataFrame:
+        """CST QSM per participant: median over the atlas CST's centre line in the analysis space (the study
+        template, else the MNI grid of the template-space Chimaps); the centre line is written as a dseg."""
+        import ants
+        import nibabel as nib
+
+        from ..atlas import configured_atlas
+        from .dti import centreline_labels, centreline_medians
+        from .template import _to_ants, study_space_maps
+
+        chi_paths = [str(self.inputs.files[p]["chi_template"]) for p in with_dti]
+        mask_paths = [str(self.inputs.files[p]["mask_template"]) for p in with_dti]
+        atlas_img, table = configured_atlas(self.cfg.atlas)
+        if self.cfg.group.template == "study":
+            chi_images, mask_images, warp = study_space_maps(self.template_outputs, chi_paths, mask_paths)
+            reference = nib.load(str(self.template_outputs["template_t1w"]))
+            transforms = [warp.xfm_mni_to_study]
+        else:
+            chi_images = [nib.load(p) for p in chi_paths]
+            mask_images = [nib.load(p) for p in mask_paths]
+            reference, transforms = chi_images[0], []  # the template-space maps share one grid
+        if transforms:
+            labels = ants.apply_transforms(_to_ants(reference), _to_ants(atlas_img), transforms,
+                                           interpolator="genericLabel", defaultvalue=0).numpy()
+        else:
+            from nilearn.image import resample_to_img
+
+            labels = np.asarray(resample_to_img(atlas_img, reference, interpolation="nearest", force_resample=True,
+                                                copy_header=True).dataobj)
+        centreline = centreline_labels(np.rint(labels).astype(np.int32), table, "corticospinal_tract",
+                                       self.cfg.group.cst_centreline_tolerance_voxels)
+        write_nifti(dseg_path, centreline, reference.affine, dtype=np.int16, sidecar={
+            "GeneratedBy": generated_by(Level="group", Step="dti"),
+            "Description": "atlas CST centre line (centre of each axial cross-section) the CST QSM medians "
+                           "are taken over", "Atlas": self.cfg.atlas.atlas_file or self.cfg.atlas.name,
+            "ToleranceVoxels": self.cfg.group.cst_centreline_tolerance_voxels,
+            "Labels": {str(int(r.index)): f"corticospinal_tract {r.hemisphere}"
+                       for r in table[table["region"] == "corticospinal_tract"].itertuples()}})
+        return centreline_medians(chi_images, mask_images, with_dti, centreline, table, "corticospinal_tract",
+                                  self.cfg.atlas.min_voxels)
 
     # -- step bodies -------------------------------------------------------------------------------
     def _template(self, out: dict) -> dict:
