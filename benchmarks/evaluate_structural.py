@@ -14,7 +14,8 @@ participant and group derivatives, and prints:
    the true CST, ``groundtruth/sub-X/dwi/*_desc-planted_dwimap.tsv``), worst absolute error and bias;
 4. QSM-DTI: the group level's Spearman correlations in patients (``group/desc-dti_correlations.tsv``), and
    ``scipy.stats.spearmanr`` recomputed from its values table and from the planted values (the answer
-   the simulator built in: planted CST susceptibility vs planted CST FA).
+   the simulator built in: planted CST susceptibility vs planted CST FA); how well the measured CST QSM
+   (the group's centre-line values, and the participants' native region medians) ranks the planted one.
 """
 
 from __future__ import annotations
@@ -135,6 +136,34 @@ def dti(bids: Path, deriv: Path, part: pd.DataFrame) -> None:
         x, y = np.array(planted).T
         rho, p = stats.spearmanr(x, y)
         print(f"  planted CST susceptibility vs planted CST FA in patients: rho {rho:+.3f}, P {p:.4f}")
+    if values_path.exists():
+        cst_qsm_against_planted(bids, deriv, part, _read(values_path))
+
+
+def cst_qsm_against_planted(bids: Path, deriv: Path, part: pd.DataFrame, values: pd.DataFrame) -> None:
+    """How well the measured CST QSM ranks the planted CST susceptibility in patients: the group level's
+    (centre line in the study template) and the participants' native region medians (eroded atlas CST)."""
+    gt = bids / "derivatives" / "groundtruth"
+    rows = []
+    for pid, group in zip(part.participant_id, part.group):
+        label = pid.removeprefix("sub-")
+        native = deriv / pid / "anat" / f"{pid}_atlas-qsmbids_stat-median_Chimap.tsv"
+        chi_path = gt / pid / "anat" / f"{pid}_atlas-qsmbids_desc-planted_Chimap.tsv"
+        v = values[values.participant_id.astype(str).str.removeprefix("sub-").str.zfill(len(label)) == label]
+        if group != "ALS" or v.empty or not native.exists():
+            continue
+        nat, chi = _read(native), _read(chi_path)
+        rows.append((chi[chi.region == "corticospinal_tract"].planted_ppm.mean(), float(v.QSM.iloc[0]),
+                     nat[nat.region == "corticospinal_tract"].median_ppm.mean(), float(v.FA.iloc[0])))
+    if len(rows) < 3:
+        return
+    planted, centre, region, fa = np.array(rows).T
+    print(f"  measured CST QSM vs the planted CST susceptibility in patients (n = {len(rows)}), Spearman rho:")
+    for name, x in (("group level (centre line, study template)", centre),
+                    ("native eroded region medians", region)):
+        r_fa = stats.spearmanr(x, fa)
+        print(f"    {name}: rho {stats.spearmanr(x, planted).statistic:+.3f}; with the measured FA: rho "
+              f"{r_fa.statistic:+.3f}, P {r_fa.pvalue:.4f}")
 
 
 def main(argv=None):
