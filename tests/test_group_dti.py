@@ -167,5 +167,7 @@ def test_centreline_medians_read_the_core_inside_the_mask():
     values = gd.cst_values(got, fa, pd.DataFrame({"participant_id": ["sub-01", "sub-02"],
                                                   "group": ["ALS", "control"]}), "group")
     assert values.set_index("participant_id").loc["01", "QSM"] == pytest.approx(-0.045)
+    # an atlas without the region gives no rows (the group step then warns)
+    assert gd.centreline_medians([chi], [mask], ["01"], line, table[table.region == "putamen"]).empty
     with pytest.raises(ValueError, match="participant 01: map"):
         gd.centreline_medians([chi[:-1]], [mask], ["01"], line, table)

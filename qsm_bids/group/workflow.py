@@ -322,6 +322,8 @@ class GroupWorkflow:
         write_dti_outputs(values, corr, out, g.groups, {"GeneratedBy": generated_by(Level="group", Step="dti")})
         n_without = len(self.selection["participants"]) - len(with_dti)
         warnings = [f"{n_without} participant(s) have no DTI results (no DWI)"] if n_without else []
+        if qsm.empty:
+            warnings.append("the atlas has no 'corticospinal_tract' region: no CST QSM for the QSM-DTI correlations")
         return {"warnings": warnings + [f"QSM-{r.y}: {r.note}" for r in corr.itertuples() if r.note]}
 
     def _cst_centreline_medians(self, with_dti: list, dseg_path: Path) -> pd.DataFrame:
