@@ -36,7 +36,8 @@ Variants isolate one factor each:
   mask edge (a proposal for ``recon/mask.py``: deep incoherent voxels in the
   dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; ``nosmv``: MEDI on SHARP's local field
   instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; ``noedge``: no MEDI rim shells (the default
-  before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``t1wmask``: the simulator's
+  before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``rimwW``: the rim shells' data weighted W
+  (``recon.medi_rim_data_weight``); ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
@@ -160,6 +161,8 @@ def run_variant(s, variant):
             p = replace(p, medi_edge_radii_mm=())
         elif part.startswith("edge"):
             p = replace(p, medi_edge_radii_mm=tuple(float(r) for r in part[4:].split("_") if r))
+        elif part.startswith("rimw"):
+            p = replace(p, medi_rim_data_weight=float(part[4:]))
         elif part.startswith("pct"):
             p = replace(p, medi_percentage=float(part[3:]) / 100)
         else:

@@ -101,6 +101,10 @@ def test_config_file_overrides_and_unknown_keys(tmp_path, capsys, tiny_bids):
         load_config(None, {"recon": {"sharp_radius_mm": "big"}})
     with pytest.raises(ConfigError, match="not one of"):
         load_config(None, {"recon": {"inversion": "magic"}})
+    for section, key, value in (("recon", "medi_rim_data_weight", 0.0), ("recon", "medi_rim_data_weight", 1.5),
+                                ("group", "cst_centreline_tolerance_voxels", -1.0)):
+        with pytest.raises(ConfigError, match=f"{section}.{key}"):
+            load_config(None, {section: {key: value}})
 
 
 def test_paper_defaults():

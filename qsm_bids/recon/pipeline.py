@@ -236,7 +236,8 @@ def _medi(inp: _Inputs, region):
         percentage=p.medi_percentage, max_iter=p.medi_max_iter, tol_norm_ratio=p.medi_tol_norm_ratio,
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
         output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=inp.edge_radii_mm or None,
-        cg_preconditioner=None if p.medi_cg_preconditioner == "none" else p.medi_cg_preconditioner)
+        cg_preconditioner=None if p.medi_cg_preconditioner == "none" else p.medi_cg_preconditioner,
+        rim_data_weight=p.medi_rim_data_weight)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
