@@ -195,7 +195,7 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         With ``edge_radii_mm``: the shells' data weight ``m`` is multiplied by this (the interior's
         stays). A small sphere takes out less of a steep background near the skull than the SMV
         sphere, and what it leaves, fitted as sources in the rim, reaches the deep nuclei; a weight
-        below 1 trades rim accuracy for them (measured in the README).
+        below 1 trades rim accuracy for them, and brought back a false group cluster (README).
     cg_preconditioner : None or "circulant"
         None: plain CG, as the toolbox. ``"circulant"``: CG preconditioned by the inverse of
         :func:`circulant_symbol`, run on half spectra (:func:`_cg_spectral`: the preconditioner
