@@ -6,10 +6,10 @@ cross-section, standing in for the paper's "same skeletonized CST mask", where t
 neighbouring tissue's partial volume is least) and the medians of FA, MD, RD and
 AD over the atlas CST in native DWI space (``dwi/..._stat-median_dwimap.tsv``).
 Left and right are averaged (the paper reports one CST value per participant); a
-participant without both hemispheres of a measure has none. In the patient group, Spearman's rho between
-CST QSM and each metric is reported with rho^2 and the two-sided P of
-:func:`scipy.stats.spearmanr`; fewer than 3 patients with both measures is "not
-computed" with the reason.
+participant without both hemispheres of a measure has none. In the patient group,
+Spearman's rho between CST QSM and each metric is reported with rho^2 and the
+two-sided P of :func:`scipy.stats.spearmanr`; fewer than 3 patients with both
+measures is "not computed" with the reason.
 """
 
 from __future__ import annotations

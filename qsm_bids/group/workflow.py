@@ -342,17 +342,14 @@ class GroupWorkflow:
         if self.cfg.group.template == "study":
             chi_images, mask_images, warp = study_space_maps(self.template_outputs, chi_paths, mask_paths)
             reference = nib.load(str(self.template_outputs["template_t1w"]))
-            transforms = [warp.xfm_mni_to_study]
-        else:
-            chi_images = [nib.load(p) for p in chi_paths]
-            mask_images = [nib.load(p) for p in mask_paths]
-            reference, transforms = chi_images[0], []  # the template-space maps share one grid
-        if transforms:
-            labels = ants.apply_transforms(_to_ants(reference), _to_ants(atlas_img), transforms,
+            labels = ants.apply_transforms(_to_ants(reference), _to_ants(atlas_img), [warp.xfm_mni_to_study],
                                            interpolator="genericLabel", defaultvalue=0).numpy()
         else:
             from nilearn.image import resample_to_img
 
+            chi_images = [nib.load(p) for p in chi_paths]
+            mask_images = [nib.load(p) for p in mask_paths]
+            reference = chi_images[0]  # the template-space maps share one grid
             labels = np.asarray(resample_to_img(atlas_img, reference, interpolation="nearest", force_resample=True,
                                                 copy_header=True).dataobj)
         centreline = centreline_labels(np.rint(labels).astype(np.int32), table, "corticospinal_tract",
