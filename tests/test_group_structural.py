@@ -115,8 +115,9 @@ def test_vbm_mask():
 SHAPE = (16, 16, 12)
 
 
-def _run_from_files(tmp_path, gm_loss: float):
-    """12 participants' volumes tables and modulated GM maps (4 mm); the patients lose ``gm_loss`` in a block."""
+def _run_from_files(tmp_path, gm_loss: float, rim: float = 0.0):
+    """12 participants' volumes tables and modulated GM maps (4 mm); the patients lose ``gm_loss`` in a block.
+    ``rim``: the mean GM of a partial-volume shell one voxel around the tissue (below the VBM mask's 0.2)."""
     participants, tables = _cohort(n_pat=6, n_con=6)
     rng = np.random.default_rng(0)
     aff = np.diag([4.0, 4.0, 4.0, 1.0])
@@ -125,6 +126,8 @@ def _run_from_files(tmp_path, gm_loss: float):
     for pid, g in zip(participants.participant_id, participants.group):
         label = pid.removeprefix("sub-")
         gm = np.zeros(SHAPE, np.float32)
+        if rim:
+            gm[1:15, 1:15, 1:11] = rim * (1 + 0.5 * rng.standard_normal((14, 14, 10)))
         gm[2:14, 2:14, 2:10] = 0.6 + 0.02 * rng.standard_normal((12, 12, 8))
         if g == "ALS":
             gm[4:8, 4:8, 3:7] -= gm_loss
@@ -148,6 +151,28 @@ def test_vbm_without_a_planted_change_is_negative(tmp_path):
     summary, _, _ = _run_from_files(tmp_path, gm_loss=0.0)
     assert summary["vbm"]["computed"]
     assert all(c["n_significant_voxels"] == 0 for c in summary["vbm"]["contrasts"].values())
+
+
+def test_vbm_smooths_the_gm_density_over_the_whole_grid(tmp_path):
+    """VBM's t: that of an OLS fit (group, age, ICV) to each map smoothed over the whole grid, the
+    partial-volume GM outside the analysis mask included (smoothed within the mask, it would be left out)."""
+    from scipy.ndimage import gaussian_filter
+
+    summary, _, group_dir = _run_from_files(tmp_path, gm_loss=0.2, rim=0.1)
+    assert summary["vbm"]["n_voxels"] == 12 * 12 * 8  # the rim is below the mask's threshold
+    t_map = np.asarray(nib.load(str(group_dir / "vbm" / "contrast-ALSgtcontrol_stat-t_statmap.nii.gz")).dataobj)
+    participants, tables = _cohort(n_pat=6, n_con=6)
+    icv = tables[tables.measure == "icv_mm3"].set_index("participant_id")["value"] / 1000
+    x = np.column_stack([np.ones(12), (participants.group == "ALS").to_numpy(float), participants.age,
+                         icv[participants.participant_id].to_numpy()])
+    ones = gaussian_filter(np.ones(SHAPE, np.float32), 1.0, mode="constant")  # sigma 4 mm on 4 mm voxels
+    smoothed = np.stack([gaussian_filter(np.asarray(nib.load(str(tmp_path / f"{pid}_gm.nii.gz")).dataobj),
+                                         1.0, mode="constant") / ones for pid in participants.participant_id])
+    for voxel in [(2, 8, 6), (4, 6, 5), (8, 13, 5)]:  # the GM's edge, the planted block, the far edge
+        y = smoothed[(slice(None),) + voxel]
+        beta, res, *_ = np.linalg.lstsq(x, y, rcond=None)
+        se = np.sqrt(res[0] / (12 - 4) * np.linalg.inv(x.T @ x)[1, 1])
+        assert t_map[voxel] == pytest.approx(beta[1] / se, rel=1e-3)
 
 
 def test_group_outputs_and_report_from_files(tmp_path):

@@ -144,3 +144,21 @@ def test_mismatched_grids_are_a_data_error():
     chis[3] = nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), AFF)
     with pytest.raises(DataError, match="common grid"):
         voxelwise_inference(chis, masks, frame, _params(n_permutations=10))
+
+
+def test_analysis_mask_restricts_the_tests_not_the_smoothing():
+    """Each map is smoothed within its own mask whatever the analysis mask: inside the analysis mask the
+    t values are those of the unrestricted run, outside it nothing is tested."""
+    frame, chis, masks = _cohort(seed=2)
+    p = _params(n_permutations=20)
+    full = voxelwise_inference(chis, masks, frame, p, seed=0)
+    keep = np.zeros(SHAPE, bool)
+    keep[3:9, 4:10, 4:10] = True  # part of UP and its surroundings, where smoothing carries values in
+    part = voxelwise_inference(chis, masks, frame, p, seed=0, analysis_mask=keep)
+    np.testing.assert_array_equal(part.mask, full.mask & keep)
+    np.testing.assert_allclose(part.contrasts["PDgtHC"]["t"][part.mask], full.contrasts["PDgtHC"]["t"][part.mask],
+                               rtol=1e-5, atol=1e-6)
+    assert (part.contrasts["PDgtHC"]["t"][~part.mask] == 0).all()
+    assert (part.contrasts["PDgtHC"]["pfwe"][~part.mask] == 1).all()
+    with pytest.raises(DataError, match="analysis mask shape"):
+        voxelwise_inference(chis, masks, frame, p, analysis_mask=keep[:-1])

@@ -11,8 +11,9 @@ difference. Here:
   Bonferroni over the region units tested.
 - VBM: the participants' modulated GM in template space through the voxelwise
   engine of the QSM analysis (:func:`qsm_bids.group.voxelwise.voxelwise_inference`:
-  boundary-compensated smoothing, GLM, Freedman-Lane permutations, TFCE, FWE),
-  covariates the group covariates and the ICV, inside the voxels whose mean
+  smoothing, GLM, Freedman-Lane permutations, TFCE, FWE), covariates the group
+  covariates and the ICV. The maps are smoothed over the whole grid (a GM
+  density is defined everywhere) and tested inside the voxels whose mean
   modulated GM reaches ``structural.vbm_gm_threshold``.
 - Cortical thickness (when the participant level computed it): the template-space
   thickness maps through the same engine, covariates the group covariates, each
@@ -182,11 +183,12 @@ _VOLUME_SIDECAR = {
 
 
 def _voxelwise(images, masks, design, g: GroupConfig, out_dir: Path, *, measure: str, mask_rule: str, seed: int,
-               n_jobs: int, work_dir, parameters: dict) -> dict:
+               n_jobs: int, work_dir, parameters: dict, analysis_mask=None) -> dict:
     from .voxelwise import voxelwise_inference, write_voxelwise
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    result = voxelwise_inference(images, masks, design, g, seed=seed, n_jobs=n_jobs, work_dir=work_dir)
+    result = voxelwise_inference(images, masks, design, g, seed=seed, n_jobs=n_jobs, work_dir=work_dir,
+                                 analysis_mask=analysis_mask)
     written = write_voxelwise(result, out_dir, alpha=g.alpha, tfce_connectivity=g.tfce_connectivity,
                               to_mni=None, parameters={"voxelwise": {
                                   "measure": measure, "covariates": list(g.covariates),
@@ -256,14 +258,19 @@ def run_structural_group(files: Mapping[str, Mapping], participants: pd.DataFram
             raise DataError("no participant has a modulated GM map")
         images = [nib.load(str(files[p]["gm_modulated_template"])) for p in with_gm]
         mask = vbm_mask([np.asarray(i.dataobj) for i in images], structural.vbm_gm_threshold)
-        mask_img = nib.Nifti1Image(mask.astype(np.uint8), images[0].affine)
+        # a GM density is data everywhere on the grid (0 in WM and CSF is a value, not a gap): it is
+        # smoothed over the whole grid, as FSL-VBM and SPM do, and only the GM voxels are tested.
+        # Smoothed within the GM mask, a voxel would leave out its neighbours' partial-volume GM below
+        # the threshold: the edges of the cortex and the nuclei, where an atrophy shows.
+        grid = nib.Nifti1Image(np.ones(mask.shape, np.uint8), images[0].affine)
         g_vbm = dataclasses.replace(group, covariates=(*group.covariates, ICV_COLUMN), coverage_fraction=1.0)
         summary["vbm"] = _voxelwise(
-            images, [mask_img] * len(images), design, g_vbm, Path(outputs["vbm"]),
+            images, [grid] * len(images), design, g_vbm, Path(outputs["vbm"]),
             measure="modulated GM probability (VBM)", seed=seed, n_jobs=n_jobs, work_dir=work_dir,
-            parameters=parameters,
+            parameters=parameters, analysis_mask=mask,
             mask_rule=f"voxels whose mean modulated GM over the {len(with_gm)} participants is at least "
-                      f"{structural.vbm_gm_threshold:g} (structural.vbm_gm_threshold)")
+                      f"{structural.vbm_gm_threshold:g} (structural.vbm_gm_threshold); the maps smoothed "
+                      "over the whole grid before")
     except DataError as exc:
         summary["vbm"] = {"computed": False, "reason": str(exc)}
 

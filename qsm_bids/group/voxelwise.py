@@ -75,7 +75,8 @@ def _check_grid(images, names):
 
 
 def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: GroupConfig | None = None, *,
-                        seed: int = 0, n_jobs: int = 1, names=None, work_dir=None) -> VoxelwiseResult:
+                        seed: int = 0, n_jobs: int = 1, names=None, work_dir=None,
+                        analysis_mask=None) -> VoxelwiseResult:
     """Both contrasts of a two-group comparison at every voxel.
 
     Parameters
@@ -94,6 +95,11 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
     seed : permutation seed (identical results for identical seed).
     n_jobs : worker processes for the permutation chunks (``permutation_backend`` "processes").
     work_dir : folder for the memory-mapped subjects x voxels matrix (None: in memory).
+    analysis_mask : 3D bool array on the maps' grid, optional
+        Restricts the tests to these voxels (within the coverage rule) while each map is still
+        smoothed within its own mask. VBM needs the two apart: its maps are GM densities defined
+        over the whole brain, so they are smoothed within the brain, but only voxels with enough
+        GM are tested.
 
     Memory: the images are read one at a time (twice: mask coverage, then data); the only
     cohort-sized array is one float32 subjects x voxels matrix, which the permutation model turns
@@ -128,6 +134,11 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
         count += subject(i)[1]
     need = int(np.ceil(coverage_fraction * n_subjects - 1e-9))
     mask = count >= max(need, 1)
+    if analysis_mask is not None:
+        analysis_mask = np.asarray(analysis_mask, dtype=bool)
+        if analysis_mask.shape != mask.shape:
+            raise DataError(f"analysis mask shape {analysis_mask.shape} differs from the maps' {mask.shape}")
+        mask &= analysis_mask
     coverage = count.astype(np.int16)
     del count
     if mask.sum() < 2:
