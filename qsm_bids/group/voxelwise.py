@@ -97,9 +97,9 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
     work_dir : folder for the memory-mapped subjects x voxels matrix (None: in memory).
     analysis_mask : 3D bool array on the maps' grid, optional
         Restricts the tests to these voxels (within the coverage rule) while each map is still
-        smoothed within its own mask. VBM needs the two apart: its maps are GM densities defined
-        over the whole brain, so they are smoothed within the brain, but only voxels with enough
-        GM are tested.
+        smoothed within its own mask. VBM needs the two apart: its maps are GM densities, data
+        everywhere on the grid, so they are smoothed over the grid, but only voxels with enough GM
+        are tested.
 
     Memory: the images are read one at a time (twice: mask coverage, then data); the only
     cohort-sized array is one float32 subjects x voxels matrix, which the permutation model turns
@@ -143,7 +143,9 @@ def voxelwise_inference(chi_images, mask_images, design: pd.DataFrame, params: G
     del count
     if mask.sum() < 2:
         raise DataError(f"the participants' masks overlap in {int(mask.sum())} voxel(s) at coverage "
-                        f"fraction {coverage_fraction}; check the template-space masks")
+                        f"fraction {coverage_fraction}"
+                        f"{' inside the analysis mask' if analysis_mask is not None else ''}; "
+                        "check the template-space masks")
     n_vox = int(mask.sum())
     logger.info("voxelwise: %d subjects, %d voxels in the analysis mask (coverage >= %.2f), "
                 "smoothing sigma %.1f mm", n_subjects, n_vox, coverage_fraction, smoothing_sigma_mm)
