@@ -1,5 +1,8 @@
 """Analytic tests of the reconstruction kernels: dipole field, unwrapping, SHARP, inversions."""
 
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -365,3 +368,63 @@ def test_medi_with_the_circulant_preconditioner_solves_the_same_problem_faster()
     assert n() == 4 * pre["cg_iterations"] + 6 * pre["outer_iterations"]
     with pytest.raises(ValueError, match="preconditioner"):
         medi(f, mag, mask, vs, b0, cg_preconditioner="ilu")
+
+
+def test_block_dot_sums_blocks_in_float64():
+    from qsm_bids.recon._ops import _DOT_BLOCK, block_dot
+
+    # one element per block: 1e8 + 1 - 1e8 in float32 loses the 1, the float64 sum across blocks keeps it
+    big = np.zeros(3 * _DOT_BLOCK, np.float32)
+    big[[0, _DOT_BLOCK, 2 * _DOT_BLOCK]] = 1e8, 1.0, -1e8
+    assert block_dot(big, np.ones_like(big)) == 1.0
+    assert block_dot(big[:3 * _DOT_BLOCK - 5], np.ones(3 * _DOT_BLOCK - 5, np.float32)) == 1.0  # a partial block
+    # many blocks and a tail, against an exactly rounded sum of the float64 products
+    rng = np.random.default_rng(3)
+    a, b = (rng.standard_normal(300 * _DOT_BLOCK + 17).astype(np.float32) for _ in range(2))
+    exact = math.fsum(a.astype(np.float64) * b.astype(np.float64))
+    assert abs(block_dot(a, b) - exact) <= 1e-6 * math.sqrt(math.fsum(a.astype(np.float64) ** 2) * math.fsum(b.astype(np.float64) ** 2))
+    # the real view of a complex array (the half-spectrum inner product's use) and 3D input
+    z = (a[:4096] + 1j * b[:4096]).astype(np.complex64).reshape(16, 16, 16)
+    assert np.isclose(block_dot(z.view(np.float32), z.view(np.float32)),
+                      float(np.sum(np.abs(z.astype(np.complex128)) ** 2)), rtol=1e-6)
+    with pytest.raises(ValueError, match="sizes differ"):
+        block_dot(a, b[:-1])
+
+
+_MEDI_SCRIPT = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_recon_analytic import _sphere_case
+from qsm_bids.recon.inversion import medi
+f, mag, mask, vs, b0, *_ = _sphere_case()
+np.save(sys.argv[2], medi(f, mag, mask, vs, b0, field_strength_t=3.0, delta_te_s=0.02))
+"""
+
+
+def _openblas_kernels_selectable() -> bool:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover
+        return False
+    return bool(__cpu_features__.get("AVX512_SKX")) and any(
+        i.get("internal_api") == "openblas" for i in threadpool_info())
+
+
+@pytest.mark.skipif(not _openblas_kernels_selectable(),
+                    reason="needs OpenBLAS and an AVX-512 CPU (both the Haswell and SkylakeX kernels)")
+def test_medi_does_not_depend_on_the_blas_kernel(tmp_path):
+    """The container and a pip install on one machine chose different OpenBLAS kernels (the host set
+    OPENBLAS_CORETYPE) and MEDI's maps differed by a constant 1.6e-5 ppm: CG's float32 inner products."""
+    import os
+    import subprocess
+    import sys
+
+    maps = []
+    for core in ("Haswell", "SkylakeX"):
+        env = {**os.environ, "OPENBLAS_CORETYPE": core, "OPENBLAS_NUM_THREADS": "1"}
+        out = tmp_path / f"{core}.npy"
+        subprocess.run([sys.executable, "-c", _MEDI_SCRIPT, str(Path(__file__).parent), str(out)],
+                       env=env, check=True, capture_output=True)
+        maps.append(np.load(out))
+    assert np.array_equal(maps[0], maps[1]), f"max |difference| {np.abs(maps[0] - maps[1]).max():.2e} ppm"

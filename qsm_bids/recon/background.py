@@ -27,7 +27,7 @@ import logging
 import numpy as np
 
 from . import fft
-from ._ops import pad_to, smv, sphere_kernel_rfft
+from ._ops import block_dot, pad_to, smv, sphere_kernel_rfft
 from .dipole import dipole_kernel
 
 __all__ = ["sharp", "vsharp", "pdf", "erode_by_sphere"]
@@ -153,15 +153,15 @@ def pdf(field, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), weight=None, max_iter=1
     x = np.zeros(shape, dtype=np.float32)
     r = b.copy()
     p = r.copy()
-    rr = float(np.vdot(r, r))
+    rr = block_dot(r, r)
     bnorm = np.sqrt(rr)
     it = 0
     while it < max_iter and bnorm > 0 and np.sqrt(rr) > tol * bnorm:
         Ap = A(p)
-        alpha = rr / float(np.vdot(p, Ap))
+        alpha = rr / block_dot(p, Ap)
         x += alpha * p
         r -= alpha * Ap
-        rr_new = float(np.vdot(r, r))
+        rr_new = block_dot(r, r)
         p = r + (rr_new / rr) * p
         rr = rr_new
         it += 1

@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import fft
-from ._ops import diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
+from ._ops import diff_adjoint, diff_forward, block_dot, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol",
@@ -389,8 +389,8 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         else:
             dx, n_cg = _cg(A, b, cg_tol, cg_max_iter)
         cg_total += n_cg
-        xn = float(np.linalg.norm(x))
-        res_norm_ratio = float(np.linalg.norm(dx)) / xn if xn > 0 else np.inf
+        xn = float(np.sqrt(block_dot(x, x)))
+        res_norm_ratio = float(np.sqrt(block_dot(dx, dx))) / xn if xn > 0 else np.inf
         x += dx
         del dx, b, P
         if merit:
@@ -492,7 +492,7 @@ def circulant_symbol(P, data_terms, shape):
 
 
 def _dot(a, b):
-    return float(np.dot(a.ravel(), b.ravel()))
+    return block_dot(a, b)
 
 
 def _half_dot(A, B, n_last):
@@ -504,13 +504,11 @@ def _half_dot(A, B, n_last):
 
 
 def _half_dot_slab(A, B, n_last):
-    total = 2.0 * float(np.dot(A.view(np.float32).ravel(), B.view(np.float32).ravel()))
-    total -= float(np.dot(A[..., 0].real.ravel(), B[..., 0].real.ravel())
-                   + np.dot(A[..., 0].imag.ravel(), B[..., 0].imag.ravel()))
+    total = 2.0 * block_dot(A.view(np.float32), B.view(np.float32))
+    total -= block_dot(A[..., 0].real, B[..., 0].real) + block_dot(A[..., 0].imag, B[..., 0].imag)
     if n_last % 2 == 0:
         last = A.shape[-1] - 1
-        total -= float(np.dot(A[..., last].real.ravel(), B[..., last].real.ravel())
-                       + np.dot(A[..., last].imag.ravel(), B[..., last].imag.ravel()))
+        total -= block_dot(A[..., last].real, B[..., last].real) + block_dot(A[..., last].imag, B[..., last].imag)
     return total
 
 

@@ -37,6 +37,7 @@ import logging
 import numpy as np
 
 from . import fft
+from ._ops import block_dot
 
 __all__ = [
     "UNWRAP_METHODS",
@@ -172,19 +173,19 @@ def masked_ls_unwrap(wrapped_phase, mask, voxel_size, tol=1e-4, max_iter=200):
 
     x = np.zeros(psi.shape, np.float32)
     r = b.copy()
-    bnorm = float(np.linalg.norm(b)) or 1.0
+    bnorm = float(np.sqrt(block_dot(b, b))) or 1.0
     z = precond(r)
     d = z.copy()
-    rz = float(np.vdot(r, z))
+    rz = block_dot(r, z)
     for _ in range(int(max_iter)):
         q = _masked_neg_laplacian(d, edges, voxel_size, outside)
-        alpha = rz / float(np.vdot(d, q))
+        alpha = rz / block_dot(d, q)
         x += np.float32(alpha) * d
         r -= np.float32(alpha) * q
-        if float(np.linalg.norm(r)) < tol * bnorm:
+        if np.sqrt(block_dot(r, r)) < tol * bnorm:
             break
         z = precond(r)
-        rz_new = float(np.vdot(r, z))
+        rz_new = block_dot(r, z)
         d = z + np.float32(rz_new / rz) * d
         rz = rz_new
     return x * mf
