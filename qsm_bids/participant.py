@@ -267,7 +267,8 @@ class ParticipantWorkflow:
             nib.Nifti1Image(mag1, gre.affine), self.subject.t1w,
             nib.Nifti1Image(mask.astype(np.float32), gre.affine), out, template_brain_out=out["template_brain"],
             template=self.cfg.registration.template, preset=self.cfg.registration.preset, seed=self.cfg.seed,
-            n_threads=self.n_cpus, work_dir=self.work_dir, sidecar=_sidecar("register"))
+            n_threads=self.n_cpus, work_dir=self.work_dir, sidecar=_sidecar("register"),
+            syn_metric=self.cfg.registration.syn_metric)
 
     def run(self) -> dict:
         """Run every step (reusing finished ones); then the QC page. Returns timings."""
@@ -392,7 +393,8 @@ class ParticipantWorkflow:
             template=self.cfg.registration.template,
             resolution_mm=self.cfg.registration.template_resolution_mm,
             preset=self.cfg.registration.preset, seed=self.cfg.seed, n_threads=self.n_cpus,
-            work_dir=self.work_dir, sidecar=_sidecar("normalise"), registered=self.uses_t1w_mask())
+            work_dir=self.work_dir, sidecar=_sidecar("normalise"), registered=self.uses_t1w_mask(),
+            syn_metric=self.cfg.registration.syn_metric)
         if not self.subject.t1w:
             logger.warning("[%s] no T1w: the GRE magnitude is registered to the template directly", self.prefix)
         return info

@@ -114,6 +114,8 @@ class RegistrationResult:
     timings_s: dict = field(default_factory=dict)
     #: The rigid start kept (head pitch, degrees) and each start's masked mutual-information cost.
     rigid_start: dict = field(default_factory=dict)
+    #: The SyN stage's metric (a key of :data:`SYN_METRICS`).
+    syn_metric: str = "mattes"
 
     def sidecar(self) -> dict:
         """Provenance for the JSON sidecars."""
@@ -126,6 +128,7 @@ class RegistrationResult:
             "ToTemplate": "rigid+affine+SyN",
             "DirectGREToTemplate": self.direct_to_template,
             "Parameters": PRESETS[self.preset],
+            "SyNMetric": {"name": self.syn_metric, **SYN_METRICS[self.syn_metric]},
             "TimingsSeconds": self.timings_s,
             "RigidStart": self.rigid_start,
         }
@@ -292,7 +295,15 @@ def _multistart_rigid(fixed, moving, outprefix: str, p: dict, seed: int, moving_
     return best[2]
 
 
-def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
+#: The SyN stage's similarity metrics (``registration.syn_metric``): antspyx's ``syn_metric`` and its
+#: ``syn_sampling`` (histogram bins for Mattes, the neighbourhood radius in voxels for CC).
+SYN_METRICS: dict[str, dict] = {
+    "mattes": {"syn_metric": "mattes", "syn_sampling": 32},
+    "cc": {"syn_metric": "CC", "syn_sampling": 2},
+}
+
+
+def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None, syn_metric="mattes"):
     """Rigid, then affine, then SyN, each stage starting from the last (antsRegistrationSyN's order).
 
     An affine started from the image centres alone can settle with a tilted head's vertex
@@ -315,7 +326,7 @@ def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None):
         syn = ants.registration(fixed=fixed, moving=moving, outprefix=outprefix,
                                 type_of_transform="SyNOnly", initial_transform=aff["fwdtransforms"],
                                 reg_iterations=p["reg_iterations"], moving_mask=moving_mask,
-                                write_composite_transform=True)
+                                write_composite_transform=True, **SYN_METRICS[syn_metric])
     syn["rigid_start"] = rig["rigid_start"]
     return syn
 
@@ -341,7 +352,7 @@ def _normalise_intensity(aimg, mask=None):
 
 def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre_to_t1w=None,
                      preset: str = "standard", seed: int = 0, gre_mask=None,
-                     work_dir=None) -> RegistrationResult:
+                     work_dir=None, syn_metric: str = "mattes") -> RegistrationResult:
     """Register one subject: magnitude -> T1w (rigid), T1w -> template (rigid, affine, SyN).
 
     Parameters
@@ -363,6 +374,8 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
         skull of a non-extracted T1w/magnitude does not drive the fit.
     work_dir : path or None
         Scratch folder for ANTs' intermediate files (default: a temporary folder).
+    syn_metric : {"mattes", "cc"}
+        The SyN stage's metric (:data:`SYN_METRICS`); the rigid and affine stages use Mattes.
 
     Returns
     -------
@@ -372,6 +385,8 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
 
     if preset not in PRESETS:
         raise ValueError(f"registration preset must be one of {sorted(PRESETS)}, not {preset!r}")
+    if syn_metric not in SYN_METRICS:
+        raise ValueError(f"registration syn_metric must be one of {sorted(SYN_METRICS)}, not {syn_metric!r}")
     p = PRESETS[preset]
     timings = {}
     fixed = _normalise_intensity(to_ants(brain_template(p["fixed_resolution_mm"])))
@@ -387,12 +402,13 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
         if t1w is None:
             logger.warning("no T1w: registering the GRE magnitude directly to the template (%s)", preset)
             t0 = time.perf_counter()
-            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask)
+            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask, syn_metric=syn_metric)
             timings["gre_to_template"] = round(time.perf_counter() - t0, 2)
             _copy_atomic(syn["fwdtransforms"], Path(out_to_template))
             _copy_atomic(syn["invtransforms"], Path(out_from_template))
             return RegistrationResult(Path(out_to_template), Path(out_from_template), None, True,
-                                      preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"])
+                                      preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"],
+                                      syn_metric=syn_metric)
 
         if out_gre_to_t1w is None:
             raise ValueError("out_gre_to_t1w is required when a T1w is given")
@@ -408,14 +424,15 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
             t1_mask = ants.iMath(t1_mask, "MD", 2)
         t1n = _normalise_intensity(t1, t1_mask)
         t0 = time.perf_counter()
-        syn = _ants_syn(fixed, t1n, tmp + "t12tpl_", p, seed, moving_mask=t1_mask)
+        syn = _ants_syn(fixed, t1n, tmp + "t12tpl_", p, seed, moving_mask=t1_mask, syn_metric=syn_metric)
         timings["t1w_to_template"] = round(time.perf_counter() - t0, 2)
         _copy_atomic(rigid_mat, Path(out_gre_to_t1w))
         _copy_atomic(syn["fwdtransforms"], Path(out_to_template))
         _copy_atomic(syn["invtransforms"], Path(out_from_template))
     logger.info("registration (%s) done in %.1f s", preset, sum(timings.values()))
     return RegistrationResult(Path(out_to_template), Path(out_from_template), Path(out_gre_to_t1w),
-                              False, preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"])
+                              False, preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"],
+                              syn_metric=syn_metric)
 
 
 # ---------------------------------------------------------------------------
@@ -512,7 +529,8 @@ def template_to_native(img, reference, xfm_gre_t1w, xfm_template_t1w, interpolat
 
 def register_participant(magnitude, t1w_path, gre_mask, outputs: dict, template_brain_out=None,
                          template: str = TEMPLATE_NAME, preset: str = "standard", seed: int | None = 0,
-                         n_threads: int = 1, work_dir=None, sidecar: dict | None = None) -> dict:
+                         n_threads: int = 1, work_dir=None, sidecar: dict | None = None,
+                         syn_metric: str = "mattes") -> dict:
     """Register one GRE run before its reconstruction (with a T1w) and write the transforms.
 
     ``magnitude`` and ``gre_mask`` are nibabel images on the GRE grid (first-echo magnitude, a
@@ -538,7 +556,7 @@ def register_participant(magnitude, t1w_path, gre_mask, outputs: dict, template_
     out = {k: Path(v) for k, v in outputs.items()}
     reg = register_subject(magnitude, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
                            out["xfm_gre_t1w"], preset=preset, seed=seed, gre_mask=gre_mask,
-                           work_dir=work_dir)
+                           work_dir=work_dir, syn_metric=syn_metric)
     info = {**(sidecar or {}), **reg.sidecar()}
     for key, desc in (("xfm_gre_t1w", "rigid, ANTs affine"),
                       ("xfm_t1w_template", "rigid + affine + SyN, ANTs composite (HDF5)"),
@@ -567,7 +585,8 @@ def nib_load_checked(path):
 def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs: dict,
                           template: str = TEMPLATE_NAME, resolution_mm: float = 2.0,
                           preset: str = "standard", seed: int | None = 0, n_threads: int = 1,
-                          work_dir=None, sidecar: dict | None = None, registered: bool = False) -> dict:
+                          work_dir=None, sidecar: dict | None = None, registered: bool = False,
+                          syn_metric: str = "mattes") -> dict:
     """Register one GRE run and write every normalisation output.
 
     Parameters
@@ -585,8 +604,9 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
         holds the warped magnitude; the sidecars say ``DirectGREToTemplate``.
     template : str
         Only the shipped ``MNI152NLin2009aSym`` is supported.
-    preset, seed, n_threads, work_dir
-        Registration preset, ANTs random seed (None: 0), ITK threads, scratch folder.
+    preset, seed, n_threads, work_dir, syn_metric
+        Registration preset, ANTs random seed (None: 0), ITK threads, scratch folder, the SyN
+        stage's metric (:data:`SYN_METRICS`).
     sidecar : dict or None
         Common sidecar content (software, parameters) merged into every JSON written.
     registered : bool
@@ -635,11 +655,12 @@ def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs
                             "registration") from None
         reg = RegistrationResult(out["xfm_t1w_template"], out["xfm_template_t1w"], out["xfm_gre_t1w"],
                                  False, prior.get("Preset", preset), int(prior.get("RandomSeed", seed)),
-                                 timings_s={}, rigid_start=prior.get("RigidStart", {}))
+                                 timings_s={}, rigid_start=prior.get("RigidStart", {}),
+                                 syn_metric=prior.get("SyNMetric", {}).get("name", syn_metric))
     else:
         reg = register_subject(mag, t1w, out["xfm_t1w_template"], out["xfm_template_t1w"],
                                out["xfm_gre_t1w"] if t1w is not None else None, preset=preset, seed=seed,
-                               gre_mask=mask, work_dir=work_dir)
+                               gre_mask=mask, work_dir=work_dir, syn_metric=syn_metric)
     if reg.direct_to_template:
         _write_identity(out["xfm_gre_t1w"])
         warnings.append("no T1w: the GRE magnitude was registered to the template directly")

@@ -179,3 +179,35 @@ def test_steep_pitch_is_found_from_the_pitched_starts(tmp_path, monkeypatch):
     assert min(precentral_dice(shipped, tmp_path / "three")) >= 0.85
     # the case needs the other starts (else this test would not test them)
     assert max(precentral_dice((0.0,), tmp_path / "one")) < 0.5
+
+
+def test_syn_metric_cc_reaches_the_syn_stage_and_the_sidecar(tmp_path, monkeypatch):
+    import ants
+
+    aff_t1, t1, _ = synthetic_subject((80, 96, 80), (2.0, 2.0, 2.0))
+    aff_g, mag, lab = synthetic_subject((80, 96, 40), (2.0, 2.0, 4.0))
+    mag_img = nib.Nifti1Image(mag, aff_g)
+    mask = nib.Nifti1Image((mag > 20).astype(np.float32), aff_g)
+    with pytest.raises(ValueError, match="syn_metric must be one of"):
+        R.register_subject(mag_img, nib.Nifti1Image(t1, aff_t1), tmp_path / "to.h5", tmp_path / "from.h5",
+                           tmp_path / "rigid.mat", preset="fast", syn_metric="ncc")
+    calls = []
+    real = ants.registration
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ants, "registration", spy)
+    # the wiring, not the accuracy (benchmarks/bench_registration_jacobian.py): one rigid start, a short SyN
+    monkeypatch.setitem(R.PRESETS["fast"], "init_pitches_deg", (0.0,))
+    monkeypatch.setitem(R.PRESETS["fast"], "reg_iterations", (10, 0, 0))
+    R.set_threads(2)
+    reg = R.register_subject(mag_img, nib.Nifti1Image(t1, aff_t1), tmp_path / "to.h5", tmp_path / "from.h5",
+                             tmp_path / "rigid.mat", preset="fast", seed=7, gre_mask=mask, work_dir=tmp_path,
+                             syn_metric="cc")
+    syn = [k for k in calls if k.get("type_of_transform") == "SyNOnly"]
+    assert len(syn) == 1 and syn[0]["syn_metric"] == "CC" and syn[0]["syn_sampling"] == 2
+    # the rigid and affine stages keep Mattes (antspyx's default: no syn_metric given to them)
+    assert all("syn_metric" not in k for k in calls if k.get("type_of_transform") != "SyNOnly")
+    assert reg.sidecar()["SyNMetric"] == {"name": "cc", "syn_metric": "CC", "syn_sampling": 2}
