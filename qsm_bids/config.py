@@ -146,7 +146,7 @@ class RegistrationConfig:
 
     #: Quality preset: "fast" or "standard".
     preset: RegistrationPreset = "standard"
-    #: Metric of the T1w -> template SyN stage: "mattes" (mutual information, antsRegistrationSyNQuick's) or "cc" (cross-correlation over a 2-voxel radius of the template grid, antsRegistrationSyN's; registration about 2x slower). On 16 simulated controls "cc" cut the error of the warp's Jacobian (VBM's modulation) against the truth by a third and removed the unplanted VBM clusters that the "mattes" warp's errors made (README).
+    #: Metric of the T1w -> template SyN stage: "mattes" (mutual information, antsRegistrationSyNQuick's) or "cc" (cross-correlation over a 2-voxel radius of the template grid, antsRegistrationSyN's; registration about 2x slower; a GRE registered without a T1w keeps "mattes"). On 16 simulated controls "cc" cut the error of the warp's Jacobian (VBM's modulation) against the truth by a third and removed the unplanted VBM clusters that the "mattes" warp's errors made (README).
     syn_metric: SyNMetric = "mattes"
     #: Template name in derivative file names (nilearn's MNI152 2009 sym).
     template: str = TEMPLATE_NAME

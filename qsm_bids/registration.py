@@ -375,7 +375,9 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
     work_dir : path or None
         Scratch folder for ANTs' intermediate files (default: a temporary folder).
     syn_metric : {"mattes", "cc"}
-        The SyN stage's metric (:data:`SYN_METRICS`); the rigid and affine stages use Mattes.
+        The T1w -> template SyN stage's metric (:data:`SYN_METRICS`); the rigid and affine stages use
+        Mattes, and so does a GRE magnitude registered directly (no T1w): a T2*-weighted image against
+        the T1w template needs mutual information, not correlation.
 
     Returns
     -------
@@ -402,13 +404,13 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
         if t1w is None:
             logger.warning("no T1w: registering the GRE magnitude directly to the template (%s)", preset)
             t0 = time.perf_counter()
-            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask, syn_metric=syn_metric)
+            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask, syn_metric="mattes")
             timings["gre_to_template"] = round(time.perf_counter() - t0, 2)
             _copy_atomic(syn["fwdtransforms"], Path(out_to_template))
             _copy_atomic(syn["invtransforms"], Path(out_from_template))
             return RegistrationResult(Path(out_to_template), Path(out_from_template), None, True,
                                       preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"],
-                                      syn_metric=syn_metric)
+                                      syn_metric="mattes")
 
         if out_gre_to_t1w is None:
             raise ValueError("out_gre_to_t1w is required when a T1w is given")

@@ -211,3 +211,9 @@ def test_syn_metric_cc_reaches_the_syn_stage_and_the_sidecar(tmp_path, monkeypat
     # the rigid and affine stages keep Mattes (antspyx's default: no syn_metric given to them)
     assert all("syn_metric" not in k for k in calls if k.get("type_of_transform") != "SyNOnly")
     assert reg.sidecar()["SyNMetric"] == {"name": "cc", "syn_metric": "CC", "syn_sampling": 2}
+    # without a T1w the GRE magnitude (T2*-weighted) meets the T1w template: mutual information stays
+    calls.clear()
+    reg = R.register_subject(mag_img, None, tmp_path / "g2t.h5", tmp_path / "t2g.h5", preset="fast", seed=7,
+                             gre_mask=mask, work_dir=tmp_path, syn_metric="cc")
+    syn = [k for k in calls if k.get("type_of_transform") == "SyNOnly"]
+    assert len(syn) == 1 and syn[0]["syn_metric"] == "mattes" and reg.syn_metric == "mattes"

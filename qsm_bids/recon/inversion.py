@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import fft
-from ._ops import diff_adjoint, diff_forward, block_dot, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
+from ._ops import block_dot, diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol",
