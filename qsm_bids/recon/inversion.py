@@ -491,10 +491,6 @@ def circulant_symbol(P, data_terms, shape):
     return symbol
 
 
-def _dot(a, b):
-    return block_dot(a, b)
-
-
 def _half_dot(A, B, n_last):
     """``<a, b>`` of two real arrays from their half spectra (``rfftn``; ``n_last`` the real length of the
     last axis), without the 1/N of Parseval's theorem: the planes k = 0 and, for an even length, k = n/2
@@ -525,13 +521,13 @@ def _cg(A, b, tol, max_iter, precond=None):
     p = z.copy()
     Ap = np.empty_like(b)
     tmp = np.empty_like(b)
-    rz = _dot(r, z)
-    bnorm = np.sqrt(_dot(b, b))
+    rz = block_dot(r, z)
+    bnorm = np.sqrt(block_dot(b, b))
     rnorm = bnorm
     it = 0
     while it < max_iter and bnorm > 0 and rnorm > tol * bnorm:
         A(p, Ap)
-        pAp = _dot(p, Ap)
+        pAp = block_dot(p, Ap)
         if pAp <= 0:
             break
         alpha = np.float32(rz / pAp)
@@ -541,12 +537,12 @@ def _cg(A, b, tol, max_iter, precond=None):
         r -= tmp
         if precond is None:
             z = r
-            rz_new = _dot(r, r)
+            rz_new = block_dot(r, r)
             rnorm = np.sqrt(rz_new)
         else:
             z = precond(r)
-            rz_new = _dot(r, z)
-            rnorm = np.sqrt(_dot(r, r))
+            rz_new = block_dot(r, z)
+            rnorm = np.sqrt(block_dot(r, r))
         p *= np.float32(rz_new / rz)
         p += z
         rz = rz_new
