@@ -36,7 +36,8 @@ from scipy import ndimage
 from qsm_bids import registration as R
 from qsm_bids.config import Config
 from qsm_bids.recon.mask import brain_mask
-from qsm_bids.simulate.subject import _BRAIN_CENTRE_MM
+from qsm_bids.simulate.forward import smooth_displacement
+from qsm_bids.simulate.subject import _BRAIN_CENTRE_MM, Pose
 from qsm_bids.structural import jacobian_determinant
 
 FRONTAL_Y_MM = 40.0
@@ -48,20 +49,20 @@ def true_jacobian(pose: dict, shape, affine, n_iter: int = 8) -> np.ndarray:
 
     ``pose`` is the ground truth's ``Pose`` (rotation, translation, ``scale``, ``modes``); ``shape`` and
     ``affine`` the template grid. ``u`` is solved from ``v = u + d(u)`` by fixed-point iteration (the
-    modes are smooth: |grad d| << 1, so it contracts).
+    modes are smooth: |grad d| << 1, so it contracts), ``d`` the simulator's own
+    :func:`~qsm_bids.simulate.forward.smooth_displacement`.
     """
+    pose = Pose.from_dict(pose)
     idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
     v = idx @ np.asarray(affine)[:3, :3].T + np.asarray(affine)[:3, 3] - _BRAIN_CENTRE_MM
-    modes = [(np.asarray(m["amplitude_mm"], float), np.asarray(m["wave_vector_per_mm"], float),
-              float(m["phase_rad"])) for m in pose["modes"]]
     u = v.copy()
     for _ in range(n_iter):
-        d = sum(a[None, :] * np.sin(2 * np.pi * (u @ w) + ph)[:, None] for a, w, ph in modes)
-        u = v - d
+        u = v - np.stack(smooth_displacement(tuple(u.T), pose.modes), axis=1)
     grad = np.broadcast_to(np.eye(3), (len(u), 3, 3)).copy()
-    for a, w, ph in modes:
-        grad += np.outer(a, 2 * np.pi * w)[None] * np.cos(2 * np.pi * (u @ w) + ph)[:, None, None]
-    return (float(np.prod(pose["scale"])) / np.linalg.det(grad)).reshape(shape)
+    for a, w, ph in pose.modes:
+        k = 2 * np.pi * np.asarray(w, float)
+        grad += np.outer(a, k)[None] * np.cos(u @ k + ph)[:, None, None]
+    return (float(np.prod(pose.scale)) / np.linalg.det(grad)).reshape(shape)
 
 
 def log_ratio_sd(jac, truth, mask, region, voxel_mm: float) -> dict:
@@ -73,32 +74,36 @@ def log_ratio_sd(jac, truth, mask, region, voxel_mm: float) -> dict:
     return {"sd": float(lr[region].std()), "sd_smoothed": float(smooth[region].std())}
 
 
-def score_subject(bids: Path, sub: str, metric: str, preset: str, cfg: Config) -> dict:
+def score_subject(bids: Path, sub: str, metrics, preset: str, cfg: Config) -> list:
+    """One row per metric for one control (the truth and the template regions computed once)."""
     mag_path = sorted((bids / sub / "anat").glob(f"{sub}_*echo-1_part-mag_*.nii.gz"))[0]
     mag = nib.load(mag_path)
     mask = brain_mask(np.asarray(mag.dataobj, np.float32), mag.header.get_zooms()[:3],
                       threshold=cfg.recon.mask_threshold, erode_mm=cfg.recon.mask_erode_mm)
+    gre_mask = nib.Nifti1Image(mask.astype(np.float32), mag.affine)
+    t1w = nib.load(bids / sub / "anat" / f"{sub}_T1w.nii.gz")
     ref_img = R.brain_template(2.0)
     ref = R.to_ants(ref_img)
     brain = np.asarray(ref_img.dataobj) > 0
     y = np.arange(ref_img.shape[1]) * ref_img.affine[1, 1] + ref_img.affine[1, 3]
     frontal = brain & (y[None, :, None] > FRONTAL_Y_MM)
-    with tempfile.TemporaryDirectory(prefix="bench-jac-") as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        R.register_subject(mag, nib.load(bids / sub / "anat" / f"{sub}_T1w.nii.gz"), tmp / "to.h5", tmp / "from.h5",
-                           tmp / "rigid.mat", preset=preset, seed=cfg.seed,
-                           gre_mask=nib.Nifti1Image(mask.astype(np.float32), mag.affine), work_dir=tmp,
-                           syn_metric=metric)
-        seconds = time.perf_counter() - t0
-        jac = jacobian_determinant(ref, [str(tmp / "to.h5")], work_dir=tmp).numpy()
     truth_json = bids / "derivatives" / "groundtruth" / sub / "anat" / f"{sub}_Chimap.json"
     truth = true_jacobian(json.loads(truth_json.read_text())["Pose"], ref_img.shape, ref_img.affine)
-    row = {"participant_id": sub, "metric": metric, "register_s": round(seconds, 1)}
-    for name, region in (("brain", brain), ("frontal", frontal)):
-        for k, v in log_ratio_sd(jac, truth, brain, region, 2.0).items():
-            row[f"{name}_{k}"] = round(v, 4)
-    return row
+    rows = []
+    for metric in metrics:
+        with tempfile.TemporaryDirectory(prefix="bench-jac-") as tmp:
+            tmp = Path(tmp)
+            t0 = time.perf_counter()
+            R.register_subject(mag, t1w, tmp / "to.h5", tmp / "from.h5", tmp / "rigid.mat", preset=preset,
+                               seed=cfg.seed, gre_mask=gre_mask, work_dir=tmp, syn_metric=metric)
+            seconds = time.perf_counter() - t0
+            jac = jacobian_determinant(ref, [str(tmp / "to.h5")], work_dir=tmp).numpy()
+        row = {"participant_id": sub, "metric": metric, "register_s": round(seconds, 1)}
+        for name, region in (("brain", brain), ("frontal", frontal)):
+            for k, v in log_ratio_sd(jac, truth, brain, region, 2.0).items():
+                row[f"{name}_{k}"] = round(v, 4)
+        rows.append(row)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -116,9 +121,9 @@ def main(argv=None) -> int:
             else list(parts.loc[parts.group == "control", "participant_id"]))
     rows = []
     for i, sub in enumerate(subs, 1):
-        for metric in args.metrics:
-            rows.append(score_subject(args.bids, sub, metric, args.preset, cfg))
-            print(f"[{i}/{len(subs)}] {rows[-1]}", file=sys.stderr, flush=True)
+        for row in score_subject(args.bids, sub, args.metrics, args.preset, cfg):
+            rows.append(row)
+            print(f"[{i}/{len(subs)}] {row}", file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
     if args.out:
         table.to_csv(args.out, sep="\t", index=False)
