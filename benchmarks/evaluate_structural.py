@@ -16,6 +16,14 @@ participant and group derivatives, and prints:
    ``scipy.stats.spearmanr`` recomputed from its values table and from the planted values (the answer
    the simulator built in: planted CST susceptibility vs planted CST FA); how well the measured CST QSM
    (the group's centre-line values, and the participants' native region medians) ranks the planted one.
+
+With ``--vbm-truth N``, the sample's own anatomy as the VBM reference: each head's true modulated GM (the
+template's GM probability times the analytic Jacobian of the simulator's pose and shape modes,
+``bench_registration_jacobian.true_jacobian``; the planted atrophy is not in it) through the group
+level's VBM (same design, ICV, mask rule, smoothing, N permutations), its FWE-significant clusters, and
+the truth's t and FWE p at each of the pipeline's cluster peaks. The heads' random shapes can differ
+between the groups by chance (a 5 % FWE test flags such a sample 1 time in 20); a cluster the truth also
+has is the sample's anatomy, one it lacks is the pipeline's error.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import ndimage, stats
 
 
 def _read(path) -> pd.DataFrame:
@@ -166,14 +174,89 @@ def cst_qsm_against_planted(bids: Path, deriv: Path, part: pd.DataFrame, values:
               f"{r_fa.statistic:+.3f}, P {r_fa.pvalue:.4f}")
 
 
+def true_modulated_gm(bids: Path, pid: str, gm_template, affine) -> np.ndarray:
+    """Template GM probability x the head's analytic Jacobian (T1w volume per template volume)."""
+    from bench_registration_jacobian import true_jacobian
+
+    sidecar = bids / "derivatives" / "groundtruth" / pid / "anat" / f"{pid}_Chimap.json"
+    pose = json.loads(sidecar.read_text())["Pose"]
+    return (gm_template * true_jacobian(pose, gm_template.shape, affine)).astype(np.float32)
+
+
+def vbm_truth(bids: Path, deriv: Path, part: pd.DataFrame, n_permutations: int) -> None:
+    import dataclasses
+
+    import nibabel as nib
+
+    from nilearn.image import resample_to_img
+
+    from qsm_bids.atlas import ATLAS_NAME
+    from qsm_bids.config import Config
+    from qsm_bids.derivatives import clusters_table_name, find_participant_derivatives
+    from qsm_bids.group.structural import ICV_COLUMN, icv_ml, read_volume_tables, vbm_mask
+    from qsm_bids.group.voxelwise import voxelwise_inference
+    from qsm_bids.templates import TEMPLATE_NAME, template_image
+
+    tables, maps = {}, {}
+    for pid in part.participant_id:
+        found, _ = find_participant_derivatives(deriv, pid.removeprefix("sub-"), TEMPLATE_NAME, ATLAS_NAME,
+                                                keys=("volumes", "gm_modulated_template"))
+        if {"volumes", "gm_modulated_template"} <= set(found):
+            tables[pid], maps[pid] = found["volumes"], found["gm_modulated_template"]
+    if not tables:
+        print("\nVBM truth: no participant has volumes and a modulated GM map")
+        return
+    ref = nib.load(str(next(iter(maps.values()))))
+    gm_img = resample_to_img(template_image(2.0, "GM"), ref, interpolation="linear")
+    gm = np.asarray(gm_img.dataobj, np.float64)
+    gm /= gm.max()
+    pids = list(tables)
+    images = [nib.Nifti1Image(true_modulated_gm(bids, p, gm, ref.affine), ref.affine) for p in pids]
+    icv = icv_ml(read_volume_tables(tables))
+    design = part.set_index("participant_id").loc[pids].reset_index()
+    design[ICV_COLUMN] = [float(icv[p]) for p in pids]
+    cfg = Config()
+    mask = vbm_mask([np.asarray(i.dataobj) for i in images], cfg.structural.vbm_gm_threshold)
+    g = dataclasses.replace(cfg.group, covariates=(*cfg.group.covariates, ICV_COLUMN), coverage_fraction=1.0,
+                            n_permutations=int(n_permutations))
+    grid = nib.Nifti1Image(np.ones(mask.shape, np.uint8), ref.affine)
+    res = voxelwise_inference(images, [grid] * len(images), design, g, seed=cfg.seed, n_jobs=2, analysis_mask=mask)
+    inv = np.linalg.inv(ref.affine)
+    print(f"\nVBM of the true modulated GM ({len(pids)} heads, {n_permutations} permutations, "
+          f"covariates {', '.join(g.covariates)}):")
+    for cname, maps in res.contrasts.items():
+        sig = res.mask & (maps["pfwe"] < g.alpha)
+        print(f"  {cname}: min FWE p {maps['pfwe'][res.mask].min():.4f}, {int(sig.sum())} significant voxels")
+        labels, n = ndimage.label(sig, structure=np.ones((3, 3, 3)))
+        for k in np.argsort(-np.bincount(labels.ravel())[1:])[:5] if n else []:
+            cluster = labels == k + 1
+            peak = np.unravel_index(np.argmax(np.where(cluster, maps["t"], -np.inf)), cluster.shape)
+            xyz = (ref.affine @ [*peak, 1.0])[:3]
+            print(f"    truth cluster {int(cluster.sum())} voxels at ({xyz[0]:g}, {xyz[1]:g}, {xyz[2]:g}), "
+                  f"t {maps['t'][peak]:.1f}, FWE p {maps['pfwe'][peak]:.4f}")
+        table = deriv / "group" / "vbm" / clusters_table_name(cname)
+        if not table.exists():
+            continue
+        t = _read(table)
+        for _, row in t[t.peak_pfwe < g.alpha].iterrows():
+            ijk = tuple(np.rint(inv @ [row.peak_x_mm, row.peak_y_mm, row.peak_z_mm, 1.0])[:3].astype(int))
+            print(f"    pipeline cluster {int(row.n_voxels)} voxels at ({row.peak_x_mm:g}, {row.peak_y_mm:g}, "
+                  f"{row.peak_z_mm:g}), t {row.peak_t:.1f}, FWE p {row.peak_pfwe:.4f}: truth t "
+                  f"{maps['t'][ijk]:.1f}, FWE p {maps['pfwe'][ijk]:.4f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("bids", type=Path)
     ap.add_argument("derivatives", type=Path)
+    ap.add_argument("--vbm-truth", type=int, metavar="N_PERMUTATIONS", default=0,
+                    help="also run the VBM on the heads' true modulated GM with this many permutations")
     args = ap.parse_args(argv)
     part = _read(args.bids / "participants.tsv")
     volumes(args.bids, args.derivatives, part)
     clusters(args.derivatives)
+    if args.vbm_truth:
+        vbm_truth(args.bids, args.derivatives, part, args.vbm_truth)
     dti(args.bids, args.derivatives, part)
 
 
