@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .config import RegistrationConfig
 from .errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -448,7 +449,7 @@ def register_b0(b0_img, mask, reference_img, out_mat, *, preset: str, seed: int,
 
 
 def process_dwi(dwi_path, reference_path, xfm_template_t1w, outputs: dict, *, params, atlas_img, label_table,
-                preset: str = "standard", seed: int = 0, min_voxels: int = 5, work_dir=None,
+                preset: str = RegistrationConfig.preset, seed: int = 0, min_voxels: int = 5, work_dir=None,
                 sidecar: dict | None = None) -> dict:
     """The participant's DTI: checks, mask, tensor fit, maps, b0 -> T1w, atlas regions in DWI space, medians.
 

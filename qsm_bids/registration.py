@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import RegistrationConfig
 from .io import atomic_path
 from .templates import TEMPLATE_NAME, template_image
 from .verify import verify_output
@@ -115,7 +116,7 @@ class RegistrationResult:
     #: The rigid start kept (head pitch, degrees) and each start's masked mutual-information cost.
     rigid_start: dict = field(default_factory=dict)
     #: The SyN stage's metric (a key of :data:`SYN_METRICS`).
-    syn_metric: str = "mattes"
+    syn_metric: str = RegistrationConfig.syn_metric
 
     def sidecar(self) -> dict:
         """Provenance for the JSON sidecars."""
@@ -303,7 +304,7 @@ SYN_METRICS: dict[str, dict] = {
 }
 
 
-def _ants_syn(fixed, moving, outprefix, p, seed, moving_mask=None, syn_metric="mattes"):
+def _ants_syn(fixed, moving, outprefix, p, seed, *, syn_metric: str, moving_mask=None):
     """Rigid, then affine, then SyN, each stage starting from the last (antsRegistrationSyN's order).
 
     An affine started from the image centres alone can settle with a tilted head's vertex
@@ -351,8 +352,8 @@ def _normalise_intensity(aimg, mask=None):
 
 
 def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre_to_t1w=None,
-                     preset: str = "standard", seed: int = 0, gre_mask=None,
-                     work_dir=None, syn_metric: str = "mattes") -> RegistrationResult:
+                     preset: str = RegistrationConfig.preset, seed: int = 0, gre_mask=None,
+                     work_dir=None, syn_metric: str = RegistrationConfig.syn_metric) -> RegistrationResult:
     """Register one subject: magnitude -> T1w (rigid), T1w -> template (rigid, affine, SyN).
 
     Parameters
@@ -530,9 +531,9 @@ def template_to_native(img, reference, xfm_gre_t1w, xfm_template_t1w, interpolat
 
 
 def register_participant(magnitude, t1w_path, gre_mask, outputs: dict, template_brain_out=None,
-                         template: str = TEMPLATE_NAME, preset: str = "standard", seed: int | None = 0,
+                         template: str = TEMPLATE_NAME, preset: str = RegistrationConfig.preset, seed: int | None = 0,
                          n_threads: int = 1, work_dir=None, sidecar: dict | None = None,
-                         syn_metric: str = "mattes") -> dict:
+                         syn_metric: str = RegistrationConfig.syn_metric) -> dict:
     """Register one GRE run before its reconstruction (with a T1w) and write the transforms.
 
     ``magnitude`` and ``gre_mask`` are nibabel images on the GRE grid (first-echo magnitude, a
@@ -586,9 +587,9 @@ def nib_load_checked(path):
 
 def normalise_participant(magnitude_path, t1w_path, chi_path, mask_path, outputs: dict,
                           template: str = TEMPLATE_NAME, resolution_mm: float = 2.0,
-                          preset: str = "standard", seed: int | None = 0, n_threads: int = 1,
+                          preset: str = RegistrationConfig.preset, seed: int | None = 0, n_threads: int = 1,
                           work_dir=None, sidecar: dict | None = None, registered: bool = False,
-                          syn_metric: str = "mattes") -> dict:
+                          syn_metric: str = RegistrationConfig.syn_metric) -> dict:
     """Register one GRE run and write every normalisation output.
 
     Parameters
