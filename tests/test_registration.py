@@ -168,7 +168,7 @@ def test_steep_pitch_is_found_from_the_pitched_starts(tmp_path):
     mask = nib.Nifti1Image((mag > 20).astype(np.float32), aff_g)
     mag_img = nib.Nifti1Image(mag, aff_g)
     atlas, table = default_atlas()
-    R.set_threads(2)
+    R.set_threads(1)  # one ANTs thread is bitwise reproducible; with two the starts' costs varied run to run
     reg = R.register_subject(mag_img, nib.Nifti1Image(t1, aff_t1), tmp_path / "to.h5", tmp_path / "from.h5",
                              tmp_path / "rigid.mat", preset="fast", seed=7, gre_mask=mask, work_dir=tmp_path)
     nat = np.asarray(R.atlas_to_native(atlas, mag_img, tmp_path / "rigid.mat", tmp_path / "from.h5").dataobj)
@@ -177,8 +177,8 @@ def test_steep_pitch_is_found_from_the_pitched_starts(tmp_path):
     # the case needs the other starts (else this test would not test them): the 0-degree start's rigid
     # pose fits the template far worse than the one kept (a wrong pose costs 0.1-0.45 more)
     costs = reg.rigid_start["MutualInformationCost"]
-    assert reg.rigid_start["PitchDeg"] != 0
-    assert costs["+0"] - min(costs.values()) > 0.1
+    assert reg.rigid_start["PitchDeg"] != 0, reg.rigid_start
+    assert costs["+0"] - min(costs.values()) > 0.1, reg.rigid_start
 
 
 def test_syn_metric_cc_reaches_the_syn_stage_and_the_sidecar(tmp_path, monkeypatch):
