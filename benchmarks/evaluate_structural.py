@@ -193,7 +193,7 @@ def vbm_truth(bids: Path, deriv: Path, part: pd.DataFrame, n_permutations: int) 
     from qsm_bids.atlas import ATLAS_NAME
     from qsm_bids.config import Config
     from qsm_bids.derivatives import clusters_table_name, find_participant_derivatives
-    from qsm_bids.group.structural import ICV_COLUMN, icv_ml, read_volume_tables, vbm_mask
+    from qsm_bids.group.structural import ICV_COLUMN, icv_ml, read_volume_tables, vbm_inputs
     from qsm_bids.group.voxelwise import voxelwise_inference
     from qsm_bids.templates import TEMPLATE_NAME, template_image
 
@@ -216,11 +216,9 @@ def vbm_truth(bids: Path, deriv: Path, part: pd.DataFrame, n_permutations: int) 
     design = part.set_index("participant_id").loc[pids].reset_index()
     design[ICV_COLUMN] = [float(icv[p]) for p in pids]
     cfg = Config()
-    mask = vbm_mask([np.asarray(i.dataobj) for i in images], cfg.structural.vbm_gm_threshold)
-    g = dataclasses.replace(cfg.group, covariates=(*cfg.group.covariates, ICV_COLUMN), coverage_fraction=1.0,
-                            n_permutations=int(n_permutations))
-    grid = nib.Nifti1Image(np.ones(mask.shape, np.uint8), ref.affine)
-    res = voxelwise_inference(images, [grid] * len(images), design, g, seed=cfg.seed, n_jobs=2, analysis_mask=mask)
+    group = dataclasses.replace(cfg.group, n_permutations=int(n_permutations))
+    mask, grids, g = vbm_inputs(images, group, cfg.structural.vbm_gm_threshold)
+    res = voxelwise_inference(images, grids, design, g, seed=cfg.seed, n_jobs=2, analysis_mask=mask)
     inv = np.linalg.inv(ref.affine)
     print(f"\nVBM of the true modulated GM ({len(pids)} heads, {n_permutations} permutations, "
           f"covariates {', '.join(g.covariates)}):")

@@ -302,6 +302,9 @@ SYN_METRICS: dict[str, dict] = {
     "mattes": {"syn_metric": "mattes", "syn_sampling": 32},
     "cc": {"syn_metric": "CC", "syn_sampling": 2},
 }
+#: The SyN metric of a GRE magnitude registered without a T1w, whatever ``syn_metric`` says: a
+#: T2*-weighted image against the T1w template needs mutual information, not correlation.
+GRE_ONLY_SYN_METRIC = "mattes"
 
 
 def _ants_syn(fixed, moving, outprefix, p, seed, *, syn_metric: str, moving_mask=None):
@@ -405,13 +408,14 @@ def register_subject(magnitude, t1w, out_to_template, out_from_template, out_gre
         if t1w is None:
             logger.warning("no T1w: registering the GRE magnitude directly to the template (%s)", preset)
             t0 = time.perf_counter()
-            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask, syn_metric="mattes")
+            syn = _ants_syn(fixed, mag, tmp + "gre2tpl_", p, seed, moving_mask=mag_mask,
+                            syn_metric=GRE_ONLY_SYN_METRIC)
             timings["gre_to_template"] = round(time.perf_counter() - t0, 2)
             _copy_atomic(syn["fwdtransforms"], Path(out_to_template))
             _copy_atomic(syn["invtransforms"], Path(out_from_template))
             return RegistrationResult(Path(out_to_template), Path(out_from_template), None, True,
                                       preset, int(seed), timings_s=timings, rigid_start=syn["rigid_start"],
-                                      syn_metric="mattes")
+                                      syn_metric=GRE_ONLY_SYN_METRIC)
 
         if out_gre_to_t1w is None:
             raise ValueError("out_gre_to_t1w is required when a T1w is given")

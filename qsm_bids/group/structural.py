@@ -172,6 +172,26 @@ def vbm_mask(gm_maps, threshold: float) -> np.ndarray:
     return np.isfinite(mean) & (mean >= float(threshold))
 
 
+def vbm_inputs(images, group: GroupConfig, gm_threshold: float):
+    """The VBM's analysis mask, smoothing masks and parameters for :func:`.voxelwise.voxelwise_inference`.
+
+    ``images``: the participants' modulated GM maps (nibabel, one grid). Returns ``(analysis_mask,
+    masks, params)``: the voxels whose mean modulated GM is at least ``gm_threshold``, the whole grid
+    as every image's smoothing mask, and ``group`` with the ICV added to the covariates (the design
+    needs an ``ICV_COLUMN`` column) and every participant counted.
+    """
+    import nibabel as nib
+
+    mask = vbm_mask([np.asarray(i.dataobj) for i in images], gm_threshold)
+    # a GM density is data everywhere on the grid (0 in WM and CSF is a value, not a gap): it is
+    # smoothed over the whole grid, as FSL-VBM and SPM do, and only the GM voxels are tested.
+    # Smoothed within the GM mask, a voxel would leave out its neighbours' partial-volume GM below
+    # the threshold: the edges of the cortex and the nuclei, where an atrophy shows.
+    grid = nib.Nifti1Image(np.ones(mask.shape, np.uint8), images[0].affine)
+    params = dataclasses.replace(group, covariates=(*group.covariates, ICV_COLUMN), coverage_fraction=1.0)
+    return mask, [grid] * len(images), params
+
+
 _VOLUME_SIDECAR = {
     "Description": "Subcortical volumes (native T1w, atlas labels brought by the inverse T1w -> template "
                    "transform) compared between the groups: left/right Wilcoxon signed-rank in the first group "
@@ -257,15 +277,9 @@ def run_structural_group(files: Mapping[str, Mapping], participants: pd.DataFram
         if not with_gm:
             raise DataError("no participant has a modulated GM map")
         images = [nib.load(str(files[p]["gm_modulated_template"])) for p in with_gm]
-        mask = vbm_mask([np.asarray(i.dataobj) for i in images], structural.vbm_gm_threshold)
-        # a GM density is data everywhere on the grid (0 in WM and CSF is a value, not a gap): it is
-        # smoothed over the whole grid, as FSL-VBM and SPM do, and only the GM voxels are tested.
-        # Smoothed within the GM mask, a voxel would leave out its neighbours' partial-volume GM below
-        # the threshold: the edges of the cortex and the nuclei, where an atrophy shows.
-        grid = nib.Nifti1Image(np.ones(mask.shape, np.uint8), images[0].affine)
-        g_vbm = dataclasses.replace(group, covariates=(*group.covariates, ICV_COLUMN), coverage_fraction=1.0)
+        mask, grids, g_vbm = vbm_inputs(images, group, structural.vbm_gm_threshold)
         summary["vbm"] = _voxelwise(
-            images, [grid] * len(images), design, g_vbm, Path(outputs["vbm"]),
+            images, grids, design, g_vbm, Path(outputs["vbm"]),
             measure="modulated GM probability (VBM)", seed=seed, n_jobs=n_jobs, work_dir=work_dir,
             parameters=parameters, analysis_mask=mask,
             mask_rule=f"voxels whose mean modulated GM over the {len(with_gm)} participants is at least "
