@@ -29,7 +29,8 @@ Variants isolate one factor each:
 - ``unwrap_oracle``: each echo's wrapped phase + 2 pi k nearest the true field x TE (the ideal
   exact unwrapping; what is left of the echo stage: offset removal, noise, the fit);
 - ``echo_average``: ``recon.echo_combination = "average"``; ``offsmN``: the TE = 0 offset's
-  smoothing (``recon.coil_smoothing_mm``) N mm;
+  smoothing (``recon.phase_offset_smoothing_mm``) N mm; ``offrobN``: its robust passes
+  (``recon.phase_offset_robust_passes``; ``offsm6+offrob0`` is the estimate before issue 16's fix);
 - ``oracle_total``: the echo stage replaced by the simulator's voxel-averaged
   total field (what is left is mask, background removal and inversion);
 - ``shell15``: the mask's phase-coherence refinement only within 15 mm of the
@@ -146,7 +147,9 @@ def run_variant(s, variant):
         elif part == "echo_average":
             p = replace(p, echo_combination="average")
         elif part.startswith("offsm"):
-            p = replace(p, coil_smoothing_mm=float(part[5:]))
+            p = replace(p, phase_offset_smoothing_mm=float(part[5:]))
+        elif part.startswith("offrob"):
+            p = replace(p, phase_offset_robust_passes=int(part[6:]))
         elif part == "oracle_total":
             oracle = True
         elif part == "t1wmask":

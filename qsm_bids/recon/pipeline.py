@@ -327,7 +327,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         return out
 
     # 1. coil combination / phase offset
-    if magnitude.ndim == 5:
+    coil_resolved = magnitude.ndim == 5
+    if coil_resolved:
         cplx = magnitude * np.exp(1j * phase).astype(np.complex64)
         del magnitude, phase
         mag, ph = run("coil_combination", lambda: adaptive_combine(cplx, te, voxel_size,
@@ -337,15 +338,9 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     else:
         mag = magnitude if magnitude.ndim == 4 else magnitude[..., None]
         ph = phase if phase.ndim == 4 else phase[..., None]
-        if mag.shape[3] >= 2 and p.remove_phase_offset_multiecho:
-            def offset():
-                c = mag * np.exp(1j * ph).astype(np.complex64)
-                c, _ = remove_phase_offset(c, te, voxel_size, p.coil_smoothing_mm, p.phase_offset_method)
-                return np.angle(c).astype(np.float32)
-            ph = run("coil_combination", offset)
-        else:
-            timings["coil_combination"] = 0.0
-            counts["coil_combination"] = 0
+        # combined multi-echo data: the TE = 0 offset is removed once the brain mask is known (below)
+        timings["coil_combination"] = 0.0
+        counts["coil_combination"] = 0
     shape = mag.shape[:3]
     mag_rss = np.sqrt(np.sum(mag**2, axis=3)).astype(np.float32)
 
@@ -372,6 +367,16 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         else:
             brain = run("mask", lambda: brain_mask(mag_rss, voxel_size, threshold=p.mask_threshold,
                                                    erode_mm=p.mask_erode_mm))
+    if not coil_resolved and mag.shape[3] >= 2 and p.remove_phase_offset_multiecho:
+        # estimated over the brain only, so that the signal voids and noise around it stay out
+        def offset():
+            c = mag * np.exp(1j * ph).astype(np.complex64)
+            c, _ = remove_phase_offset(c, te, voxel_size, p.phase_offset_smoothing_mm, p.phase_offset_method,
+                                       mask=brain, robust_passes=p.phase_offset_robust_passes)
+            return np.angle(c).astype(np.float32)
+        ph = run("phase_offset", offset)
+    else:
+        timings["phase_offset"], counts["phase_offset"] = 0.0, 0
     # voxels with trusted phase (the mask without incoherent-phase voxels); the user mask as is
     if mask is not None:
         trusted = brain

@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 REFERENCES = {
     "acosta2018": "Acosta-Cabronero J, Machts J, Schreiber S, et al. Quantitative susceptibility MRI to "
                   "detect brain iron in amyotrophic lateral sclerosis. Radiology 2018;289(1):195-203.",
+    "eckstein2018": "Eckstein K, Dymerska B, Bachrata B, et al. Computationally efficient combination of multi-channel "
+                    "phase data from multi-echo acquisitions (ASPIRE). Magn Reson Med 2018;79:2996-3006.",
     "walsh2000": "Walsh DO, Gmitro AF, Marcellin MW. Adaptive reconstruction of phased array MR imagery. "
                  "Magn Reson Med 2000;43(5):682-690.",
     "schofield2003": "Schofield MA, Zhu Y. Fast phase unwrapping algorithm for interferometric "
@@ -166,6 +168,13 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
              f"following Acosta-Cabronero et al. {cite('acosta2018')}. Coil-resolved complex data were "
              f"combined with an adaptive (Walsh-type) combination {cite('walsh2000')} "
              f"(smoothing {cfg.recon.coil_smoothing_mm:g} mm); " + _unwrapping_sentence(cfg.recon.unwrap_method, cite)]
+    if cfg.recon.remove_phase_offset_multiecho:
+        robust = (f", re-estimated {cfg.recon.phase_offset_robust_passes} times without the voxels far from it"
+                  if cfg.recon.phase_offset_robust_passes else "")
+        recon.append(f"In combined multi-echo data the phase at TE = 0 was extrapolated from the first two "
+                     f"echoes and smoothed over the brain mask (FWHM {cfg.recon.phase_offset_smoothing_mm:g} mm"
+                     f"{robust}), as in MCPC-3D-S {cite('eckstein2018')}, and removed before the field was "
+                     f"fitted over echo time.")
     bg = cfg.recon.background
     if bg == "sharp":
         recon.append(f"Background fields were removed with SHARP {cite('schweser2011')} (spherical kernel "
