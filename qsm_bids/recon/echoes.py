@@ -183,10 +183,11 @@ def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6
     :data:`_OFFSET_OUTLIER_FLOOR_RAD` (so that at high SNR an offset curving
     faster than the kernel does not count as an outlier): the voxels where
     the echo difference was unwrapped by the wrong 2 pi (a 0.9 rad error at
-    TE1/dTE = 6/7) or where intra-voxel dephasing bends the phase evolution.
-    Those outliers lie near the skull base and the sinuses and do not average
-    out over heads; left in, they are a smooth offset error that the fit
-    through TE = 0 turns into a field error (a false cluster, README, issue 16).
+    TE1/dTE = 6/7), and other voxels whose phase does not evolve linearly.
+    Measured on simulated heads, the outliers sit mostly in the brain's outer
+    4 mm and do not average out over heads; left in, they are a smooth offset
+    error that the fit through TE = 0 turns into a field error (a false
+    cluster that followed head size, README, issue 16).
 
     Returns the data multiplied by ``exp(-i phi0)`` and ``phi0``.
     With one echo nothing can be separated: the data are returned unchanged.
