@@ -94,7 +94,7 @@ class ReconConfig:
     phase_offset_method: PhaseOffsetMethod = "unwrapped"
     #: FWHM (mm) of the TE = 0 offset's smoothing over the brain mask (MCPC-3D-S smooths with sigma 10 voxels); receive phase offsets vary over centimetres, and at 6 mm the estimate's own errors near the skull base made a false cluster that followed head size (README, issue 16).
     phase_offset_smoothing_mm: float = 24.0
-    #: Re-smoothings of the TE = 0 offset without the voxels > 3 robust SDs from it (wrong-2-pi echo differences, dephasing); 0: a plain weighted smoothing.
+    #: Re-smoothings of the TE = 0 offset without the voxels further from it than 3 robust SDs and 0.2 rad (wrong-2-pi echo differences); 0: a plain weighted smoothing.
     phase_offset_robust_passes: int = 2
     #: Phase unwrapping: "auto" ("temporal" for multi-echo data, "laplacian" for one echo; measured in the README), "laplacian" (the Laplacian solution itself, paper), "guided" (each echo the wrapped phase + 2 pi k nearest a masked least-squares unwrapping) or "temporal" (echo 1 guided, later echoes + 2 pi k nearest the earlier echoes' frequency x TE).
     unwrap_method: UnwrapMethod = "auto"

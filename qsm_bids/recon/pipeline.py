@@ -326,7 +326,7 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         report(step, 1.0)
         return out
 
-    # 1. coil combination / phase offset
+    # 1. coil combination (coil-resolved data; it removes each coil's TE = 0 offset)
     coil_resolved = magnitude.ndim == 5
     if coil_resolved:
         cplx = magnitude * np.exp(1j * phase).astype(np.complex64)
