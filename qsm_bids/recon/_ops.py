@@ -27,10 +27,15 @@ __all__ = [
     "pad_to",
     "in_slabs",
     "block_dot",
+    "fwhm_to_sigma_voxels",
+    "gaussian_smooth_complex",
 ]
 
 # Elements summed in float32 by block_dot before the float64 sum across blocks.
 _DOT_BLOCK = 1024
+
+#: FWHM of a Gaussian in units of its sigma, 2 sqrt(2 ln 2).
+FWHM_PER_SIGMA = float(2.0 * np.sqrt(2.0 * np.log(2.0)))
 
 _pool_lock = threading.Lock()
 _pool: dict = {"executor": None, "workers": 0}
@@ -248,3 +253,14 @@ def binary_erode_mm(mask, radius_mm, voxel_size):
 def binary_dilate_mm(mask, radius_mm, voxel_size):
     """Dilation by a ball of ``radius_mm``."""
     return ndimage.binary_dilation(mask, structure=ball(radius_mm, voxel_size))
+
+
+def fwhm_to_sigma_voxels(fwhm_mm, voxel_size) -> list:
+    """Gaussian sigma in voxels along each axis for a kernel of FWHM ``fwhm_mm`` (mm)."""
+    return [float(fwhm_mm) / FWHM_PER_SIGMA / float(d) for d in voxel_size]
+
+
+def gaussian_smooth_complex(z, sigma):
+    """Gaussian smoothing of a complex array (``sigma`` in voxels per axis, as ``ndimage``),
+    real and imaginary parts alike, so phases average as unit vectors weighted by magnitude."""
+    return ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy import ndimage
 
+from ._ops import fwhm_to_sigma_voxels, gaussian_smooth_complex
 from .echoes import OFFSET_METHODS, unwrap_echo_difference, unwrap_to_reference
 
 __all__ = ["adaptive_combine"]
@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 def _remove_coil_offsets(data, te, voxel_size, smoothing_mm, offset_method="wrapped"):
     s1 = data[..., 0, :]
     s2 = data[..., 1, :]
-    sigma = [smoothing_mm / 2.3548 / float(d) for d in voxel_size] + [0.0]
+    sigma = fwhm_to_sigma_voxels(smoothing_mm, voxel_size) + [0.0]
     dphi = np.angle(s2 * np.conj(s1))
     if offset_method == "unwrapped":
         # the echo difference carries no coil offset: unwrap the coils' Hermitian sum once
@@ -53,7 +53,7 @@ def _remove_coil_offsets(data, te, voxel_size, smoothing_mm, offset_method="wrap
     elif offset_method != "wrapped":
         raise ValueError(f"unknown phase-offset method {offset_method!r}; choose from {OFFSET_METHODS}")
     z = np.abs(s1) * np.exp(1j * (np.angle(s1) - te[0] / (te[1] - te[0]) * dphi))
-    zs = ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)
+    zs = gaussian_smooth_complex(z, sigma)
     off = np.exp(-1j * np.angle(zs)).astype(np.complex64)
     return data * off[..., None, :]
 

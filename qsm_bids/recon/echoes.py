@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ._ops import fwhm_to_sigma_voxels, gaussian_smooth_complex
 from .dipole import GAMMA_HZ_PER_T
 from .unwrap import laplacian_unwrap, unwrap_to_reference
 
@@ -150,7 +151,7 @@ def unwrap_echo_difference(s1, s2, voxel_size):
     # (the phase jumps to noise there); where it exceeds pi the rounding is off by 2 pi. That
     # function is what separates the solution from the (mostly right) result: estimate it by
     # magnitude-weighted smoothing (normalised, so it extends to the edge) and round again.
-    sigma = [_HARMONIC_SMOOTHING_MM / 2.3548 / float(v) for v in voxel_size]
+    sigma = fwhm_to_sigma_voxels(_HARMONIC_SMOOTHING_MM, voxel_size)
     norm = ndimage.gaussian_filter(w, sigma)
     for _ in range(2):
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -208,11 +209,10 @@ def remove_phase_offset(complex_echoes, echo_times_s, voxel_size, smoothing_mm=6
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
         weight = weight * mask
-    sigma = [smoothing_mm / 2.3548 / float(d) for d in voxel_size]
+    sigma = fwhm_to_sigma_voxels(smoothing_mm, voxel_size)
 
     def smooth(w):
-        z = per_voxel * w
-        return ndimage.gaussian_filter(z.real, sigma) + 1j * ndimage.gaussian_filter(z.imag, sigma)
+        return gaussian_smooth_complex(per_voxel * w, sigma)
 
     zs = smooth(weight)
     region = mask if mask is not None else weight > 0

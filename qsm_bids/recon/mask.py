@@ -43,7 +43,7 @@ import logging
 import numpy as np
 from scipy import ndimage
 
-from ._ops import ball
+from ._ops import ball, fwhm_to_sigma_voxels
 
 __all__ = ["brain_mask", "brain_mask_from_template", "largest_component", "phase_coherence",
            "refine_with_phase"]
@@ -69,6 +69,18 @@ def _fill_holes(mask):
             if moved[i].any():
                 moved[i] = ndimage.binary_fill_holes(moved[i])
     return out
+
+
+#: FWHM (mm) of the smoothing before the magnitude is thresholded (averages noise, keeps the edge).
+_SUPPORT_SMOOTHING_MM = 2.0
+
+
+def _magnitude_signal(mag, voxel_size, fraction):
+    """Voxels whose smoothed magnitude exceeds ``fraction`` of its robust maximum (the 99.5th
+    percentile of the smoothed non-zero voxels), and that maximum."""
+    smooth = ndimage.gaussian_filter(mag, fwhm_to_sigma_voxels(_SUPPORT_SMOOTHING_MM, voxel_size))
+    top = float(np.percentile(smooth[smooth > 0], 99.5))
+    return smooth > float(fraction) * top, top
 
 
 def brain_mask(magnitude, voxel_size, *, threshold=0.15, opening_mm=4.0, erode_mm=1.0,
@@ -100,10 +112,7 @@ def brain_mask(magnitude, voxel_size, *, threshold=0.15, opening_mm=4.0, erode_m
     nz = mag[mag > 0]
     if nz.size == 0:
         return np.zeros(mag.shape, dtype=bool)
-    sigma = [2.0 / 2.3548 / float(d) for d in voxel_size]
-    smooth = ndimage.gaussian_filter(mag, sigma)
-    top = float(np.percentile(smooth[smooth > 0], 99.5))
-    signal = smooth > threshold * top
+    signal, top = _magnitude_signal(mag, voxel_size, threshold)
     if t1w_mask is not None:
         t1 = np.asarray(t1w_mask, dtype=bool)
         if t1.shape != mag.shape:
@@ -158,10 +167,7 @@ def brain_mask_from_template(template_brain, magnitude, voxel_size, *, threshold
         raise ValueError(f"template brain mask shape {tpl.shape} differs from the magnitude {mag.shape}")
     mask = tpl >= float(threshold)
     if mag.any():
-        sigma = [2.0 / 2.3548 / float(d) for d in voxel_size]
-        smooth = ndimage.gaussian_filter(mag, sigma)
-        top = float(np.percentile(smooth[smooth > 0], 99.5))
-        support = smooth > float(signal_threshold) * top
+        support, _ = _magnitude_signal(mag, voxel_size, signal_threshold)
         if support_dilate_mm and support_dilate_mm > 0:
             support = ndimage.binary_dilation(support, structure=ball(support_dilate_mm, voxel_size))
         mask &= support
