@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from qsm_bids.recon import dipole
 from qsm_bids.recon.background import erode_by_sphere, sharp, vsharp
@@ -136,8 +137,8 @@ def test_default_t1w_mask_and_rim_shells_cover_the_brain_and_the_paper_chain_doe
     paper_cfg = load_config(None, {"preset": "paper"}).recon
     paper = reconstruct(*args, paper_cfg, t1w_mask=ph.brain.astype(np.float32))
     assert edge.parameters["mask_method"] == "t1w" and paper.parameters["mask_method"] == "magnitude"
-    # on this 2 mm grid the 2 mm sphere (the voxel and its 6 neighbours) is skipped
-    assert edge.parameters["medi_edge_radii_mm"] == [3.0] and paper.parameters["medi_edge_radii_mm"] == []
+    # on this 2 mm grid the spheres are widened to two voxels
+    assert edge.parameters["medi_edge_radii_mm"] == [4.0] and paper.parameters["medi_edge_radii_mm"] == []
     assert edge.parameters["medi_edge_radii_mm_requested"] == [3.0, 2.0]
     # the brain mask stays inside the T1w mask and reaches its edge (no erosion)
     assert not np.any(edge.mask & ~ph.brain) and edge.mask.sum() > 0.98 * ph.brain.sum()
@@ -211,14 +212,38 @@ def test_rim_shells_are_not_used_on_the_magnitude_mask(small_head):
     assert np.array_equal(default.measured_mask, default.eroded_mask)
 
 
-def test_rim_radii_up_to_the_smallest_voxel_edge_are_skipped():
+def test_rim_radii_are_widened_to_two_voxels():
     from qsm_bids.config import ReconConfig
     from qsm_bids.recon.pipeline import _medi_edges
 
     p = ReconConfig()
-    assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps the 2 mm shell
-    assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (3.0,)  # on 2 mm voxels it is the voxel and 6 neighbours
+    assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps both
+    assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (4.0,)  # 3 and 2 mm are both widened to 4 mm
+    assert _medi_edges(p, (2.5, 2.5, 2.5), "t1w") == ()  # two voxels reach the SHARP sphere: no shell
     assert _medi_edges(p, (1.0, 1.0, 2.0), "magnitude") == ()
+
+
+def test_a_field_in_the_outermost_layer_reaches_the_shells_through_narrow_spheres():
+    """The outermost voxel layer holds partial volumes of the skull: a field confined to it (not
+    harmonic) enters a shell's data ``f - S_r f`` wherever the sphere reaches that layer. On a 2 mm grid
+    the 3 mm sphere (1.5 voxels) carries up to 26 % of it into the first shell that fits, the 4 mm sphere
+    (2 voxels, the floor of ``usable_rim_radii``) 5 %."""
+    from qsm_bids.recon._ops import smv, sphere_kernel_rfft
+
+    shape, vs = (48, 48, 48), (2.0, 2.0, 2.0)
+    x, y, z = _grid(shape, vs)
+    mask = (x**2 + y**2 + z**2) <= 36**2
+    layer = mask & ~ndimage.binary_erosion(mask)
+    field = layer.astype(np.float32)
+
+    def worst_leak(radius):
+        S = sphere_kernel_rfft(shape, vs, radius)
+        fits = smv(mask.astype(np.float32), S) > 0.999
+        assert not np.any(fits & layer)  # no shell voxel lies in the layer itself
+        return float(np.abs(smv(field, S)[fits]).max())
+
+    narrow, wide = worst_leak(3.0), worst_leak(4.0)
+    assert narrow > 0.2 and wide < 0.07 and wide < narrow / 3
 
 
 def test_rim_data_weight_keeps_rim_model_error_away_from_a_deep_source():
