@@ -38,7 +38,9 @@ Variants isolate one factor each:
   dark SN are kept); ``lam2000``/``lam4000``: MEDI lambda; ``nosmv``: MEDI on SHARP's local field
   instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; ``noedge``: no MEDI rim shells (the default
   before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``rimwW``: the rim shells' data weighted W
-  (``recon.medi_rim_data_weight``); ``t1wmask``: the simulator's
+  (``recon.medi_rim_data_weight``); ``rimminK``: rim radii widened to K voxel edges
+  (``recon.medi_rim_min_radius_voxels``; ``edge3+rimmin1`` is the 2 mm grids' shell before issue 16's change);
+  ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
@@ -164,6 +166,8 @@ def run_variant(s, variant):
             p = replace(p, medi_edge_radii_mm=())
         elif part.startswith("edge"):
             p = replace(p, medi_edge_radii_mm=tuple(float(r) for r in part[4:].split("_") if r))
+        elif part.startswith("rimmin"):
+            p = replace(p, medi_rim_min_radius_voxels=float(part[6:]))
         elif part.startswith("rimw"):
             p = replace(p, medi_rim_data_weight=float(part[4:]))
         elif part.startswith("pct"):

@@ -220,6 +220,9 @@ def test_rim_radii_are_widened_to_two_voxels():
     assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps both
     assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (4.0,)  # 3 and 2 mm are both widened to 4 mm
     assert _medi_edges(p, (2.5, 2.5, 2.5), "t1w") == ()  # two voxels reach the SHARP sphere: no shell
+    one = ReconConfig(medi_rim_min_radius_voxels=1.0)
+    assert _medi_edges(one, (2.0, 2.0, 2.0), "t1w") == (3.0,)  # as given, less the one-voxel sphere
+    assert _medi_edges(one, (2.5, 2.5, 2.5), "t1w") == (3.0,)
     assert _medi_edges(p, (1.0, 1.0, 2.0), "magnitude") == ()
 
 

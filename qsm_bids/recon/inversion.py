@@ -189,9 +189,9 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         measured rather than filled by the regulariser. ``N_std`` of each
         shell is combined as for the SMV form, and all shells share one
         normalisation of ``m`` (mean 1 over their union). Each extra radius
-        costs 2 real FFTs per CG iteration. Radii under two of the smallest voxel edges are raised to that
-        (:func:`usable_rim_radii`: a narrower sphere is dominated by the outermost voxel layer, whose
-        partial-volume field is not harmonic). Not with ``merit``.
+        costs 2 real FFTs per CG iteration. Radii up to the smallest voxel edge are skipped (such a
+        sphere is the voxel and at most its 6 neighbours; the pipeline also widens radii under
+        ``recon.medi_rim_min_radius_voxels`` voxel edges: :func:`usable_rim_radii`). Not with ``merit``.
     rim_data_weight : float in (0, 1]
         With ``edge_radii_mm``: the shells' data weight ``m`` is multiplied by this (the interior's
         stays). A small sphere takes out less of a steep background near the skull than the SMV
@@ -424,28 +424,23 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
     return np.ascontiguousarray(chi, dtype=np.float32)
 
 
-#: Rim-shell spheres narrower than this many of the smallest voxel edges are widened to it.
-RIM_MIN_RADIUS_VOXELS = 2.0
+def usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm, min_radius_voxels=1.0) -> tuple:
+    """The rim-shell radii MEDI uses, in the given order: each raised to at least ``min_radius_voxels``
+    of the smallest voxel edges, duplicates dropped, and kept only if smaller than the SMV sphere and
+    larger than one voxel edge (such a sphere is the voxel and at most its 6 neighbours: on a 2 mm grid
+    the 2 mm shell measured worse than none, README).
 
-
-def usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm) -> tuple:
-    """The rim-shell radii MEDI uses, in the given order: each raised to at least
-    :data:`RIM_MIN_RADIUS_VOXELS` of the smallest voxel edges, duplicates dropped, and only those smaller
-    than the SMV sphere kept.
-
-    Why the floor: the brain mask's outermost voxel layer holds partial volumes of the skull and dura,
-    so its field is not harmonic, and a sphere one or one and a half voxels wide averages few voxels of
-    which that layer is a large share. On a 2 mm grid a field confined to that layer enters the first
-    shell's data at up to 26 % through the 3 mm sphere and 5 % through the 4 mm one
-    (``tests/test_background_edge.py``); MEDI fits it as rim sources whose fields reach the midbrain
-    (README, issue 16: 4 mm instead of 3 mm took the 16 held-out heads' worst red nucleus error from
-    0.016 to 0.011 ppm and the dorsal SN's from 0.020 to 0.013). At the paper protocol's 1 x 1 x 2 mm
-    the 3 and 2 mm spheres stay (4 mm alone measured worse there: ventral SN 0.013 -> 0.025 ppm)."""
-    lo = RIM_MIN_RADIUS_VOXELS * min(float(v) for v in voxel_size)
+    Why a floor above one edge (``recon.medi_rim_min_radius_voxels``, 2 in the pipeline): the brain
+    mask's outermost voxel layer holds partial volumes of the skull and dura, so its field is not
+    harmonic, and a sphere one and a half voxels wide averages few voxels of which that layer is a large
+    share. On a 2 mm grid a field confined to that layer enters the first shell's data at up to 26 %
+    through the 3 mm sphere and 5 % through the 4 mm one (``tests/test_background_edge.py``); MEDI fits
+    it as rim sources whose fields reach the midbrain (README, issue 16)."""
+    edge = min(float(v) for v in voxel_size)
     out = []
     for r in edge_radii_mm:
-        r = max(float(r), lo)
-        if r < float(smv_radius_mm) and r not in out:
+        r = max(float(r), float(min_radius_voxels) * edge)
+        if edge < r < float(smv_radius_mm) and r not in out:
             out.append(r)
     return tuple(out)
 

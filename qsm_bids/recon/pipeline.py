@@ -210,7 +210,8 @@ def _medi_edges(p, voxel_size, mask_source) -> tuple:
     :func:`~qsm_bids.recon.inversion.usable_rim_radii` for the SHARP sphere."""
     use_smv = (bool(p.medi_smv) and BACKGROUND_METHODS[p.background].smv and p.inversion == "medi"
                and mask_source in RIM_SHELL_MASKS)
-    return usable_rim_radii(p.medi_edge_radii_mm, voxel_size, p.sharp_radius_mm) if use_smv else ()
+    return (usable_rim_radii(p.medi_edge_radii_mm, voxel_size, p.sharp_radius_mm, p.medi_rim_min_radius_voxels)
+            if use_smv else ())
 
 
 def _medi_region(inp: _Inputs):
