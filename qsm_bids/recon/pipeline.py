@@ -61,8 +61,10 @@ class ReconResult:
         SHARP sphere (the mask itself for PDF).
     measured_mask : bool (x, y, z)
         Where chi is backed by measured field: ``eroded_mask``; with MEDI's rim shells
-        (``medi_edge_radii_mm``) every trusted-phase voxel of the brain mask (the shells, and the
-        outermost layer that the shells' data constrain). Region values and group coverage use it.
+        (``medi_edge_radii_mm``) every trusted-phase voxel of the brain mask: the shells, and the
+        outer voxels where no shell's sphere fits, constrained by the fields they produce in the shells
+        (the outermost voxel layer with the 1 mm in-plane paper protocol, the outer two layers, 4 mm,
+        with the 4 mm shell of a 2 mm grid). Region values and group coverage use it.
     chi_mask : bool (x, y, z)
         Where ``chi_ppm`` is defined: ``eroded_mask`` for TKD/Tikhonov; for
         MEDI the brain mask eroded by the sphere, including the
@@ -452,9 +454,9 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     timings["total"] = time.perf_counter() - t_all
     counts["total"] = sum(v for k, v in counts.items())
     if edge_radii:
-        # the rim shells measure the field down to the smallest sphere; the outermost layer, where no
-        # sphere fits, is constrained by the fields it produces in the shells: chi is kept wherever the
-        # phase was trusted (the incoherent-phase voxels, filled by the regulariser alone, stay out)
+        # the rim shells measure the field down to the smallest sphere; the outer voxels where no sphere
+        # fits are constrained by the fields they produce in the shells: chi is kept wherever the phase
+        # was trusted (the incoherent-phase voxels, filled by the regulariser alone, stay out)
         measured = chi_region & bmask
     else:
         measured = eroded

@@ -1,0 +1,88 @@
+"""How much background each rim shell's sphere leaves, with and without the brain mask's outermost voxel layer.
+
+    .venv/bin/python benchmarks/bench_outer_layer.py --protocol me2 --seed 1
+    .venv/bin/python benchmarks/bench_outer_layer.py --protocol paper --seed 1
+
+On a simulated head (``qsm_bids.simulate.simulate_subject``, no noise needed: the simulator's
+true total and local fields, both averaged from a finer grid to the voxel as a scanner does), with
+the true brain mask as the data mask, for the interior's SMV sphere (5 mm) and each rim shell
+(the voxels where a sphere of radius r fits and no larger one of the list does), it prints by depth
+below the surface
+
+    rms((1 - S_r) background)  vs  rms((1 - S_r) local)      [ppm]
+
+where background = total - local: what the sphere leaves of it is what MEDI's data term then
+fits as sources. The second block repeats this with the mask's outermost voxel layer (6-connected
+erosion by one voxel) left out of the data, which is where that leftover comes from (README, issue
+16): its voxels hold partial volumes of the skull and dura, so their field is not harmonic.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+from scipy import ndimage
+
+from qsm_bids.recon._ops import smv, sphere_kernel_rfft
+
+PROTOCOLS = {
+    "me2": dict(echo_times=(0.006, 0.013, 0.020)),
+    "paper": dict(voxel_size=(1.0, 1.0, 2.0), matrix=(256, 224, 80), echo_times=(0.020,)),
+}
+DEPTH_BANDS_MM = ((0, 2), (2, 4), (4, 6), (6, 8))
+
+
+def shell_leftovers(total, local, mask, voxel_size, radii=(3.0, 2.0), smv_radius=5.0):
+    """Per shell (radius, voxels) the background and local field each sphere's high-pass leaves.
+
+    Returns a list of ``(radius, shell_mask, leftover_background, kept_local)``, the interior's SMV
+    sphere first, then ``radii`` largest first; each voxel belongs to the largest sphere that fits
+    inside ``mask``."""
+    m = mask.astype(np.float32)
+    background = (total - local) * mask
+    loc = local * mask
+    done = np.zeros(mask.shape, bool)
+    out = []
+    for r in (smv_radius,) + tuple(sorted(radii, reverse=True)):
+        S = sphere_kernel_rfft(mask.shape, voxel_size, r)
+        shell = (smv(m, S) > 0.999) & ~done
+        done |= shell
+        out.append((r, shell, background - smv(background, S), loc - smv(loc, S)))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--protocol", choices=tuple(PROTOCOLS), default="me2")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--radii", type=float, nargs="+", default=None,
+                    help="rim radii (default: 3 mm on the 2 mm grid, 3 and 2 mm at the paper protocol)")
+    args = ap.parse_args(argv)
+    from qsm_bids.simulate.subject import simulate_subject
+
+    s = simulate_subject(args.seed, snr=1e6, with_t1w=False, **PROTOCOLS[args.protocol])
+    vs = s["voxel_size"]
+    radii = tuple(args.radii) if args.radii else ((3.0,) if min(vs) >= 2 else (3.0, 2.0))
+    mask = s["brain_mask"]
+    depth = ndimage.distance_transform_edt(mask, sampling=vs)
+    total, local = s["total_field_ppm"].astype(np.float32), s["local_field_ppm"].astype(np.float32)
+    for title, data_mask in (("the whole brain mask", mask),
+                             ("without its outermost voxel layer", ndimage.binary_erosion(mask))):
+        rows = shell_leftovers(total, local, data_mask, vs, radii)
+        covered = np.logical_or.reduce([sh for _, sh, _, _ in rows])
+        print(f"\n{args.protocol}, seed {args.seed}, data mask = {title} (the spheres cover "
+              f"{covered.sum() / mask.sum() * 100:.1f} % of the brain): rms background left / rms local kept, ppm")
+        print("| sphere | " + " | ".join(f"{a}-{b} mm" for a, b in DEPTH_BANDS_MM) + " |")
+        print("|---" * (len(DEPTH_BANDS_MM) + 1) + "|")
+        for r, shell, bg, loc in rows:
+            cells = []
+            for a, b in DEPTH_BANDS_MM:
+                sel = shell & (depth > a) & (depth <= b)
+                cells.append("-" if sel.sum() < 50 else
+                             f"{np.sqrt(np.mean(bg[sel] ** 2)):.4f} / {np.sqrt(np.mean(loc[sel] ** 2)):.4f}")
+            print(f"| {r:g} mm | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
