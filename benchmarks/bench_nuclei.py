@@ -39,7 +39,7 @@ Variants isolate one factor each:
   instead of its SMV form; ``pctNN``: MEDI's gradient-mask percentage NN %; ``noedge``: no MEDI rim shells (the default
   before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``rimwW``: the rim shells' data weighted W
   (``recon.medi_rim_data_weight``); ``rimminK``: rim radii widened to K voxel edges
-  (``recon.medi_rim_min_radius_voxels``; ``edge3+rimmin1`` is the 2 mm grids' shell before issue 16's change);
+  (``recon.medi_rim_min_radius_voxels``; ``rimmin2`` makes the 2 mm grids' 3 mm shell a 4 mm one);
   ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with

@@ -137,8 +137,8 @@ def test_default_t1w_mask_and_rim_shells_cover_the_brain_and_the_paper_chain_doe
     paper_cfg = load_config(None, {"preset": "paper"}).recon
     paper = reconstruct(*args, paper_cfg, t1w_mask=ph.brain.astype(np.float32))
     assert edge.parameters["mask_method"] == "t1w" and paper.parameters["mask_method"] == "magnitude"
-    # on this 2 mm grid the spheres are widened to two voxels
-    assert edge.parameters["medi_edge_radii_mm"] == [4.0] and paper.parameters["medi_edge_radii_mm"] == []
+    # on this 2 mm grid the 2 mm sphere (the voxel and its 6 neighbours) is skipped
+    assert edge.parameters["medi_edge_radii_mm"] == [3.0] and paper.parameters["medi_edge_radii_mm"] == []
     assert edge.parameters["medi_edge_radii_mm_requested"] == [3.0, 2.0]
     # the brain mask stays inside the T1w mask and reaches its edge (no erosion)
     assert not np.any(edge.mask & ~ph.brain) and edge.mask.sum() > 0.98 * ph.brain.sum()
@@ -212,25 +212,25 @@ def test_rim_shells_are_not_used_on_the_magnitude_mask(small_head):
     assert np.array_equal(default.measured_mask, default.eroded_mask)
 
 
-def test_rim_radii_are_widened_to_two_voxels():
+def test_rim_radii_one_voxel_spheres_skipped_and_narrow_ones_widened_on_request():
     from qsm_bids.config import ReconConfig
     from qsm_bids.recon.pipeline import _medi_edges
 
     p = ReconConfig()
-    assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps both
-    assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (4.0,)  # 3 and 2 mm are both widened to 4 mm
-    assert _medi_edges(p, (2.5, 2.5, 2.5), "t1w") == ()  # two voxels reach the SHARP sphere: no shell
-    one = ReconConfig(medi_rim_min_radius_voxels=1.0)
-    assert _medi_edges(one, (2.0, 2.0, 2.0), "t1w") == (3.0,)  # as given, less the one-voxel sphere
-    assert _medi_edges(one, (2.5, 2.5, 2.5), "t1w") == (3.0,)
+    assert _medi_edges(p, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # the paper protocol keeps the 2 mm shell
+    assert _medi_edges(p, (2.0, 2.0, 2.0), "t1w") == (3.0,)  # on 2 mm voxels it is the voxel and 6 neighbours
     assert _medi_edges(p, (1.0, 1.0, 2.0), "magnitude") == ()
+    two = ReconConfig(medi_rim_min_radius_voxels=2.0)
+    assert _medi_edges(two, (1.0, 1.0, 2.0), "t1w") == (3.0, 2.0)  # 1 mm in-plane: unchanged
+    assert _medi_edges(two, (2.0, 2.0, 2.0), "t1w") == (4.0,)  # 3 and 2 mm both widened to 4 mm
+    assert _medi_edges(two, (2.5, 2.5, 2.5), "t1w") == ()  # two voxels reach the SHARP sphere: no shell
 
 
 def test_a_field_in_the_outermost_layer_reaches_the_shells_through_narrow_spheres():
     """The outermost voxel layer holds partial volumes of the skull: a field confined to it (not
     harmonic) enters a shell's data ``f - S_r f`` wherever the sphere reaches that layer. On a 2 mm grid
     the 3 mm sphere (1.5 voxels) carries up to 26 % of it into the first shell that fits, the 4 mm sphere
-    (2 voxels, the floor of ``usable_rim_radii``) 5 %."""
+    (2 voxels, ``recon.medi_rim_min_radius_voxels: 2``) 5 %."""
     from qsm_bids.recon._ops import smv, sphere_kernel_rfft
 
     shape, vs = (48, 48, 48), (2.0, 2.0, 2.0)

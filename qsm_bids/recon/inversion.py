@@ -430,12 +430,13 @@ def usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm, min_radius_voxels
     larger than one voxel edge (such a sphere is the voxel and at most its 6 neighbours: on a 2 mm grid
     the 2 mm shell measured worse than none, README).
 
-    Why a floor above one edge (``recon.medi_rim_min_radius_voxels``, 2 in the pipeline): the brain
+    What a floor above one edge is for (``recon.medi_rim_min_radius_voxels``; 1 by default): the brain
     mask's outermost voxel layer holds partial volumes of the skull and dura, so its field is not
     harmonic, and a sphere one and a half voxels wide averages few voxels of which that layer is a large
     share. On a 2 mm grid a field confined to that layer enters the first shell's data at up to 26 %
     through the 3 mm sphere and 5 % through the 4 mm one (``tests/test_background_edge.py``); MEDI fits
-    it as rim sources whose fields reach the midbrain (README, issue 16)."""
+    it as rim sources whose fields reach the midbrain (README, issue 16: 2 helped the midbrain nuclei of
+    a three-echo cohort and harmed a single-echo cohort's group maps)."""
     edge = min(float(v) for v in voxel_size)
     out = []
     for r in edge_radii_mm:

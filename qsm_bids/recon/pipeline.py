@@ -63,8 +63,8 @@ class ReconResult:
         Where chi is backed by measured field: ``eroded_mask``; with MEDI's rim shells
         (``medi_edge_radii_mm``) every trusted-phase voxel of the brain mask: the shells, and the
         outer voxels where no shell's sphere fits, constrained by the fields they produce in the shells
-        (the outermost voxel layer with the 1 mm in-plane paper protocol, the outer two layers, 4 mm,
-        with the 4 mm shell of a 2 mm grid). Region values and group coverage use it.
+        (the outermost voxel layer with the default shells, the outer two layers, 4 mm, with the 4 mm
+        shell of a 2 mm grid that ``medi_rim_min_radius_voxels: 2`` makes). Region values and group coverage use it.
     chi_mask : bool (x, y, z)
         Where ``chi_ppm`` is defined: ``eroded_mask`` for TKD/Tikhonov; for
         MEDI the brain mask eroded by the sphere, including the

@@ -214,9 +214,10 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
         recon.append("MEDI inverted the total field high-passed by the SHARP sphere in the interior and, in "
                      "the rim that sphere erodes, by the largest of "
                      + ", ".join(f"{r:g}" for r in sorted(edges, reverse=True))
-                     + " mm spheres that fits (radii under "
-                     + f"{cfg.recon.medi_rim_min_radius_voxels:g} voxel edges widened to that; one consistent "
-                       "kernel per shell), so the cortex is measured; "
+                     + " mm spheres that fits ("
+                     + (f"radii under {cfg.recon.medi_rim_min_radius_voxels:g} voxel edges widened to that; "
+                        if cfg.recon.medi_rim_min_radius_voxels > 1 else "")
+                     + "one consistent kernel per shell), so the cortex is measured; "
                        "this applied where the brain mask came from the T1w (a mask from the magnitude "
                        "alone stops at its thresholded edge, and its rim was not returned).")
     elif inv == "medi" and bg == "sharp" and cfg.recon.medi_smv:
