@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _drop_console_log_handler():
+    """The command line's console handler writes to the ``sys.stderr`` of its call, which under pytest
+    is a capture file closed after the test; Dask's threads that log later would hit it ("Logging
+    error ... I/O operation on closed file"). One process runs one command in production."""
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_qsm_bids_console", False):
+            root.removeHandler(handler)
 
 
 def write_image(path: Path, data, affine=None, sidecar: dict | None = None):
