@@ -20,20 +20,23 @@ erosion by one voxel) left out of the data, which is where that leftover comes f
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import numpy as np
 from scipy import ndimage
 
+from qsm_bids.config import ReconConfig
 from qsm_bids.recon._ops import smv, sphere_kernel_rfft
+from qsm_bids.recon.inversion import usable_rim_radii
 
-PROTOCOLS = {
-    "me2": dict(echo_times=(0.006, 0.013, 0.020)),
-    "paper": dict(voxel_size=(1.0, 1.0, 2.0), matrix=(256, 224, 80), echo_times=(0.020,)),
-}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_nuclei import PROTOCOLS  # noqa: E402
+
 DEPTH_BANDS_MM = ((0, 2), (2, 4), (4, 6), (6, 8))
 
 
-def shell_leftovers(total, local, mask, voxel_size, radii=(3.0, 2.0), smv_radius=5.0):
+def shell_leftovers(total, local, mask, voxel_size, radii, smv_radius):
     """Per shell (radius, voxels) the background and local field each sphere's high-pass leaves.
 
     Returns a list of ``(radius, shell_mask, leftover_background, kept_local)``, the interior's SMV
@@ -57,19 +60,22 @@ def main(argv=None):
     ap.add_argument("--protocol", choices=tuple(PROTOCOLS), default="me2")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--radii", type=float, nargs="+", default=None,
-                    help="rim radii (default: 3 mm on the 2 mm grid, 3 and 2 mm at the paper protocol)")
+                    help="rim radii (default: the pipeline's, recon.medi_edge_radii_mm as usable_rim_radii "
+                         "keeps them on this grid)")
     args = ap.parse_args(argv)
     from qsm_bids.simulate.subject import simulate_subject
 
     s = simulate_subject(args.seed, snr=1e6, with_t1w=False, **PROTOCOLS[args.protocol])
     vs = s["voxel_size"]
-    radii = tuple(args.radii) if args.radii else ((3.0,) if min(vs) >= 2 else (3.0, 2.0))
+    p = ReconConfig()
+    radii = tuple(args.radii) if args.radii else usable_rim_radii(
+        p.medi_edge_radii_mm, vs, p.sharp_radius_mm, p.medi_rim_min_radius_voxels)
     mask = s["brain_mask"]
     depth = ndimage.distance_transform_edt(mask, sampling=vs)
     total, local = s["total_field_ppm"].astype(np.float32), s["local_field_ppm"].astype(np.float32)
     for title, data_mask in (("the whole brain mask", mask),
                              ("without its outermost voxel layer", ndimage.binary_erosion(mask))):
-        rows = shell_leftovers(total, local, data_mask, vs, radii)
+        rows = shell_leftovers(total, local, data_mask, vs, radii, p.sharp_radius_mm)
         covered = np.logical_or.reduce([sh for _, sh, _, _ in rows])
         print(f"\n{args.protocol}, seed {args.seed}, data mask = {title} (the spheres cover "
               f"{covered.sum() / mask.sum() * 100:.1f} % of the brain): rms background left / rms local kept, ppm")

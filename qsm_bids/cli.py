@@ -223,12 +223,18 @@ def _check_dirs(args) -> tuple:
     return bids_dir, output_dir, work_dir
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
+def _remove_console_handler() -> None:
+    """Take the console handler of an earlier ``main()`` call in this process off the root logger."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_qsm_bids_console", False):
             root.removeHandler(h)
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose < 0 else logging.INFO if verbose < 2 else logging.DEBUG
+    _remove_console_handler()
+    root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
     handler.setLevel(level)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -17,10 +16,9 @@ def _drop_console_log_handler():
     is a capture file closed after the test; Dask's threads that log later would hit it ("Logging
     error ... I/O operation on closed file"). One process runs one command in production."""
     yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_qsm_bids_console", False):
-            root.removeHandler(handler)
+    from qsm_bids.cli import _remove_console_handler
+
+    _remove_console_handler()
 
 
 def write_image(path: Path, data, affine=None, sidecar: dict | None = None):
