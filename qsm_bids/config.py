@@ -84,6 +84,8 @@ class ReconConfig:
     mask_threshold: float = 0.15
     #: Drop mask voxels whose phase disagrees with their neighbours above this (0 disables).
     mask_phase_quality: float = 0.5
+    #: Multi-echo: also drop voxels of the mask's outermost layer whose phase is incoherent at any echo (the first echo alone keeps partial-volume voxels at the skull base whose phase is biased; one echo at 20 ms loses them anyway). Off: the midbrain gains, the rim and coverage lose (README, issue 16).
+    mask_outer_layer_every_echo: bool = False
     #: Final erosion (mm) of the automatic brain mask.
     mask_erode_mm: float = 1.0
     #: Multi-echo field estimate: "weighted_fit" (magnitude^2-weighted fit over TE through zero).

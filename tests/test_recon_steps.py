@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from qsm_bids.errors import DataError
 from qsm_bids.recon.coils import adaptive_combine
-from qsm_bids.recon.mask import brain_mask, phase_coherence
+from qsm_bids.recon.mask import brain_mask, drop_outer_incoherent, phase_coherence
 from qsm_bids.recon.pipeline import reconstruct
 from qsm_bids.recon.reference import apply_reference
 from qsm_bids.simulate.head_phantom import head_phantom
@@ -65,6 +66,24 @@ def test_phase_coherence_flags_noise():
     ph[10:, :, :] = rng.uniform(-np.pi, np.pi, (10, 20, 20))
     c = phase_coherence(ph)
     assert c[2:8, 2:18, 2:18].min() > 0.99 and np.median(c[12:18]) < 0.6
+
+
+def test_outer_layer_voxels_incoherent_at_a_later_echo_are_dropped_and_deeper_ones_kept():
+    z, y, x = np.mgrid[:24, :24, :24]
+    mask = (x - 12) ** 2 + (y - 12) ** 2 + (z - 12) ** 2 <= 81
+    outer = mask & ~ndimage.binary_erosion(mask)
+    ph = np.zeros((24, 24, 24, 3), np.float32)
+    # the last echo dephased near the low-x pole (neighbour differences of pi/2, pi and 3 pi/2 along the
+    # three axes: coherence 1/3): its outer voxels go, every deeper voxel stays
+    patch = x <= 5
+    ph[..., 2] = np.where(patch, np.pi / 2 * (x + 2 * y + 3 * z), 0.0)
+    kept = drop_outer_incoherent(mask, ph, 0.5)
+    assert np.all(kept[mask & ~outer])
+    assert np.all(kept[mask & (x >= 7)])
+    assert not np.any(kept[outer & (x <= 4)])
+    # coherent at every echo: nothing goes; one echo (3-D phase) judged alone
+    assert np.array_equal(drop_outer_incoherent(mask, np.zeros((24, 24, 24, 3), np.float32)), mask)
+    assert np.array_equal(drop_outer_incoherent(mask, ph[..., 0]), mask)
 
 
 def test_reference_options():

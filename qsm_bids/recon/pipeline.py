@@ -34,7 +34,7 @@ from .coils import adaptive_combine
 from .dipole import GAMMA_HZ_PER_T
 from .echoes import field_noise_std, fit_field, remove_phase_offset
 from .inversion import medi, tikhonov, tkd, usable_rim_radii
-from .mask import brain_mask, brain_mask_from_template, phase_coherence, refine_with_phase
+from .mask import brain_mask, brain_mask_from_template, drop_outer_incoherent, phase_coherence, refine_with_phase
 from .reference import apply_reference
 from .unwrap import UNWRAP_METHODS
 
@@ -386,6 +386,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
     else:
         t0 = time.perf_counter()
         trusted = refine_with_phase(brain, ph[..., 0], voxel_size, p.mask_phase_quality)
+        if p.mask_outer_layer_every_echo and ph.shape[3] > 1 and p.mask_phase_quality > 0:
+            trusted = drop_outer_incoherent(trusted, ph, p.mask_phase_quality)
         timings["mask"] += time.perf_counter() - t0
     if mask is not None:
         mask_used = "user"

@@ -209,6 +209,9 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
                         f"GRE magnitude (eroded by {cfg.recon.mask_erode_mm:g} mm).")
     else:
         recon.insert(1, f"The brain mask was made from the GRE magnitude (eroded by {cfg.recon.mask_erode_mm:g} mm).")
+    if cfg.recon.mask_outer_layer_every_echo:
+        recon.insert(2, "In multi-echo data, voxels of the brain mask's outermost layer whose phase was incoherent "
+                        "at any echo were left out (partial volumes of the skull base).")
     edges = [r for r in cfg.recon.medi_edge_radii_mm if r < cfg.recon.sharp_radius_mm]
     if inv == "medi" and bg == "sharp" and cfg.recon.medi_smv and edges:
         recon.append("MEDI inverted the total field high-passed by the SHARP sphere in the interior and, in "
