@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_outer_layer.py --protocol me2 --seed 1
     .venv/bin/python benchmarks/bench_outer_layer.py --protocol paper --seed 1
     .venv/bin/python benchmarks/bench_outer_layer.py --protocol me2 --seed 4 --field measured --snr 35
+    .venv/bin/python benchmarks/bench_outer_layer.py --protocol me2 --seed 4 --field measured --outer-layer-every-echo
 
 On a simulated head (``qsm_bids.simulate.simulate_subject``, no noise needed: the simulator's
 true total and local fields, both averaged from a finer grid to the voxel as a scanner does), with
@@ -23,7 +24,9 @@ phase of each voxel's summed complex signal, which weights its tissue part, not 
 simulator also reports, so the measured outermost layer departs less from harmonic. What is left then
 also holds the noise, so the deep rows give the floor. Each depth band is split at the plane through the
 substantia nigra's centroid (voxel axis 3, the heads' inferior-superior axis to within their tilt): the
-skull base's steep background is below it.
+skull base's steep background is below it. ``--outer-layer-every-echo`` reconstructs with
+``recon.mask_outer_layer_every_echo`` on (the trusted voxels then lack the outermost layer's voxels whose
+phase is incoherent at a later echo).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def main(argv=None):
     ap.add_argument("--field", choices=("simulator", "measured"), default="simulator",
                     help="simulator: its true total field (the voxel's mean field); measured: the pipeline's")
     ap.add_argument("--snr", type=float, default=35.0, help="with --field measured: the simulator's SNR")
+    ap.add_argument("--outer-layer-every-echo", action="store_true",
+                    help="with --field measured: recon.mask_outer_layer_every_echo on")
     ap.add_argument("--radii", type=float, nargs="+", default=None,
                     help="rim radii (default: the pipeline's, recon.medi_edge_radii_mm as usable_rim_radii "
                          "keeps them on this grid)")
@@ -80,7 +85,7 @@ def main(argv=None):
     measured = args.field == "measured"
     s = simulate_subject(args.seed, snr=args.snr if measured else 1e6, with_t1w=False, **PROTOCOLS[args.protocol])
     vs = s["voxel_size"]
-    p = ReconConfig()
+    p = ReconConfig(mask_outer_layer_every_echo=args.outer_layer_every_echo)
     radii = tuple(args.radii) if args.radii else usable_rim_radii(
         p.medi_edge_radii_mm, vs, p.sharp_radius_mm, p.medi_rim_min_radius_voxels)
     mask = s["brain_mask"]

@@ -140,6 +140,8 @@ class ReconConfig:
     medi_rim_data_weight: float = 1.0
     #: MERIT reweighting of the MEDI data term (model-error outliers).
     medi_merit: bool = False
+    #: Bregman steps after MEDI (the data residual added back, MEDI solved again): the L1 term under-reads compact iron-rich nuclei, each step restores part of that contrast, adds noise and doubles MEDI's time (README, issue 16). 0: the toolbox's MEDI.
+    medi_bregman_steps: int = 0
     #: TKD truncation threshold of the dipole kernel.
     tkd_threshold: float = 0.19
     #: Closed-form Tikhonov (L2 gradient) regularisation weight.
@@ -393,6 +395,8 @@ class Config:
             raise ConfigError(f"group.groups must name two different levels, got {self.group.groups!r}")
         if not 0 < self.recon.medi_rim_data_weight <= 1:
             raise ConfigError("recon.medi_rim_data_weight must lie in (0, 1]")
+        if self.recon.medi_bregman_steps < 0 or (self.recon.medi_bregman_steps and self.recon.medi_merit):
+            raise ConfigError("recon.medi_bregman_steps must be 0 or more, and 0 with recon.medi_merit")
         if not self.recon.medi_rim_min_radius_voxels >= 1:
             raise ConfigError("recon.medi_rim_min_radius_voxels must be at least 1 (voxel edges)")
         if not 0 < self.recon.medi_percentage < 1:
@@ -452,6 +456,7 @@ PRESETS: dict[str, dict] = {
                   "sharp_radius_mm": 5.0, "sharp_threshold": 0.05, "inversion": "medi", "medi_lambda": 1000.0,
                   "medi_percentage": 0.9, "medi_max_iter": 10, "medi_tol_norm_ratio": 0.1,
                   "medi_cg_max_iter": 100, "medi_cg_tol": 0.01, "medi_cg_preconditioner": "none", "medi_smv": True, "medi_merit": False,
+                  "medi_bregman_steps": 0, "mask_outer_layer_every_echo": False,
                   "medi_edge_radii_mm": [], "reference": "none", "unwrap_method": "laplacian"},
         "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000,
                   "template_chi_weight": 0.0},

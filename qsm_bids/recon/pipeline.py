@@ -240,7 +240,7 @@ def _medi(inp: _Inputs, region):
         cg_max_iter=p.medi_cg_max_iter, cg_tol=p.medi_cg_tol, beta=p.medi_beta, merit=p.medi_merit,
         output_mask=region, progress=inp.progress, stats=inp.stats, edge_radii_mm=inp.edge_radii_mm or None,
         cg_preconditioner=None if p.medi_cg_preconditioner == "none" else p.medi_cg_preconditioner,
-        rim_data_weight=p.medi_rim_data_weight)
+        rim_data_weight=p.medi_rim_data_weight, bregman_steps=p.medi_bregman_steps)
 
 
 #: Dipole inversion: config name (``ReconConfig.inversion``) -> method.
