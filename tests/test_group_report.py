@@ -299,7 +299,10 @@ def test_coverage_section_and_chain_in_the_methods(tmp_path):
     assert "brain mask" in text and "T1w" in text and "2, 1 mm spheres" in text and "90 %" in text
     assert "outermost layer" not in text
     cfg.recon.mask_outer_layer_every_echo = True
-    assert "outermost layer whose phase was incoherent" in " ".join(methods_paragraph(cfg.to_dict(), {})[0])
+    cfg.recon.medi_bregman_steps = 1
+    text, refs = methods_paragraph(cfg.to_dict(), {})
+    assert "outermost layer whose phase was incoherent" in " ".join(text)
+    assert "1 Bregman step" in " ".join(text) and any("Osher" in r for r in refs)
     from qsm_bids.config import load_config
 
     text = " ".join(methods_paragraph(load_config(None, {"preset": "paper"}).to_dict(), {})[0])

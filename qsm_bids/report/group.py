@@ -65,6 +65,8 @@ REFERENCES = {
     "liu2012": "Liu J, Liu T, de Rochefort L, et al. Morphology enabled dipole inversion for quantitative "
                "susceptibility mapping using structural consistency between the magnitude image and the "
                "susceptibility map. NeuroImage 2012;59(3):2560-2568.",
+    "osher2005": "Osher S, Burger M, Goldfarb D, Xu J, Yin W. An iterative regularization method for total "
+                 "variation-based image restoration. Multiscale Model Simul. 2005;4(2):460-489.",
     "liu2013": "Liu T, Wisnieff C, Lou M, et al. Nonlinear formulation of the magnetic field to source "
                "relationship for robust quantitative susceptibility mapping. Magn Reson Med "
                "2013;69(2):467-476.",
@@ -196,6 +198,11 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
                      + (", the conjugate gradients preconditioned by the inverse of the nearest "
                         "shift-invariant operator" if cfg.recon.medi_cg_preconditioner == "circulant" else "")
                      + ").")
+        if cfg.recon.medi_bregman_steps:
+            n = cfg.recon.medi_bregman_steps
+            recon.append(f"{n} Bregman step{'s' if n > 1 else ''} {cite('osher2005')} followed (the data residual "
+                         "added back and MEDI solved again), restoring contrast the L1 term takes from compact "
+                         "iron-rich nuclei.")
     elif inv == "tkd":
         recon.append(f"Susceptibility was estimated by thresholded k-space division {cite('shmueli2009')} "
                      f"(threshold {cfg.recon.tkd_threshold:g}).")
