@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="a named parameter set, applied under --config and the other options: 'paper' is the "
                         "paper's chain exactly (magnitude mask, SHARP 5 mm, MEDI lambda 1000 on the toolbox "
-                        "scaling, no rim shells, intersection of the participants' masks)")
+                        "scaling, no rim shells, intersection of the participants' masks); 'nuclei' is for "
+                        "per-subject values of small iron-rich nuclei from multi-echo data (README)")
     g.add_argument("--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation",
                    action="store_true", help="do not run the BIDS validator on bids_dir")
     g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

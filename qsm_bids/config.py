@@ -450,6 +450,13 @@ _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTION
 #: GRE magnitude (eroded 1 mm), SHARP with a 5 mm sphere, nonlinear MEDI with lambda 1000 on the MEDI toolbox's
 #: scaling (its 'smv' form, data weights of mean 1, gradient mask percentage 0.9, plain CG), no referencing, and
 #: the voxelwise analysis on the voxels every participant covers, in a study template registered on the T1w alone.
+#: "nuclei": per-subject values of the small iron-rich nuclei (red nucleus, substantia nigra, pallidum) from
+#: multi-echo data: the mask's outermost-layer voxels incoherent at a later echo left out (their phase is the
+#: tissue part's of a partial volume at the skull base, and the rim shells carried it into the midbrain) and one
+#: Bregman step after MEDI (the contrast the L1 term takes from compact nuclei restored). On issue 16's held-out
+#: 2 mm three-echo cohort every subject's red nucleus, SN and pallidum came within 0.015 ppm of the truth (the
+#: defaults: 0.016-0.020); the maps are noisier (interior NRMSE 36 -> 41 %) and cover 95 % of the brain
+#: instead of 99 % (README). With one echo only the Bregman step applies.
 PRESETS: dict[str, dict] = {
     "paper": {
         "recon": {"mask_method": "magnitude", "mask_erode_mm": 1.0, "background": "sharp",
@@ -461,6 +468,9 @@ PRESETS: dict[str, dict] = {
         "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000,
                   "template_chi_weight": 0.0},
         "atlas": {"erosion_radius_mm": 1.0},
+    },
+    "nuclei": {
+        "recon": {"mask_outer_layer_every_echo": True, "medi_bregman_steps": 1},
     },
 }
 

@@ -187,10 +187,25 @@ def test_paper_preset_reproduces_the_papers_chain():
         for key, value in values.items():
             got = getattr(getattr(cfg, section), key)
             assert (list(got) if isinstance(got, tuple) else got) == value, (section, key)
+    assert r.medi_bregman_steps == 0 and not r.mask_outer_layer_every_echo
     over = load_config(None, {"preset": "paper", "recon": {"medi_lambda": 500.0}})
     assert over.recon.medi_lambda == 500.0 and over.recon.sharp_radius_mm == 5.0
     with pytest.raises(ValueError, match="unknown preset"):
         load_config(None, {"preset": "nope"})
+
+
+def test_nuclei_preset_sets_the_outer_layer_rule_and_one_bregman_step_and_nothing_else():
+    from qsm_bids.config import Config, PRESETS, load_config
+
+    cfg = load_config(None, {"preset": "nuclei"})
+    assert cfg.recon.mask_outer_layer_every_echo and cfg.recon.medi_bregman_steps == 1
+    assert set(PRESETS["nuclei"]) == {"recon"}
+    default = Config().to_dict()
+    changed = {k for k, v in cfg.to_dict()["recon"].items() if default["recon"][k] != v}
+    assert changed == {"mask_outer_layer_every_echo", "medi_bregman_steps"}
+    assert cfg.to_dict()["group"] == default["group"]
+    with pytest.raises(ValueError, match="bregman"):
+        load_config(None, {"preset": "nuclei", "recon": {"medi_merit": True}})
 
 
 def test_rim_shells_are_not_used_on_the_magnitude_mask(small_head):
