@@ -40,6 +40,8 @@ Variants isolate one factor each:
   before issue 17's change), ``edgeR1_R2``: rim shells R1, R2 mm; ``rimwW``: the rim shells' data weighted W
   (``recon.medi_rim_data_weight``); ``rimminK``: rim radii widened to K voxel edges
   (``recon.medi_rim_min_radius_voxels``; ``rimmin2`` makes the 2 mm grids' 3 mm shell a 4 mm one);
+  ``outer_every_echo``: ``recon.mask_outer_layer_every_echo``; ``bregN``: ``recon.medi_bregman_steps`` N;
+  ``nuclei``: ``--preset nuclei`` (the two together);
   ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
@@ -61,7 +63,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from qsm_bids.config import ReconConfig
+from qsm_bids.config import PRESETS, ReconConfig
 from qsm_bids.recon import mask as recon_mask
 from qsm_bids.recon import pipeline
 from qsm_bids.recon._ops import crop_box
@@ -172,6 +174,12 @@ def run_variant(s, variant):
             p = replace(p, medi_rim_data_weight=float(part[4:]))
         elif part.startswith("pct"):
             p = replace(p, medi_percentage=float(part[3:]) / 100)
+        elif part == "outer_every_echo":
+            p = replace(p, mask_outer_layer_every_echo=True)
+        elif part.startswith("breg"):
+            p = replace(p, medi_bregman_steps=int(part[4:]))
+        elif part == "nuclei":
+            p = replace(p, **PRESETS["nuclei"]["recon"])
         else:
             raise SystemExit(f"unknown variant part {part!r}")
     saved_fit, saved_refine = pipeline.fit_field, pipeline.refine_with_phase
