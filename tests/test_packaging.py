@@ -60,6 +60,14 @@ def test_readme_parameter_table_is_current():
         "python -c 'from qsm_bids.config import parameter_table_markdown as p; print(p())'")
 
 
+def test_readme_command_line_help_is_current(monkeypatch):
+    from qsm_bids.cli import build_parser
+
+    monkeypatch.setenv("COLUMNS", "80")  # argparse wraps to the terminal's width
+    assert build_parser().format_help() in (REPO / "README.md").read_text(), (
+        "README's --help block is stale: replace it with `COLUMNS=80 qsm-bids --help`")
+
+
 def _dockerfile_stages():
     text = (REPO / "Dockerfile").read_text()
     return re.split(r"^FROM ", text, flags=re.MULTILINE)[1:]
