@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 
 from qsm_bids.config import ReconConfig
-from qsm_bids.recon._ops import smv, sphere_kernel_rfft
+from qsm_bids.recon._ops import smv, sphere_shells
 from qsm_bids.recon.inversion import usable_rim_radii
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -53,18 +53,11 @@ def shell_leftovers(total, local, mask, voxel_size, radii, smv_radius):
 
     Returns a list of ``(radius, shell_mask, leftover_background, kept_local)``, the interior's SMV
     sphere first, then ``radii`` largest first; each voxel belongs to the largest sphere that fits
-    inside ``mask``."""
-    m = mask.astype(np.float32)
+    inside ``mask`` (``sphere_shells``, as MEDI splits its data)."""
     background = (total - local) * mask
     loc = local * mask
-    done = np.zeros(mask.shape, bool)
-    out = []
-    for r in (smv_radius,) + tuple(sorted(radii, reverse=True)):
-        S = sphere_kernel_rfft(mask.shape, voxel_size, r)
-        shell = (smv(m, S) > 0.999) & ~done
-        done |= shell
-        out.append((r, shell, background - smv(background, S), loc - smv(loc, S)))
-    return out
+    return [(r, shell, background - smv(background, S), loc - smv(loc, S))
+            for r, S, shell in sphere_shells(mask, voxel_size, (smv_radius,) + tuple(sorted(radii, reverse=True)))]
 
 
 def main(argv=None):

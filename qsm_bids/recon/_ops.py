@@ -18,6 +18,7 @@ from . import fft
 
 __all__ = [
     "sphere_kernel_rfft",
+    "sphere_shells",
     "sphere_weights",
     "smv",
     "grad",
@@ -133,6 +134,25 @@ def sphere_kernel_rfft(shape, voxel_size, radius_mm, dtype=np.float32):
     idx = np.nonzero(w)
     k[tuple((i - c) % n for i, c, n in zip(idx, centre, shape))] = w[idx]
     return fft.rfftn(k.astype(dtype)).real.astype(dtype, copy=False)
+
+
+def sphere_shells(mask, voxel_size, radii_mm):
+    """``mask`` split by the largest sphere that fits inside it, for MEDI's SMV form and rim shells.
+
+    ``radii_mm`` largest first. Returns ``[(radius, kernel, shell)]`` in that order: ``kernel`` the
+    sphere's half spectrum (:func:`sphere_kernel_rfft` on ``mask``'s grid), ``shell`` the voxels where
+    that sphere fits inside ``mask`` (its spherical mean of the mask is 1) and no earlier one does.
+    Shells can be empty.
+    """
+    m = np.asarray(mask, dtype=np.float32)
+    taken = np.zeros(m.shape, dtype=bool)
+    out = []
+    for r in radii_mm:
+        kernel = sphere_kernel_rfft(m.shape, voxel_size, r)
+        shell = (smv(m, kernel) > 0.999) & ~taken
+        taken |= shell
+        out.append((r, kernel, shell))
+    return out
 
 
 def smv(x, kernel_rfft):

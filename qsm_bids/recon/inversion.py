@@ -34,7 +34,7 @@ import time
 import numpy as np
 
 from . import fft
-from ._ops import block_dot, diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_kernel_rfft
+from ._ops import block_dot, diff_adjoint, diff_forward, grad, in_slabs, pad_to, smv, sphere_shells
 from .dipole import GAMMA_HZ_PER_T, dipole_kernel
 
 __all__ = ["GAMMA_HZ_PER_T", "tkd", "tikhonov", "medi", "gradient_mask", "data_weight", "circulant_symbol",
@@ -237,9 +237,12 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
         noise = np.where(finite, noise, np.max(noise[finite]) if finite.any() else 1.0).astype(np.float32)
     Dh = _half(dipole_kernel(shape, voxel_size, b0_dir))
     noise_raw = noise
+    rim_shells = []
     if smv_radius_mm:
-        S = sphere_kernel_rfft(shape, voxel_size, smv_radius_mm)
-        maskp = smv(maskp.astype(np.float32), S) > 0.999
+        rim_radii = sorted(usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm), reverse=True) \
+            if edge_radii_mm else []
+        # the interior (where the SMV sphere fits), then each rim shell of the data mask
+        (_, S, maskp), *rim_shells = sphere_shells(maskp, voxel_size, (smv_radius_mm, *rim_radii))
         Dh = ((1.0 - S) * Dh).astype(np.float32)
         rdf = (rdf - smv(rdf, S)) * maskp
         noise = np.sqrt(np.maximum(smv(noise**2, S), 0) + noise**2)
@@ -251,17 +254,13 @@ def medi(local_field_ppm, magnitude, mask, voxel_size, b0_dir=(0.0, 0.0, 1.0), *
             raise ValueError("MEDI: merit is not available with edge_radii_mm")
         if not 0 < rim_data_weight <= 1:
             raise ValueError(f"MEDI: rim_data_weight must lie in (0, 1], got {rim_data_weight!r}")
-        # shells of the data mask, largest sphere first; the interior shell is maskp (SMV form)
-        data_mask = pad_to(mask, shape).astype(np.float32)
+        # one data term per shell, largest sphere first; the interior's is the SMV form's
         rdf_raw = pad_to((np.asarray(local_field_ppm, dtype=np.float32) * to_rad * mask).astype(np.float32),
                          shape)
         Dplain = _half(dipole_kernel(shape, voxel_size, b0_dir))
         done = maskp.copy()
         shells = [(maskp, Dh, rdf, noise)]
-        for r in sorted(usable_rim_radii(edge_radii_mm, voxel_size, smv_radius_mm), reverse=True):
-            Sr = sphere_kernel_rfft(shape, voxel_size, r)
-            fits = smv(data_mask, Sr) > 0.999
-            shell = fits & ~done
+        for _, Sr, shell in rim_shells:
             done |= shell
             if not shell.any():
                 continue
