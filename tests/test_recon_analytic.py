@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qsm_bids.recon import dipole, fft
-from qsm_bids.recon._ops import grad, grad_adjoint
+from qsm_bids.recon._ops import grad, grad_adjoint, sphere_shells
 from qsm_bids.recon.background import pdf, sharp, vsharp
 from qsm_bids.recon.echoes import fit_field, phase_to_ppm_factor, remove_phase_offset
 from qsm_bids.recon.inversion import data_weight, gradient_mask, medi, tikhonov, tkd
@@ -399,6 +399,27 @@ def test_a_bregman_step_restores_the_contrast_the_l1_term_takes_from_a_compact_s
     assert contrast[0] < 0.18 and abs(contrast[1] - 0.2) < 0.003
     with pytest.raises(ValueError, match="bregman"):
         medi(f, mag, mask, vs, b0, bregman_steps=1, merit=True)
+
+
+def test_sphere_shells_split_a_ball_by_the_largest_sphere_that_fits():
+    """A ball of radius 12 mm on a 1 mm grid: a sphere of radius r fits where the centre is within 12 - r
+    mm of the ball's centre (to a voxel, the spheres being voxelised); the shells are disjoint, ordered and
+    together the voxels where the smallest sphere fits."""
+    shape, vs = (40, 40, 40), (1.0, 1.0, 1.0)
+    x, y, z = _grid(shape, vs)
+    d = np.sqrt(x**2 + y**2 + z**2)
+    ball = d <= 12
+    shells = sphere_shells(ball, vs, (5.0, 3.0, 2.0))
+    assert [r for r, _, _ in shells] == [5.0, 3.0, 2.0]
+    inner = 12.0
+    for r, kernel, shell in shells:
+        assert kernel.shape == (40, 40, 21) and shell.any()
+        assert d[shell].max() <= 12 - r + 1e-6 and d[shell].min() > 12 - inner - 1.0
+        inner = r
+    union = np.logical_or.reduce([s for _, _, s in shells])
+    assert sum(int(s.sum()) for _, _, s in shells) == int(union.sum())  # disjoint
+    assert np.all(union <= ball) and np.all(union[d <= 12 - 2 - 1])
+    assert not union[d > 12 - 2 + 1e-6].any()
 
 
 def test_block_dot_sums_blocks_in_float64():
