@@ -456,7 +456,8 @@ _SECTION_TYPES = {name: typing.get_type_hints(Config)[name] for name in _SECTION
 #: Bregman step after MEDI (the contrast the L1 term takes from compact nuclei restored). On issue 16's held-out
 #: 2 mm three-echo cohort every subject's red nucleus, SN and pallidum came within 0.015 ppm of the truth (the
 #: defaults: 0.016-0.020); the maps are noisier (interior NRMSE 36 -> 41 %) and cover 95 % of the brain
-#: instead of 99 % (README). With one echo only the Bregman step applies.
+#: instead of 99 % (README). With one echo only the Bregman step applies, and on the single-echo demo cohort it
+#: nearly lost the motor cortex: not for cortical group studies.
 PRESETS: dict[str, dict] = {
     "paper": {
         "recon": {"mask_method": "magnitude", "mask_erode_mm": 1.0, "background": "sharp",
