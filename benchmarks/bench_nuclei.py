@@ -41,7 +41,7 @@ Variants isolate one factor each:
   (``recon.medi_rim_data_weight``); ``rimminK``: rim radii widened to K voxel edges
   (``recon.medi_rim_min_radius_voxels``; ``rimmin2`` makes the 2 mm grids' 3 mm shell a 4 mm one);
   ``outer_every_echo``: ``recon.mask_outer_layer_every_echo``; ``bregN``: ``recon.medi_bregman_steps`` N;
-  ``nuclei``: ``--preset nuclei`` (the two together);
+  ``nuclei``: ``--preset nuclei`` (the two together); ``pqQ``: ``recon.mask_phase_quality`` Q;
   ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
@@ -172,6 +172,8 @@ def run_variant(s, variant):
             p = replace(p, medi_rim_min_radius_voxels=float(part[6:]))
         elif part.startswith("rimw"):
             p = replace(p, medi_rim_data_weight=float(part[4:]))
+        elif part.startswith("pq"):
+            p = replace(p, mask_phase_quality=float(part[2:]))
         elif part.startswith("pct"):
             p = replace(p, medi_percentage=float(part[3:]) / 100)
         elif part == "outer_every_echo":

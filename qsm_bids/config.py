@@ -82,8 +82,10 @@ class ReconConfig:
     mask_method: MaskMethod = "auto"
     #: Fraction of the robust magnitude range used as the initial signal threshold.
     mask_threshold: float = 0.15
-    #: Drop mask voxels whose phase disagrees with their neighbours above this (0 disables).
+    #: Multi-echo data: drop mask voxels whose first-echo phase disagrees with their neighbours (coherence ``|mean_j exp(i (phi_j - phi_i))|`` over the 6 neighbours) at or below this, and leave a later echo out of a voxel's field fit where its phase is that incoherent (0 disables both). One echo: ``mask_phase_quality_single_echo``.
     mask_phase_quality: float = 0.5
+    #: One echo: the same rule at this threshold. A 20 ms echo dephases where a 6 ms first echo does not, and below 0.5 it keeps veins and outer cortex whose phase still holds their field. Measured against 0.5 (README, issue 17): on `make demo`'s cohort (2 mm) the motor-cortex clusters grew (left 16 -> 390 voxels, right 67 -> 99), nothing new in the reverse contrast, every region's error the same or smaller (ventral SN 0.115 -> 0.082 ppm), brain coverage 90-92 -> 93-95 %, precentral grey matter in template space 92-97 -> 96-98 %; at the paper protocol (2 heads) coverage 95 -> 97.5 %, the nuclei closer (worst ventral SN 0.013 -> 0.005 ppm), whole-brain NRMSE 60-61 -> 56 %, the outer 6 mm's tissue noisier at SNR 35 (NRMSE 97-99 -> 109-110 %), unchanged at SNR 300. Multi-echo data keep 0.5: at 0.35 their first echo admits skull-base partial volumes whose biased field reaches the midbrain (worst red nucleus 0.009 -> 0.013 ppm).
+    mask_phase_quality_single_echo: float = 0.35
     #: Multi-echo: also drop voxels of the mask's outermost layer whose phase is incoherent at any echo (the first echo alone keeps partial-volume voxels at the skull base whose phase is biased; one echo at 20 ms loses them anyway). Off: the midbrain gains, the rim and coverage lose (README, issue 16).
     mask_outer_layer_every_echo: bool = False
     #: Final erosion (mm) of the automatic brain mask.
@@ -393,6 +395,9 @@ class Config:
             raise ConfigError("inputs.field_strength must be positive (tesla)")
         if len(self.group.groups) != 2 or self.group.groups[0] == self.group.groups[1]:
             raise ConfigError(f"group.groups must name two different levels, got {self.group.groups!r}")
+        if not (0 <= self.recon.mask_phase_quality < 1 and 0 <= self.recon.mask_phase_quality_single_echo < 1):
+            raise ConfigError("recon.mask_phase_quality and mask_phase_quality_single_echo must lie in [0, 1) "
+                              "(a coherence; 0 keeps every voxel)")
         if not 0 < self.recon.medi_rim_data_weight <= 1:
             raise ConfigError("recon.medi_rim_data_weight must lie in (0, 1]")
         if self.recon.medi_bregman_steps < 0 or (self.recon.medi_bregman_steps and self.recon.medi_merit):
@@ -465,6 +470,7 @@ PRESETS: dict[str, dict] = {
                   "medi_percentage": 0.9, "medi_max_iter": 10, "medi_tol_norm_ratio": 0.1,
                   "medi_cg_max_iter": 100, "medi_cg_tol": 0.01, "medi_cg_preconditioner": "none", "medi_smv": True, "medi_merit": False,
                   "medi_bregman_steps": 0, "mask_outer_layer_every_echo": False,
+                  "mask_phase_quality_single_echo": 0.5,
                   "medi_edge_radii_mm": [], "reference": "none", "unwrap_method": "laplacian"},
         "group": {"coverage_fraction": 1.0, "smoothing_sigma_mm": 3.0, "n_permutations": 20000,
                   "template_chi_weight": 0.0},

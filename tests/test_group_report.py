@@ -166,6 +166,7 @@ def test_methods_follow_config():
     text = " ".join(paras)
     assert "V-SHARP" in text and "thresholded k-space division" in text and "5,000" in text
     assert "MEDI" not in text and "qsm-bids 9.9" in text
+    assert "coherence at or below 0.5 on the first echo of multi-echo data, 0.35 for a single echo" in text
     assert any("Shmueli" in r for r in refs) and not any("Morphology" in r for r in refs)
     # citation numbers are consecutive in order of first use
     nums = [int(n) for group in re.findall(r"\[([\d, ]+)\]", text) for n in group.split(",")]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from qsm_bids.config import ReconConfig
 from qsm_bids.errors import DataError
 from qsm_bids.recon.coils import adaptive_combine
 from qsm_bids.recon.mask import brain_mask, drop_outer_incoherent, phase_coherence
@@ -132,3 +133,23 @@ def test_bad_input_raises_one_line_data_error(case, match):
     with pytest.raises(DataError, match=match) as exc:
         reconstruct(mag, ph, **kw)
     assert exc.value.exit_code == 65 and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("n_echoes", [1, 2])
+def test_one_echo_keeps_voxels_of_middling_phase_coherence_that_multi_echo_data_drop(n_echoes):
+    # a block whose first-echo phase steps 2.4 rad per voxel along x: coherence (4 + 2 cos 2.4) / 6 = 0.42,
+    # between the single-echo threshold (0.35) and the multi-echo one (0.5)
+    z, y, x = np.mgrid[:40, :40, :40]
+    ball = (x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2 <= 15**2
+    block = (abs(x - 20) <= 3) & (abs(y - 20) <= 3) & (abs(z - 20) <= 3)
+    mag = np.where(ball, 1.0, 0.0).astype(np.float32)[..., None].repeat(n_echoes, axis=3)
+    first = np.where(block, np.angle(np.exp(2.4j * x)), 0.0).astype(np.float32)
+    ph = np.angle(np.exp(1j * np.stack([first * (e + 1) for e in range(n_echoes)], axis=-1))).astype(np.float32)
+    cfg = ReconConfig()
+    assert cfg.mask_phase_quality_single_echo < 0.42 < cfg.mask_phase_quality
+    r = reconstruct(mag, ph, echo_times_s=[0.01 * (e + 1) for e in range(n_echoes)], voxel_size_mm=(1, 1, 1),
+                    b0_dir=(0, 0, 1), field_strength_t=3.0, params=cfg, t1w_mask=ball.astype(np.float32))
+    inner = block & ndimage.binary_erosion(block)
+    kept = r.measured_mask[inner]
+    assert kept.all() if n_echoes == 1 else not kept.any()
+    assert r.measured_mask[ball & ~ndimage.binary_dilation(block, iterations=2)].mean() > 0.97

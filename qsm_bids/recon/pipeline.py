@@ -385,7 +385,8 @@ def reconstruct(magnitude, phase, echo_times_s, voxel_size_mm, b0_dir, field_str
         trusted = brain
     else:
         t0 = time.perf_counter()
-        trusted = refine_with_phase(brain, ph[..., 0], voxel_size, p.mask_phase_quality)
+        quality = p.mask_phase_quality if ph.shape[3] > 1 else p.mask_phase_quality_single_echo
+        trusted = refine_with_phase(brain, ph[..., 0], voxel_size, quality)
         if p.mask_outer_layer_every_echo and ph.shape[3] > 1 and p.mask_phase_quality > 0:
             trusted = drop_outer_incoherent(trusted, ph, p.mask_phase_quality)
         timings["mask"] += time.perf_counter() - t0

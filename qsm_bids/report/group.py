@@ -219,6 +219,12 @@ def methods_paragraph(config: Mapping | None, versions: Mapping[str, str],
     if cfg.recon.mask_outer_layer_every_echo:
         recon.insert(2, "In multi-echo data, voxels of the brain mask's outermost layer whose phase was incoherent "
                         "at any echo were left out (partial volumes of the skull base).")
+    # inserted second, so it reads before the outer-layer rule
+    if cfg.recon.mask_phase_quality or cfg.recon.mask_phase_quality_single_echo:
+        recon.insert(2, "Voxels whose phase disagreed with their six neighbours (coherence at or below "
+                        f"{cfg.recon.mask_phase_quality:g} on the first echo of multi-echo data, "
+                        f"{cfg.recon.mask_phase_quality_single_echo:g} for a single echo) were left out of the "
+                        "data.")
     edges = [r for r in cfg.recon.medi_edge_radii_mm if r < cfg.recon.sharp_radius_mm]
     if inv == "medi" and bg == "sharp" and cfg.recon.medi_smv and edges:
         recon.append("MEDI inverted the total field high-passed by the SHARP sphere in the interior and, in "
