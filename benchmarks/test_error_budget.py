@@ -23,3 +23,4 @@ def test_a_missed_vein_carries_its_share_and_exact_veins_leave_the_rest():
     norm = np.sum(truth[brain] ** 2)
     assert b["nrmse_veins_exact"] == pytest.approx(np.sqrt(rest_err / norm), rel=1e-4)
     assert b["interior_share"] + b["rim_share"] == pytest.approx(1.0)
+    assert b["nrmse_rim_without_veins"] == 0.0  # the errors are in the vein and the interior only
