@@ -123,21 +123,25 @@ def speed(args):
     print(f"input: {subj['source']}, matrix {subj['magnitude'].shape}, voxel {subj['voxel_size']} mm, "
           f"TE {subj['echo_times']} s, SNR {args.snr[0]}, FFT workers {fft.get_workers()}")
     rows = []
-    for mask, pre, ew in [(m, p_, e) for m in args.masks for p_ in args.preconditioners for e in args.elementwise]:
+    runs = [(m, p_, e, q) for m in args.masks for p_ in args.preconditioners for e in args.elementwise
+            for q in args.phase_quality]
+    for mask, pre, ew, quality in runs:
         with _elementwise(ew):
             t1w = subj["brain_mask"] if mask == "t1w" else None
             tracemalloc.start()
             t0 = time.perf_counter()
             res = reconstruct(subj["magnitude"], subj["phase"], subj["echo_times"], subj["voxel_size"],
                               subj["b0_dir"], subj["field_strength"],
-                              ReconConfig(inversion="medi", medi_cg_preconditioner=pre), t1w_mask=t1w)
+                              ReconConfig(inversion="medi", medi_cg_preconditioner=pre,
+                                          mask_phase_quality_single_echo=quality), t1w_mask=t1w)
             wall = time.perf_counter() - t0
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
             box = res.parameters["crop_box"]
             work = fft.next_fast_shape([b - a for a, b in box])
             t_pair = fft_pair_time(work)  # measured beside each run: the ratio survives a loaded machine
-            print(f"\n== mask {mask}, CG preconditioner {pre}, element-wise work {ew} ==")
+            print(f"\n== mask {mask}, CG preconditioner {pre}, element-wise work {ew}, single-echo phase quality "
+                  f"{quality:g} ==")
             print("step               time_s   n_fft")
             for k, v in res.timings_s.items():
                 print(f"{k:<18} {v:7.2f} {res.fft_counts.get(k, ''):>7}")
@@ -152,13 +156,13 @@ def speed(args):
                   f"(FFT count x one FFT time = {ideal:.1f} s)")
             print(f"accuracy (SNR {args.snr[0]}): interior NRMSE {nrmse * 100:.1f} %; nuclei "
                   + ", ".join(f"{k} {v * 100:.0f} %" for k, v in nuclei.items()), flush=True)
-            rows.append((f"{mask} | {pre} | {ew}", wall, res.timings_s["inversion"], res.parameters["medi_cg_iterations"],
+            rows.append((f"{mask} | {pre} | {ew} | {quality:g}", wall, res.timings_s["inversion"], res.parameters["medi_cg_iterations"],
                          res.fft_counts["total"], res.timings_s["inversion"] / ideal, t_pair, nrmse))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"\nprocess max RSS (includes the simulator): {rss:.2f} GiB (goal <= 6 GB)")
-    print("| mask | CG preconditioner | element-wise | steps 1-5 s | MEDI s | CG iterations | FFTs "
-          "| MEDI / (FFTs x one FFT) | one FFT pair ms | interior NRMSE |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| mask | CG preconditioner | element-wise | single-echo phase quality | steps 1-5 s | MEDI s "
+          "| CG iterations | FFTs | MEDI / (FFTs x one FFT) | one FFT pair ms | interior NRMSE |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, wall, t_inv, n_cg, n_fft, ratio, t_pair, nrmse in rows:
         print(f"| {label} | {wall:.1f} | {t_inv:.1f} | {n_cg} | {n_fft} | {ratio:.2f} | {t_pair * 1e3:.1f} "
               f"| {nrmse * 100:.1f} % |")
@@ -176,7 +180,8 @@ def accuracy(args):
             for kv in filter(None, opt.split(",")):
                 k, v = kv.split("=")
                 params[k] = type(v)(v) if k not in ("medi_merit", "medi_smv") else v == "1"
-                if k in ("medi_lambda", "mask_phase_quality", "sharp_threshold", "tkd_threshold"):
+                if k in ("medi_lambda", "mask_phase_quality", "mask_phase_quality_single_echo", "sharp_threshold",
+                         "tkd_threshold"):
                     params[k] = float(v)
                 if k == "background":
                     params[k] = v
@@ -205,6 +210,9 @@ def main(argv=None):
     p.add_argument("--elementwise", nargs="+", choices=("threads", "serial"), default=["threads"],
                    help="speed: MEDI's element-wise work in the FFT's threads (the package) or serial (before), "
                         "side by side")
+    p.add_argument("--phase-quality", type=float, nargs="+",
+                   default=[ReconConfig().mask_phase_quality_single_echo],
+                   help="speed: recon.mask_phase_quality_single_echo values run side by side")
     p.add_argument("--workers", type=int, default=int(os.environ.get("QSM_BIDS_FFT_WORKERS", 2)))
     args = p.parse_args(argv)
     fft.set_workers(args.workers)
