@@ -158,9 +158,9 @@ def test_pitch_start_aligns_the_centres_of_mass_and_turns_about_the_left_right_a
 
 
 def test_steep_pitch_is_found_from_the_pitched_starts(tmp_path):
-    # A 35-degree pitch: ANTs' centre-of-mass start alone converges to a wrong pitch in the rigid stage
-    # (mutual information cost -0.085 against -0.446 from the +20-degree start); the shipped starts reach
-    # the vertex (precentral Dice 0.94 / 0.91). The control is the rigid stage's own cost, not a second
+    # A 35-degree pitch: ANTs' centre-of-mass start alone can converge to a wrong pitch in the rigid stage
+    # (mutual information cost -0.085 against -0.446 from the +20-degree start, on some CPUs; below); the
+    # shipped starts reach the vertex (precentral Dice 0.94 / 0.91). The control is the rigid stage's own cost, not a second
     # registration's Dice: the cc SyN after a wrong rigid pose sometimes recovers the vertex (Dice 0.93 in
     # one run, < 0.5 in another), the Mattes SyN never did.
     aff_t1, t1, _ = synthetic_subject((80, 96, 80), (2.0, 2.0, 2.0), pitch_deg=35.0)
@@ -174,11 +174,18 @@ def test_steep_pitch_is_found_from_the_pitched_starts(tmp_path):
     nat = np.asarray(R.atlas_to_native(atlas, mag_img, tmp_path / "rigid.mat", tmp_path / "from.h5").dataobj)
     precentral = [dice(nat == r.index, lab == r.index) for r in table[table.region == "precentral_gyrus"].itertuples()]
     assert min(precentral) >= 0.85
-    # the case needs the other starts (else this test would not test them): the 0-degree start's rigid
-    # pose fits the template far worse than the one kept (a wrong pose costs 0.1-0.45 more)
+    # The 0-degree start alone converged to a wrong pitch in the runs this was written from (-0.085 against
+    # -0.446), but to the right one (-0.4456 / -0.4472) in three runs on 2026-12-07 (an AMD EPYC, one ANTs
+    # thread), one of them in the full suite an hour after a run where it had not: whether this case needs
+    # the pitched starts is not reproducible across machines. What must hold either way: the +20-degree
+    # start reaches the right pose, and the start kept is the one the rule picks from the recorded costs
+    # (0 degrees unless a pitched start fits better by more than init_pitch_min_gain).
     costs = reg.rigid_start["MutualInformationCost"]
-    assert reg.rigid_start["PitchDeg"] != 0, reg.rigid_start
-    assert costs["+0"] - min(costs.values()) > 0.1, reg.rigid_start
+    gain = R.PRESETS["fast"]["init_pitch_min_gain"]
+    assert costs["+20"] - min(costs.values()) < 0.01 and costs["+20"] < -0.3, reg.rigid_start
+    best_pitched = min((c, k) for k, c in costs.items() if k != "+0")
+    expected = float(best_pitched[1]) if best_pitched[0] < costs["+0"] - gain else 0.0
+    assert reg.rigid_start["PitchDeg"] == expected, reg.rigid_start
 
 
 def test_syn_metric_cc_reaches_the_syn_stage_and_the_sidecar(tmp_path, monkeypatch):
