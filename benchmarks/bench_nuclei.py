@@ -41,23 +41,26 @@ Variants isolate one factor each:
   (``recon.medi_rim_data_weight``); ``rimminK``: rim radii widened to K voxel edges
   (``recon.medi_rim_min_radius_voxels``; ``rimmin2`` makes the 2 mm grids' 3 mm shell a 4 mm one);
   ``outer_every_echo``: ``recon.mask_outer_layer_every_echo``; ``bregN``: ``recon.medi_bregman_steps`` N;
-  ``nuclei``: ``--preset nuclei`` (the two together); ``pqQ``: ``recon.mask_phase_quality`` Q;
+  ``nuclei``: ``--preset nuclei`` (the two together); ``pqQ``: the phase-coherence threshold Q whatever the
+  echo count (``recon.mask_phase_quality`` and ``mask_phase_quality_single_echo``);
   ``t1wmask``: the simulator's
   brain mask given as the T1w brain mask (a perfect T1w mask: the chain with the rim shells, as
   ``reconstruct`` runs with a T1w; without it the magnitude mask and no shells); combinations with
   ``+`` (e.g. ``offset_unwrapped+lam2000``).
 
 Simulations and results are cached under ``--cache`` (the machine is shared:
-keep to a few heads).
+keep to a few heads); a result's file name carries a digest of the ``ReconConfig`` defaults, since each
+variant is defined against them and a changed default must not be served an old result.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pickle
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +176,8 @@ def run_variant(s, variant):
         elif part.startswith("rimw"):
             p = replace(p, medi_rim_data_weight=float(part[4:]))
         elif part.startswith("pq"):
-            p = replace(p, mask_phase_quality=float(part[2:]))
+            q = float(part[2:])
+            p = replace(p, mask_phase_quality=q, mask_phase_quality_single_echo=q)
         elif part.startswith("pct"):
             p = replace(p, medi_percentage=float(part[3:]) / 100)
         elif part == "outer_every_echo":
@@ -219,11 +223,12 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=Path("/tmp/qsm-bids-bench-nuclei"))
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
+    defaults = hashlib.sha1(json.dumps(asdict(ReconConfig()), sort_keys=True, default=str).encode()).hexdigest()[:8]
     rows = {}
     for seed in args.seeds:
         s = simulate(args.protocol, seed, args.snr, args.cache)
         for v in args.variants:
-            path = args.cache / f"res_{args.protocol}_s{seed}_snr{args.snr:g}_{v}.json"
+            path = args.cache / f"res_{args.protocol}_s{seed}_snr{args.snr:g}_{v}_{defaults}.json"
             if path.exists():
                 e = json.loads(path.read_text())
             else:
